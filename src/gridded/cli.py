@@ -1,0 +1,295 @@
+"""The `gridded` command line: each command parses, calls one library function, reports.
+
+Heavy imports (dask, rasterio, numba) happen inside the commands so `gridded --help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+
+import click
+
+from .errors import ConfigError, GriddedError
+from .stats import STATISTICS
+
+MAX_STDOUT_BYTES = 200 * 1024  # Argo keeps only the last 256 KiB of a step's output
+
+
+class GriddedGroup(click.Group):
+    """Prints a GriddedError as one line (`gridded: error: ...`) and exits with its code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GriddedError as err:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"gridded: error: {err}", err=True)
+            ctx.exit(err.exit_code)
+
+
+@click.group(cls=GriddedGroup)
+@click.version_option(package_name="gridded")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx, verbose, quiet, debug):
+    """Analysis-ready composites from STAC imagery, tile by tile, as COGs with STAC metadata."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("distributed", "rasterio", "numba", "asyncio", "tornado"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if verbose < 2 else level)
+    ctx.obj = {"quiet": quiet, "debug": debug}
+
+
+def selection_options(func):
+    """The flags that choose what to compute: shared by run, plan, tiles generate."""
+    options = [
+        click.option("--source", required=True, help="Static STAC catalog or collection (path or file://)."),
+        click.option("--extent", required=True, help="lon/lat bbox minx,miny,maxx,maxy, a GeoJSON file, or WKT."),
+        click.option("--time", "time_", required=True,
+                     help="ISO interval START/END (dates inclusive), or last:P1M relative to --as-of."),
+        click.option("--as-of", default=None, help="Reference time for --time last:PERIOD (default: now, UTC)."),
+        click.option("--pipeline", default=None, help="Built-in recipe name or YAML file; flags override it."),
+        click.option("--grid", default=None, help="Built-in grid name (e.g. au-albers-30m, utm55s-10m) or YAML file."),
+        click.option("--statistic", type=click.Choice(sorted(STATISTICS)), default=None, help="Default: median."),
+        click.option("--period", default=None, help="ISO 8601 period: P1M (default), P3M, P1Y, P10D."),
+        click.option("--bands", default=None, help="Comma-separated band names (asset keys, eo:bands or common names)."),
+        click.option("--mask", default=None,
+                     help="s2, landsat, none, ASSET:CLASSES (scl:0,1,3,8,9,10) or ASSET:bits:BITS. Default: inferred."),
+        click.option("--collection", default=None, help="Only items of this collection id."),
+        click.option("--tiles-per-worker", type=int, default=4, show_default=True, help="Cells per batch."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, period, bands, mask,
+                    collection, tiles_per_worker):
+    """Flags -> a Selection of canonical values (the one place friendly input is normalised)."""
+    from .grid import load_grid, parse_extent
+    from .masks import parse_mask
+    from .period import parse_as_of, parse_time
+    from .pipeline import load_pipeline, with_overrides
+    from .run import Selection
+
+    if tiles_per_worker < 1:
+        raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
+    base = load_pipeline(pipeline) if pipeline else None
+    recipe = with_overrides(
+        base,
+        statistic=statistic,
+        period=period,
+        bands=tuple(b.strip() for b in bands.split(",") if b.strip()) if bands else None,
+        mask=parse_mask(mask) if mask is not None else None,
+    )
+    grid_name = grid or recipe.grid
+    if grid_name is None:
+        raise ConfigError("no grid: pass --grid NAME|FILE (e.g. --grid utm55s-10m) or use a --pipeline that names one")
+    if recipe.bands == ():
+        raise ConfigError("no bands: pass --bands blue,green,red,nir or a --pipeline that lists them")
+    return Selection(
+        source=source,
+        extent=parse_extent(extent),
+        time=parse_time(time_, as_of=parse_as_of(as_of)),
+        grid=load_grid(grid_name),
+        pipeline=recipe,
+        tiles_per_worker=tiles_per_worker,
+        collection=collection,
+    )
+
+
+def plan_summary(plan) -> str:
+    tasks = plan.tasks
+    cells = {t.key for t in tasks}
+    obs = sum(len(t.observations) for t in tasks)
+    return (
+        f"pipeline {plan.pipeline.name}: {plan.pipeline.statistic} of {','.join(plan.pipeline.bands)} "
+        f"per {plan.pipeline.period}, mask {plan.pipeline.mask.spec() if plan.pipeline.mask else 'none'}\n"
+        f"grid {plan.grid.name} ({plan.grid.crs}, {plan.grid.resolution:g} m, tiles "
+        f"{plan.grid.tile_shape_px[1]}x{plan.grid.tile_shape_px[0]} px)\n"
+        f"{plan.n_items} source items; {plan.n_cells_in_extent} cells meet the extent, {len(cells)} with data, "
+        f"{len(plan.empty_cells)} without\n"
+        f"{len(tasks)} tasks ({obs} observations) in {len(plan.batches)} batches"
+    )
+
+
+@cli.command()
+@selection_options
+@click.option("--output", required=True, help="Output directory (local path).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
+@click.option("--overwrite", is_flag=True, help="Recompute cells whose outputs are up to date.")
+@click.option("--dry-run", is_flag=True, help="Plan and print what would run; write nothing.")
+@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786).")
+@click.pass_context
+def run(ctx, output, workers, overwrite, dry_run, scheduler, **kwargs):
+    """Plan the cells, then compute every batch on this machine."""
+    from .run import plan_for, run_plan, summary_table
+
+    started = time.monotonic()
+    selection = build_selection(**kwargs)
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1")
+    plan = plan_for(selection)
+    click.echo(plan_summary(plan), err=True)
+    if dry_run:
+        click.echo(json.dumps(_plan_rows(plan), indent=1))
+        return
+    results = run_plan(plan, output, workers=workers, overwrite=overwrite, quiet=ctx.obj["quiet"],
+                       scheduler=scheduler)
+    click.echo(summary_table(results, time.monotonic() - started, output))
+    if any(r.status == "failed" for r in results):
+        ctx.exit(1)
+
+
+def _plan_rows(plan) -> list[dict]:
+    return [
+        {"batch": b.id, "cell": list(t.key), "period": t.period.label, "observations": len(t.observations)}
+        for b in plan.batches for t in b.tasks
+    ]
+
+
+@cli.command()
+@selection_options
+@click.option("--output", default=None, help="Show which tasks are done, to do or changed in this output.")
+@click.option("--png", default=None, type=click.Path(dir_okay=False), help="Draw the cells on a map image.")
+def plan(output, png, **kwargs):
+    """Show what would run, and where: cells, periods, observations, batches."""
+    from .run import plan_for
+
+    plan_ = plan_for(build_selection(**kwargs))
+    click.echo(plan_summary(plan_), err=True)
+    rows = _plan_rows(plan_)
+    if output:
+        from .process import is_current
+        from .storage import open_storage
+        from .write import item_name
+
+        storage = open_storage(output)
+        by_task = {(tuple(r["cell"]), r["period"]): r for r in rows}
+        for t in plan_.tasks:
+            name = item_name(plan_.pipeline, t)
+            state = "to-do"
+            if storage.exists(name):
+                state = "done" if is_current(storage, name, t.fingerprint(plan_.pipeline)) else "changed"
+            by_task[(t.key, t.period.label)]["state"] = state
+    click.echo(json.dumps(rows, indent=1))
+    if png:
+        from .plan_map import draw_plan
+
+        draw_plan(plan_, png)
+        click.echo(f"map written to {png}", err=True)
+
+
+@cli.group()
+def tiles():
+    """The two halves of a run, for a workflow engine: generate the batches, process one."""
+
+
+@tiles.command("generate")
+@selection_options
+@click.option("--cells", required=True, help="Where to write the cells artifact (path).")
+def tiles_generate(cells, **kwargs):
+    """Plan and write the cells artifact; print the JSON list of batch ids on stdout."""
+    from .artifact import write_artifact
+    from .run import plan_for
+
+    plan_ = plan_for(build_selection(**kwargs))
+    click.echo(plan_summary(plan_), err=True)
+    ids = json.dumps([b.id for b in plan_.batches], separators=(",", ":"))
+    if len(ids) > MAX_STDOUT_BYTES:
+        raise ConfigError(
+            f"{len(plan_.batches)} batches make a {len(ids) // 1024} KiB id list, over the {MAX_STDOUT_BYTES // 1024} KiB "
+            f"a workflow step may print; raise --tiles-per-worker"
+        )
+    write_artifact(plan_, cells)
+    click.echo(f"wrote {cells}: {len(plan_.batches)} batches", err=True)
+    click.echo(ids)
+
+
+@tiles.command("process")
+@click.option("--cells", required=True, help="The cells artifact written by `tiles generate`.")
+@click.option("--batch", "batch_id", required=True, type=int, help="The batch id to process.")
+@click.option("--output", required=True, help="Output directory (local path).")
+@click.option("--overwrite", is_flag=True, help="Recompute cells whose outputs are up to date.")
+@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
+@click.pass_context
+def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler):
+    """Process one batch of the cells artifact into the output."""
+    from .artifact import read_batch
+    from .catalog import write_catalog
+    from .load import configure_gdal
+    from .process import process_batch
+    from .run import Progress, summary_table
+    from .storage import open_storage
+
+    started = time.monotonic()
+    configure_gdal()
+    _, pipeline, _, batch = read_batch(cells, batch_id)
+    storage = open_storage(output)
+    storage.check_writable()
+    progress = Progress(len(batch.tasks), quiet=ctx.obj["quiet"])
+    results = process_batch(batch, pipeline, output, overwrite=overwrite, scheduler=scheduler,
+                            on_result=progress.update)
+    write_catalog(storage, collection_id=pipeline.name)
+    click.echo(summary_table(results, time.monotonic() - started, output))
+    if any(r.status == "failed" for r in results):
+        ctx.exit(1)
+
+
+@cli.command()
+@click.option("--output", required=True, help="The output root whose catalog.json to rebuild.")
+@click.option("--collection-id", default=None, help="Collection id (default: the items' collection).")
+def catalog(output, collection_id):
+    """Rebuild catalog.json and collection.json at an output root from its items."""
+    from .catalog import write_catalog
+    from .storage import open_storage
+
+    n = write_catalog(open_storage(output), collection_id=collection_id)
+    click.echo(f"catalog of {n} items written to {output}")
+
+
+@cli.command()
+@click.option("--dir", "directory", default="gridded-demo", show_default=True,
+              help="Where to write the demo catalog and outputs.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Local worker processes.")
+@click.option("--overwrite", is_flag=True, help="Recompute outputs that are up to date.")
+@click.pass_context
+def demo(ctx, directory, workers, overwrite):
+    """Write a synthetic Sentinel-2 L2A-like catalog (no network) and run the whole pipeline on it."""
+    from pathlib import Path
+
+    from .demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME, write_demo_catalog
+    from .run import plan_for, run_plan, summary_table
+
+    started = time.monotonic()
+    root = Path(directory)
+    source = write_demo_catalog(root / "catalog")
+    output = str(root / "output")
+    click.echo(f"demo catalog: {source}", err=True)
+    selection = build_selection(source=str(source), extent=DEMO_EXTENT, time_=DEMO_TIME, as_of=None,
+                                pipeline="s2-monthly-median", grid=str(DEMO_GRID), statistic=None, period=None,
+                                bands=None, mask=None, collection=None, tiles_per_worker=2)
+    plan_ = plan_for(selection)
+    click.echo(plan_summary(plan_), err=True)
+    results = run_plan(plan_, output, workers=workers, overwrite=overwrite, quiet=ctx.obj["quiet"])
+    click.echo(summary_table(results, time.monotonic() - started, output))
+    click.echo(f"catalog: {Path(output) / 'catalog.json'}")
+    click.echo(f"items:   {sum(r.status in ('done', 'skipped') for r in results)} "
+               f"(one per cell and month; one COG per band plus count)")
+    if any(r.status == "failed" for r in results):
+        ctx.exit(1)
+
+
+def main() -> None:
+    cli(prog_name="gridded")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""One hierarchy of errors a user can act on; the CLI prints them as one line."""
+
+
+class GriddedError(Exception):
+    """Base of every error gridded reports to a user as one line."""
+
+    exit_code = 2
+
+
+class ConfigError(GriddedError, ValueError):
+    """Bad input or configuration: retrying cannot help (exit 2)."""
+
+
+class SourceError(GriddedError, OSError):
+    """A STAC source or one of its assets cannot be read."""
+
+
+class OutputError(GriddedError, OSError):
+    """The output location cannot be written."""
+
+
+class ArtifactError(GriddedError, ValueError):
+    """The cells artifact is missing, tampered with or of another format."""
+
+
+class CellError(GriddedError):
+    """One cell failed; the others go on (exit 1 at the end, retryable)."""
+
+    exit_code = 1

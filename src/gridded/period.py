@@ -1,0 +1,120 @@
+"""`--time` (ISO intervals, `last:P1M`) and calendar-aligned period bins."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+from .errors import ConfigError
+from .source import TimeRange
+
+PERIOD = re.compile(r"^P(?P<n>[1-9]\d*)(?P<unit>[YMD])$")
+EPS = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Period:
+    """One time bin: [start, end] in UTC, and its label (`2024-01--P1M`)."""
+
+    start: datetime
+    end: datetime
+    label: str
+
+
+def _parse_bound(text: str, *, end: bool, flag: str) -> datetime:
+    text = text.strip()
+    try:
+        if re.fullmatch(r"\d{4}", text):
+            start = datetime(int(text), 1, 1, tzinfo=timezone.utc)
+            return _add(start, 1, "Y") - EPS if end else start
+        if re.fullmatch(r"\d{4}-\d{2}", text):
+            y, m = map(int, text.split("-"))
+            start = datetime(y, m, 1, tzinfo=timezone.utc)
+            return _add(start, 1, "M") - EPS if end else start
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            start = datetime.combine(date.fromisoformat(text), datetime.min.time(), timezone.utc)
+            return start + timedelta(days=1) - EPS if end else start
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as err:
+        raise ConfigError(f"{flag} {text!r}: not an ISO 8601 date; use e.g. 2024-01-01/2024-03-31") from err
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def parse_time(text: str, *, as_of: datetime | None = None) -> TimeRange:
+    """`START/END` (dates inclusive), `YYYY`, `YYYY-MM`, or `last:P1M` relative to as_of (default now)."""
+    text = text.strip()
+    if text.startswith("last:"):
+        return last_complete(text[5:], as_of or datetime.now(timezone.utc))
+    if "/" in text:
+        first, _, last = text.partition("/")
+        if not first or not last or ".." in (first, last):
+            raise ConfigError(f"--time {text}: both ends are needed; use START/END, e.g. 2024-01-01/2024-03-31")
+        start, end = _parse_bound(first, end=False, flag="--time"), _parse_bound(last, end=True, flag="--time")
+    else:
+        start, end = _parse_bound(text, end=False, flag="--time"), _parse_bound(text, end=True, flag="--time")
+    if start > end:
+        raise ConfigError(f"--time {text}: start is after end; use START/END with START first")
+    return TimeRange(start=start, end=end)
+
+
+def parse_as_of(text: str | None) -> datetime | None:
+    return None if text is None else _parse_bound(text, end=False, flag="--as-of")
+
+
+def _add(when: datetime, n: int, unit: str) -> datetime:
+    if unit == "D":
+        return when + timedelta(days=n)
+    months = when.month - 1 + (n * 12 if unit == "Y" else n)
+    return when.replace(year=when.year + months // 12, month=months % 12 + 1, day=1)
+
+
+def _bin_start(when: datetime, n: int, unit: str, anchor: datetime) -> datetime:
+    if unit == "Y":
+        return datetime(when.year - (when.year % n if n > 1 else 0), 1, 1, tzinfo=timezone.utc)
+    if unit == "M":
+        index = (when.month - 1) // n * n
+        return datetime(when.year, index + 1, 1, tzinfo=timezone.utc)
+    days = (when - anchor).days // n * n
+    return anchor + timedelta(days=days)
+
+
+def _split(period: str) -> tuple[int, str]:
+    m = PERIOD.match(period)
+    if not m:
+        raise ConfigError(f"--period {period}: not an ISO 8601 period; use P1M, P3M, P1Y or P10D")
+    n, unit = int(m["n"]), m["unit"]
+    if unit == "M" and 12 % n:
+        raise ConfigError(f"--period {period}: months must divide a year (1, 2, 3, 4, 6, 12) to stay calendar-aligned")
+    return n, unit
+
+
+def label(start: datetime, period: str) -> str:
+    n, unit = _split(period)
+    stamp = {"Y": "%Y", "M": "%Y-%m", "D": "%Y-%m-%d"}[unit]
+    return f"{start.strftime(stamp)}--{period}"
+
+
+def periods_for(time: TimeRange, period: str) -> list[Period]:
+    """The calendar bins of `period` that meet the time range, each clipped to it."""
+    n, unit = _split(period)
+    anchor = datetime.combine(time.start.date(), datetime.min.time(), timezone.utc)
+    start = _bin_start(time.start, n, unit, anchor)
+    bins = []
+    while start <= time.end:
+        nxt = _add(start, n, unit)
+        bins.append(Period(start=max(start, time.start), end=min(nxt - EPS, time.end), label=label(start, period)))
+        start = nxt
+    return bins
+
+
+def last_complete(period: str, as_of: datetime) -> TimeRange:
+    """The last complete calendar bin of `period` before as_of: `P1M` last month, `P3M` last quarter."""
+    n, unit = _split(period)
+    if unit == "D":
+        end = datetime.combine(as_of.date(), datetime.min.time(), timezone.utc)
+        return TimeRange(start=end - timedelta(days=n), end=end - EPS)
+    as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
+    current = _bin_start(as_of, n, unit, as_of)
+    previous = _add(current, -n, unit)
+    return TimeRange(start=previous, end=current - EPS)

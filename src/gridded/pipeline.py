@@ -1,0 +1,119 @@
+"""Product recipes (`pipelines/*.yaml`): what to read, how to mask and reduce, what to write."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .errors import ConfigError
+from .masks import MaskRule, parse_mask
+from .period import PERIOD
+from .resources import data_dir
+from .stats import STATISTICS
+
+INFER = "infer"  # the mask rule comes from the items' assets
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pipeline:
+    """A product: bands, clear-observation rule, statistic, period, output dtype and nodata."""
+
+    name: str
+    bands: tuple[str, ...]
+    statistic: str = "median"
+    period: str = "P1M"
+    mask: MaskRule | None | str = INFER
+    collection: str | None = None
+    grid: str | None = None
+    dtype: str | None = None  # None: the source's dtype
+    nodata: float | None = None  # None: the source's nodata
+    max_iterations: int = 1000  # geomedian
+    tolerance: float = 1e-7  # geomedian
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise ConfigError(f"pipeline name {self.name!r}: use letters, digits, '-', '_' and '.'")
+        if not self.bands:
+            raise ConfigError(f"pipeline {self.name}: no bands; pass --bands red,nir or set bands: in the recipe")
+        for band in self.bands:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", band) or band in (".", ".."):
+                raise ConfigError(f"band name {band!r}: use letters, digits, '-', '_' and '.'")
+        if "count" in self.bands:
+            raise ConfigError("band name 'count' is reserved for the clear-observation count asset")
+        if self.statistic not in STATISTICS:
+            raise ConfigError(
+                f"--statistic {self.statistic}: unknown statistic; use one of {', '.join(STATISTICS)}"
+            )
+        if not PERIOD.match(self.period):
+            raise ConfigError(f"--period {self.period}: not an ISO 8601 period; use P1M, P3M, P1Y or P10D")
+        if self.mask is not None and not isinstance(self.mask, MaskRule) and self.mask != INFER:
+            raise ConfigError(f"pipeline {self.name}: bad mask {self.mask!r}")
+        if self.dtype is not None:
+            try:
+                np.dtype(self.dtype)
+            except TypeError as err:
+                raise ConfigError(f"pipeline {self.name}: dtype {self.dtype!r} is not a numpy dtype; use e.g. uint16") from err
+
+    def parameters(self) -> dict:
+        """What a result depends on, for the input fingerprint and the item's provenance."""
+        mask = self.mask.spec() if isinstance(self.mask, MaskRule) else self.mask
+        params = {
+            "name": self.name,
+            "bands": list(self.bands),
+            "statistic": self.statistic,
+            "period": self.period,
+            "mask": mask if mask is not None else "none",
+            "dtype": self.dtype,
+            "nodata": self.nodata,
+        }
+        if self.statistic == "geomedian":
+            params.update(max_iterations=self.max_iterations, tolerance=self.tolerance)
+        return params
+
+
+def pipeline_names() -> list[str]:
+    return sorted(p.stem for p in data_dir("pipelines").glob("*.yaml"))
+
+
+def load_pipeline(name_or_path: str) -> Pipeline:
+    """A built-in recipe name or a YAML file -> Pipeline."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = data_dir("pipelines") / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"--pipeline {name_or_path}: no such pipeline; use one of {', '.join(pipeline_names())} or a YAML file"
+            )
+    if not path.is_file():
+        raise ConfigError(f"--pipeline {name_or_path}: file not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML; fix the file") from err
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a pipeline is a mapping (name, bands, statistic, period, ...)")
+    allowed = {f for f in Pipeline.__dataclass_fields__}
+    unknown = set(doc) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+    doc.setdefault("name", path.stem)
+    if isinstance(doc.get("bands"), str):
+        doc["bands"] = doc["bands"].split(",")
+    doc["bands"] = tuple(doc.get("bands") or ())
+    if "mask" in doc:
+        doc["mask"] = INFER if doc["mask"] == INFER else parse_mask(str(doc["mask"]))
+    return Pipeline(**doc)
+
+
+def with_overrides(base: Pipeline | None, **flags) -> Pipeline:
+    """The recipe with every flag the user gave (not None) put over it."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    if base is None:
+        given.setdefault("name", "composite")
+        given.setdefault("bands", ())
+        return Pipeline(**given)
+    return replace(base, **given)

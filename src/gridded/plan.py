@@ -1,0 +1,172 @@
+"""Grid x extent x time x items -> tasks; tasks -> batches; batches -> the cells artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import pystac
+from odc.geo.geobox import GeoBox
+from affine import Affine
+from shapely.geometry import shape, box
+from shapely.strtree import STRtree
+
+from .errors import ConfigError
+from .grid import Grid, cells_for_extent
+from .masks import MaskRule, infer_mask
+from .period import Period, periods_for
+from .pipeline import INFER, Pipeline
+from .source import TimeRange, find_asset, item_time
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Observation:
+    """One source item as a worker needs it: hrefs per band (and mask), no open handles."""
+
+    item_id: str
+    time: datetime
+    platform: str
+    updated: str
+    solar_day: str
+    hrefs: tuple[tuple[str, str], ...]  # (band or mask asset key, absolute href)
+    self_href: str | None = None
+
+    def href(self, band: str) -> str:
+        return dict(self.hrefs)[band]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task:
+    """One cell and one period with the observations to read: what a worker computes."""
+
+    key: tuple[int, int]
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    shape_yx: tuple[int, int]
+    period: Period
+    observations: tuple[Observation, ...]
+
+    @property
+    def geobox(self) -> GeoBox:
+        return GeoBox(self.shape_yx, Affine(*self.transform), self.crs)
+
+    def fingerprint(self, pipeline: Pipeline) -> str:
+        """SHA-256 of the input item ids and `updated` times and the pipeline's parameters."""
+        doc = {
+            "inputs": sorted([o.item_id, o.updated] for o in self.observations),
+            "pipeline": pipeline.parameters(),
+            "cell": list(self.key),
+            "period": [self.period.start.isoformat(), self.period.end.isoformat()],
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Batch:
+    """At most --tiles-per-worker cells (all their periods), processed by one worker."""
+
+    id: int
+    tasks: tuple[Task, ...]
+
+    @property
+    def cells(self) -> list[tuple[int, int]]:
+        return sorted({t.key for t in self.tasks})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    pipeline: Pipeline
+    grid: Grid
+    batches: tuple[Batch, ...]
+    n_cells_in_extent: int
+    n_items: int
+    empty_cells: tuple[tuple[int, int], ...] = field(default=())
+
+    @property
+    def tasks(self) -> list[Task]:
+        return [t for b in self.batches for t in b.tasks]
+
+
+def solar_day(when: datetime, lon: float) -> str:
+    """The local solar date of an acquisition: UTC shifted by longitude / 15 hours."""
+    return (when + timedelta(hours=lon / 15.0)).date().isoformat()
+
+
+def observation_for(item: pystac.Item, bands: tuple[str, ...], mask: MaskRule | None) -> Observation:
+    """The hrefs of the bands (and mask asset) of one item; an unknown band is a one-line error."""
+    hrefs = []
+    wanted = list(bands) + ([mask.asset] if mask is not None else [])
+    for band in wanted:
+        found = find_asset(item, band)
+        if found is None:
+            what = "mask asset" if mask is not None and band == mask.asset and band not in bands else "band"
+            raise ConfigError(
+                f"item {item.id}: no asset for {what} {band!r} (assets: {', '.join(sorted(item.assets))}); "
+                f"use --bands with asset keys, eo:bands names or common names"
+            )
+        hrefs.append((band, found[1].get_absolute_href() or found[1].href))
+    minx, _, maxx, _ = item.bbox or shape(item.geometry).bounds
+    when = item_time(item)
+    return Observation(
+        item_id=item.id,
+        time=when,
+        platform=str(item.properties.get("platform", item.properties.get("constellation", ""))),
+        updated=str(item.properties.get("updated", "")),
+        solar_day=solar_day(when, (minx + maxx) / 2),
+        hrefs=tuple(hrefs),
+        self_href=item.get_self_href(),
+    )
+
+
+def resolve_mask(pipeline: Pipeline, items: list[pystac.Item]) -> Pipeline:
+    """Replace an `infer` mask by the rule the items' assets imply."""
+    from dataclasses import replace
+
+    if pipeline.mask != INFER:
+        return pipeline
+    keys = set().union(*(set(it.assets) for it in items)) if items else set()
+    return replace(pipeline, mask=infer_mask(keys))
+
+
+def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items: list[pystac.Item],
+              tiles_per_worker: int) -> Plan:
+    """Cells x periods x items -> tasks, batched by cell. Cells with no observation are left out."""
+    if tiles_per_worker < 1:
+        raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
+    pipeline = resolve_mask(pipeline, items)
+    cells = cells_for_extent(grid, extent)
+    periods = periods_for(time, pipeline.period)
+    observations = [observation_for(it, pipeline.bands, pipeline.mask) for it in items]
+    footprints = [shape(it.geometry) if it.geometry else box(*it.bbox) for it in items]
+    tree = STRtree(footprints) if footprints else None
+    tasks_by_cell: dict[tuple[int, int], list[Task]] = {}
+    empty = []
+    for key, gbox in cells:
+        cell_lonlat = gbox.extent.to_crs("EPSG:4326", resolution=gbox.resolution.x * 16).geom
+        hits = sorted(tree.query(cell_lonlat, predicate="intersects")) if tree is not None else []
+        tasks = []
+        for period in periods:
+            obs = tuple(
+                observations[i] for i in hits if period.start <= observations[i].time <= period.end
+            )
+            if obs:
+                tasks.append(Task(
+                    key=key, crs=str(gbox.crs), transform=tuple(gbox.affine)[:6], shape_yx=tuple(gbox.shape),
+                    period=period, observations=tuple(sorted(obs, key=lambda o: (o.time, o.item_id))),
+                ))
+        if tasks:
+            tasks_by_cell[key] = tasks
+        else:
+            empty.append(key)
+    keys = list(tasks_by_cell)
+    batches = tuple(
+        Batch(id=i, tasks=tuple(t for k in keys[start:start + tiles_per_worker] for t in tasks_by_cell[k]))
+        for i, start in enumerate(range(0, len(keys), tiles_per_worker))
+    )
+    return Plan(pipeline=pipeline, grid=grid, batches=batches, n_cells_in_extent=len(cells),
+                n_items=len(items), empty_cells=tuple(empty))

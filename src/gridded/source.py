@@ -1,0 +1,121 @@
+"""Static STAC catalogs and collections -> the items that match a place and a time."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pystac
+from shapely.geometry import shape, box
+
+from .errors import ConfigError, SourceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeRange:
+    """A closed UTC interval [start, end]."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self):
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ConfigError("time range bounds must be timezone-aware (UTC)")
+        if self.start > self.end:
+            raise ConfigError(f"--time {self.start:%Y-%m-%d}/{self.end:%Y-%m-%d}: start is after end; swap them")
+
+
+def read_items(source: str) -> list[pystac.Item]:
+    """Every item under a static catalog, collection or item collection (a path or file:// URL)."""
+    path = _local_path(source)
+    if path.is_dir():
+        for name in ("catalog.json", "collection.json"):
+            if (path / name).is_file():
+                path = path / name
+                break
+    if not path.is_file():
+        raise ConfigError(f"--source {source}: no such catalog file; give the path of a catalog.json or collection.json")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--source {source}: not JSON ({err}); give a STAC catalog or collection") from err
+    if not isinstance(doc, dict) or doc.get("type") not in ("Catalog", "Collection", "FeatureCollection", "Feature"):
+        raise ConfigError(f"--source {source}: not a STAC catalog, collection or item collection")
+    try:
+        if doc["type"] == "FeatureCollection":
+            return list(pystac.ItemCollection.from_dict(doc, preserve_dict=False).items)
+        if doc["type"] == "Feature":
+            return [pystac.Item.from_file(str(path))]
+        root = pystac.read_file(str(path))
+        return list(root.get_items(recursive=True))
+    except pystac.STACError as err:
+        raise SourceError(f"--source {source}: {err}") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise SourceError(f"--source {source}: a linked file cannot be read ({err}); fix the catalog's links") from err
+
+
+def _local_path(source: str) -> Path:
+    parsed = urlparse(source)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme in ("", ) or len(parsed.scheme) == 1:  # a Windows drive letter is a path
+        return Path(source)
+    raise ConfigError(f"--source {source}: scheme {parsed.scheme}:// is not supported here; use a local path")
+
+
+def item_time(item: pystac.Item) -> datetime:
+    """The item's datetime, or its start_datetime when datetime is null."""
+    when = item.datetime or item.common_metadata.start_datetime
+    if when is None:
+        raise SourceError(f"item {item.id}: no datetime nor start_datetime; fix the item")
+    # normalised to datetime.timezone.utc: pystac gives dateutil's tzutc, which the artifact refuses
+    return when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def items_for_query(items: list[pystac.Item], extent_lonlat, time: TimeRange,
+                    collection: str | None = None) -> list[pystac.Item]:
+    """The items whose footprint intersects the extent and whose time is in the range, by time then id."""
+    region = extent_lonlat.geom
+    selected = []
+    for item in items:
+        if collection is not None and item.collection_id != collection:
+            continue
+        when = item_time(item)
+        if not time.start <= when <= time.end:
+            continue
+        footprint = shape(item.geometry) if item.geometry else (box(*item.bbox) if item.bbox else None)
+        if footprint is None:
+            log.warning("item %s has neither geometry nor bbox; skipped", item.id)
+            continue
+        if footprint.intersects(region):
+            selected.append(item)
+    return sorted(selected, key=lambda it: (item_time(it), it.id))
+
+
+def find_asset(item: pystac.Item, band: str) -> tuple[str, pystac.Asset] | None:
+    """The asset for a band name: the asset key, else an `eo:bands` name, else a common name."""
+    lowered = band.lower()
+    for key, asset in item.assets.items():
+        if key.lower() == lowered:
+            return key, asset
+    for attr in ("name", "common_name"):
+        for key, asset in item.assets.items():
+            for entry in asset.extra_fields.get("eo:bands", []) + asset.extra_fields.get("bands", []):
+                if str(entry.get(attr, "")).lower() == lowered or str(entry.get(f"eo:{attr}", "")).lower() == lowered:
+                    return key, asset
+    return None
+
+
+def asset_raster_info(asset: pystac.Asset) -> tuple[str | None, float | None]:
+    """(data_type, nodata) declared by the asset's `raster:bands`, or None for either."""
+    bands = asset.extra_fields.get("raster:bands") or asset.extra_fields.get("bands") or [{}]
+    first = bands[0] if bands else {}
+    dtype = first.get("data_type")
+    nodata = first.get("nodata", asset.extra_fields.get("nodata"))
+    return dtype, (float(nodata) if isinstance(nodata, (int, float)) else None)

@@ -1,0 +1,177 @@
+"""Arrays -> COGs + one STAC item per (cell, period), COGs first and the item last, create-only."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pystac
+import rasterio
+from odc.geo.geobox import GeoBox
+
+from . import __version__
+from .errors import OutputError
+from .pipeline import Pipeline
+from .plan import Task
+from .storage import Storage
+
+COG_OPTIONS = {
+    "BLOCKSIZE": 512,
+    "COMPRESS": "DEFLATE",
+    "LEVEL": 6,
+    "PREDICTOR": "YES",
+    "OVERVIEW_RESAMPLING": "NEAREST",
+    "BIGTIFF": "IF_SAFER",
+}
+COUNT_ASSET = "count"
+COUNT_NODATA = 0
+STAC_EXTENSIONS = [
+    "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
+]
+
+
+def cell_prefix(task: Task) -> str:
+    x, y = task.key
+    return f"x{x}/y{y}/{task.period.label}"
+
+
+def item_id(pipeline: Pipeline, task: Task) -> str:
+    x, y = task.key
+    return f"{pipeline.name}_x{x}_y{y}_{task.period.label}"
+
+
+def item_name(pipeline: Pipeline, task: Task) -> str:
+    """Where a task's item lives under the output root: its commit marker."""
+    return f"{cell_prefix(task)}/{item_id(pipeline, task)}.stac-item.json"
+
+
+def asset_name(pipeline: Pipeline, task: Task, asset: str) -> str:
+    return f"{cell_prefix(task)}/{item_id(pipeline, task)}_{asset}.tif"
+
+
+def overview_count(shape_yx: tuple[int, int]) -> int:
+    """Halvings until the largest side is at most 256 pixels, and at least one."""
+    return max(1, math.ceil(math.log2(max(shape_yx) / 256))) if max(shape_yx) > 256 else 1
+
+
+def write_cog(path: Path, array: np.ndarray, geobox: GeoBox, nodata: float | None) -> None:
+    """One band as a COG: tiled 512, DEFLATE with a predictor, overviews, nodata, CRS."""
+    ny, nx = array.shape
+    with rasterio.open(
+        path, "w", driver="COG", width=nx, height=ny, count=1, dtype=array.dtype.name,
+        crs=str(geobox.crs), transform=geobox.affine, nodata=nodata,
+        OVERVIEW_COUNT=overview_count(array.shape), **COG_OPTIONS,
+    ) as dst:
+        dst.write(array, 1)
+    check_cog(path)
+
+
+def check_cog(path: Path) -> None:
+    """Refuse a file that is not a tiled, overviewed GeoTIFF with the COG layout."""
+    with rasterio.open(path) as src:
+        layout = src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")
+        if layout != "COG" or not src.profile.get("tiled") or not src.overviews(1):
+            raise OutputError(f"{path.name}: GDAL did not write a valid COG (layout {layout}); check GDAL >= 3.1")
+
+
+def build_item(*, pipeline: Pipeline, task: Task, assets: dict[str, tuple[np.dtype, float | None]],
+               fingerprint: str, extra: dict | None = None) -> dict:
+    """The STAC item of a task's outputs: times, proj:*, raster:bands, provenance, input links."""
+    geobox = task.geobox
+    footprint = geobox.extent.to_crs("EPSG:4326", resolution=abs(geobox.resolution.x) * 16)
+    minx, miny, maxx, maxy = footprint.boundingbox
+    epsg = geobox.crs.epsg
+    item = pystac.Item(
+        id=item_id(pipeline, task),
+        geometry=footprint.json,
+        bbox=[minx, miny, maxx, maxy],
+        datetime=None,
+        start_datetime=task.period.start,
+        end_datetime=task.period.end,
+        properties={},
+        collection=pipeline.name,
+        stac_extensions=list(STAC_EXTENSIONS),
+    )
+    props = item.properties
+    props.update({
+        "created": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "proj:code": f"EPSG:{epsg}" if epsg else None,
+        "proj:shape": list(geobox.shape),
+        "proj:transform": list(geobox.affine)[:6],
+        "proj:bbox": list(geobox.boundingbox),
+        "processing:software": {"gridded": __version__},
+        "gridded:pipeline": pipeline.parameters(),
+        "gridded:version": __version__,
+        "gridded:statistic": pipeline.statistic,
+        "gridded:period": task.period.label,
+        "gridded:cell": list(task.key),
+        "gridded:inputs": [o.item_id for o in task.observations],
+        "gridded:fingerprint": fingerprint,
+    })
+    if epsg is None:
+        props["proj:code"] = None
+        props["proj:wkt2"] = geobox.crs.to_wkt()
+    image = os.environ.get("GRIDDED_IMAGE")
+    if image:
+        props["gridded:image"] = image
+    if extra:
+        props.update(extra)
+    for key, (dtype, nodata) in assets.items():
+        band = {"data_type": np.dtype(dtype).name, "spatial_resolution": abs(geobox.resolution.x)}
+        if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+            band["nodata"] = nodata.item() if hasattr(nodata, "item") else nodata
+        elif nodata is not None:
+            band["nodata"] = "nan"
+        item.add_asset(key, pystac.Asset(
+            href=f"./{Path(asset_name(pipeline, task, key)).name}",
+            media_type=pystac.MediaType.COG,
+            roles=["data"],
+            title="clear observations" if key == COUNT_ASSET else key,
+            extra_fields={"raster:bands": [band]},
+        ))
+    for obs in task.observations:
+        if obs.self_href and not obs.self_href.startswith("file:") and "://" in obs.self_href:
+            item.add_link(pystac.Link("derived_from", obs.self_href, media_type=pystac.MediaType.JSON))
+        elif obs.self_href:
+            item.add_link(pystac.Link("derived_from", Path(obs.self_href).as_uri(), media_type=pystac.MediaType.JSON))
+    depth = "../../../"
+    item.add_link(pystac.Link("root", f"{depth}catalog.json", media_type=pystac.MediaType.JSON))
+    item.add_link(pystac.Link("parent", f"{depth}collection.json", media_type=pystac.MediaType.JSON))
+    item.add_link(pystac.Link("collection", f"{depth}collection.json", media_type=pystac.MediaType.JSON))
+    return item.to_dict(include_self_link=False, transform_hrefs=False)
+
+
+def commit_outputs(storage: Storage, *, pipeline: Pipeline, task: Task, arrays: dict[str, np.ndarray],
+                   nodata: dict[str, float | None], fingerprint: str, replace: bool,
+                   extra: dict | None = None) -> str:
+    """Write each COG whole, then the item: create-only, or replacing a stale one. Returns 'done'."""
+    geobox = task.geobox
+    scratch = tempfile.mkdtemp(prefix="gridded-cog-")
+    try:
+        for key, array in arrays.items():
+            path = Path(scratch) / f"{key}.tif"
+            write_cog(path, array, geobox, nodata[key])
+            storage.put_file(asset_name(pipeline, task, key), path)
+        item = build_item(pipeline=pipeline, task=task, fingerprint=fingerprint, extra=extra,
+                          assets={k: (a.dtype, nodata[k]) for k, a in arrays.items()})
+        body = json.dumps(item, indent=1).encode()
+        name = item_name(pipeline, task)
+        if replace:
+            storage.put_bytes(name, body)
+        elif not storage.create_only(name, body):
+            # someone else committed this cell first; theirs stands if it is for the same inputs
+            theirs = json.loads(storage.get_bytes(name))
+            if theirs.get("properties", {}).get("gridded:fingerprint") != fingerprint:
+                storage.put_bytes(name, body)
+    finally:
+        for leftover in Path(scratch).glob("*"):
+            leftover.unlink(missing_ok=True)
+        os.rmdir(scratch)
+    return "done"
