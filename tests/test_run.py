@@ -1,0 +1,243 @@
+"""`gridded run` end to end on the demo catalog: pixels against numpy, COGs, items, catalog, reruns."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from gridded.cli import cli
+from gridded.demo import ORIGIN_XY, SHAPE_YX
+
+from expected import catalog_items, expected_composite
+
+BANDS = ["blue", "green", "red", "nir"]
+
+
+def run_cli(args, expect=0):
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == expect, result.output + result.stderr
+    return result
+
+
+def output_items(out: Path) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted(out.rglob("*.stac-item.json"))}
+
+
+def report_counts(out: Path) -> dict:
+    return json.loads((out / "run-report.json").read_text())["counts"]
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def check_pixels(out: Path, catalog: Path) -> dict:
+    """Compare every output COG with the independent numpy composite; return coverage stats."""
+    items = catalog_items(catalog)
+    stats = {"outside": 0, "no_clear": 0, "even": 0, "half": 0, "pixels": 0, "tasks": 0}
+    for name, item in output_items(out).items():
+        props = item["properties"]
+        start, end = _dt(props["start_datetime"]), _dt(props["end_datetime"])
+        paths = {k: (out.rglob(Path(a["href"]).name)) for k, a in item["assets"].items()}
+        paths = {k: next(v) for k, v in paths.items()}
+        with rasterio.open(paths["count"]) as src:
+            transform, shape = src.transform, src.shape
+            count = src.read(1)
+        medians, want_count, _ = expected_composite(items, BANDS, transform, shape, start, end)
+        np.testing.assert_array_equal(count, want_count, err_msg=f"{name} count")
+        for band in BANDS:
+            with rasterio.open(paths[band]) as src:
+                got = src.read(1)
+            np.testing.assert_array_equal(got, medians[band], err_msg=f"{name} {band}")
+        # which of the hard cases this task exercised
+        col0 = round((transform.c - ORIGIN_XY[0]) / 10)
+        row0 = round((ORIGIN_XY[1] - transform.f) / 10)
+        rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+        outside = (rows + row0 < 0) | (rows + row0 >= SHAPE_YX[0]) | (cols + col0 < 0) | (cols + col0 >= SHAPE_YX[1])
+        stats["outside"] += int(outside.sum())
+        stats["no_clear"] += int(((want_count == 0) & ~outside).sum())
+        stats["even"] += int(((want_count % 2 == 0) & (want_count > 0)).sum())
+        stats["pixels"] += count.size
+        stats["tasks"] += 1
+    return stats
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, demo_catalog):
+    out = tmp_path_factory.mktemp("run") / "out"
+    from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
+
+    args = ["run", "--source", str(demo_catalog), "--extent", DEMO_EXTENT, "--time", DEMO_TIME,
+            "--grid", str(DEMO_GRID), "--pipeline", "s2-monthly-median", "--tiles-per-worker", "2",
+            "--output", str(out)]
+    result = run_cli(args)
+    return out, args, result
+
+
+def test_run_medians_equal_numpy(demo_run, demo_catalog):
+    out, _, result = demo_run
+    stats = check_pixels(out, demo_catalog)
+    assert stats["tasks"] == 18  # 6 cells x 3 months
+    # the hard cases really occur in the data, so the equality above covered them
+    assert stats["outside"] > 10_000  # tiles straddle the source edge
+    assert stats["no_clear"] > 500  # the always-cloudy February patch, cloud overlaps
+    assert stats["even"] > 10_000  # even numbers of clear observations
+    assert "done" in result.output and "18" in result.output
+
+
+def test_even_counts_round_half_to_even(demo_run, demo_catalog):
+    """Some even-count medians fall on .5 and must be rounded as numpy.rint does."""
+    out, _, _ = demo_run
+    items = catalog_items(demo_catalog)
+    item = output_items(out)["s2-monthly-median_x235_y2343_2024-01--P1M.stac-item.json"]
+    with rasterio.open(next(out.rglob("s2-monthly-median_x235_y2343_2024-01--P1M_red.tif"))) as src:
+        got, transform, shape = src.read(1), src.transform, src.shape
+    start, end = _dt(item["properties"]["start_datetime"]), _dt(item["properties"]["end_datetime"])
+    medians, count, _ = expected_composite(items, ["red"], transform, shape, start, end)
+    assert ((count % 2 == 0) & (count > 0)).any()
+    np.testing.assert_array_equal(got, medians["red"])
+
+
+def test_outputs_are_cogs_on_the_source_grid(demo_run):
+    out, _, _ = demo_run
+    tifs = sorted(out.rglob("*.tif"))
+    assert len(tifs) == 18 * 5
+    for tif in tifs:
+        with rasterio.open(tif) as src:
+            assert src.driver == "GTiff"
+            assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+            assert src.profile["tiled"] and src.block_shapes[0] == (512, 512)
+            assert src.compression.name.lower() in ("deflate", "zstd")
+            assert src.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") in ("2", "3")
+            assert src.overviews(1)
+            assert src.nodata == 0
+            assert src.crs.to_epsg() == 32755
+            t = src.transform
+            assert (t.a, t.e) == (10, -10)
+            # on the source pixel grid: no resampling
+            assert (t.c - ORIGIN_XY[0]) % 10 == 0 and (t.f - ORIGIN_XY[1]) % 10 == 0
+            assert t.c % 2560 == 0 and t.f % 2560 == 0  # and on the tile grid
+
+
+def test_items_carry_the_contract_fields(demo_run, demo_catalog):
+    out, _, _ = demo_run
+    items = output_items(out)
+    assert len(items) == 18
+    source_ids = {it["id"] for it in catalog_items(demo_catalog)}
+    for name, item in items.items():
+        props = item["properties"]
+        assert set(item["assets"]) == set(BANDS) | {"count"}
+        assert props["start_datetime"] < props["end_datetime"]
+        assert props["proj:code"] == "EPSG:32755" and props["proj:shape"] == [256, 256]
+        assert len(props["proj:transform"]) == 6
+        for key, asset in item["assets"].items():
+            band = asset["raster:bands"][0]
+            assert band["data_type"] == "uint16" and band["nodata"] == 0
+            assert (out / Path(name).parent).exists()
+        inputs = props["gridded:inputs"]
+        assert inputs and set(inputs) <= source_ids
+        derived = [link for link in item["links"] if link["rel"] == "derived_from"]
+        assert len(derived) == len(inputs)
+        assert props["gridded:pipeline"]["name"] == "s2-monthly-median"
+        assert props["gridded:version"] and props["gridded:fingerprint"]
+        assert item["collection"] == "s2-monthly-median"
+
+
+def test_output_is_a_valid_static_catalog(demo_run):
+    out, _, _ = demo_run
+    root = pystac.read_file(str(out / "catalog.json"))
+    items = list(root.get_items(recursive=True))
+    assert len(items) == 18
+    for item in items:
+        for asset in item.assets.values():
+            assert Path(asset.get_absolute_href()).is_file()
+    collection = pystac.read_file(str(out / "collection.json"))
+    assert collection.extent.temporal.intervals[0][0].month == 1
+    report = json.loads((out / "run-report.json").read_text())
+    assert report["counts"] == {"done": 18, "skipped": 0, "failed": 0}
+
+
+def test_rerun_skips_and_overwrite_recomputes(demo_run):
+    out, args, _ = demo_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.tif")}
+    run_cli(args)
+    assert report_counts(out) == {"done": 0, "skipped": 18, "failed": 0}
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tif")} == before
+    run_cli(args + ["--overwrite"])
+    assert report_counts(out) == {"done": 18, "skipped": 0, "failed": 0}
+    assert not list(out.rglob("*.gridded-tmp-*"))
+
+
+def test_late_scene_recomputes_only_its_month(tmp_path, catalog_copy):
+    from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
+
+    out = tmp_path / "out"
+    args = ["run", "--source", str(catalog_copy), "--extent", DEMO_EXTENT, "--time", DEMO_TIME,
+            "--grid", str(DEMO_GRID), "--bands", "red", "--tiles-per-worker", "3", "--output", str(out)]
+    run_cli(args)
+    # a late scene arrives in February: a copy of a February item under a new id and date
+    collection = pystac.read_file(str(catalog_copy.parent / "sentinel-2-l2a-demo" / "collection.json"))
+    feb = next(i for i in collection.get_items() if i.datetime.month == 2)
+    late = feb.clone()
+    late.id = feb.id.replace("_0_L2A", "_1_L2A")
+    late.datetime = feb.datetime.replace(day=28)
+    late.assets = {k: a.clone() for k, a in feb.assets.items()}
+    for k, a in late.assets.items():
+        a.href = feb.assets[k].get_absolute_href()
+    collection.add_item(late)
+    collection.normalize_hrefs(str(catalog_copy.parent / "sentinel-2-l2a-demo"))
+    collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    result = run_cli(args)
+    report = json.loads((out / "run-report.json").read_text())
+    done = {(tuple(t["key"]), t["period"]) for t in report["tasks"] if t["status"] == "done"}
+    skipped = {t["period"] for t in report["tasks"] if t["status"] == "skipped"}
+    assert done and {p for _, p in done} == {"2024-02--P1M"}
+    assert skipped == {"2024-01--P1M", "2024-03--P1M"}
+    stats = check_pixels_band(out, catalog_copy, "red")
+    assert stats == 18
+
+
+def check_pixels_band(out: Path, catalog: Path, band: str) -> int:
+    items = catalog_items(catalog)
+    n = 0
+    for name, item in output_items(out).items():
+        props = item["properties"]
+        with rasterio.open(next(out.rglob(Path(item["assets"][band]["href"]).name))) as src:
+            got, transform, shape = src.read(1), src.transform, src.shape
+        medians, _, _ = expected_composite(items, [band], transform, shape, _dt(props["start_datetime"]),
+                                           _dt(props["end_datetime"]))
+        np.testing.assert_array_equal(got, medians[band], err_msg=name)
+        n += 1
+    return n
+
+
+def test_tiles_generate_then_process_each_batch(tmp_path, demo_args, demo_catalog):
+    cells = tmp_path / "cells.pickle"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["-q", "tiles", "generate", *demo_args, "--cells", str(cells)])
+    assert result.exit_code == 0, result.output
+    ids = json.loads(result.stdout)
+    assert ids == [0, 1, 2]  # 6 cells, 2 per batch
+    for batch in ids:
+        run_cli(["-q", "tiles", "process", "--cells", str(cells), "--batch", str(batch), "--output", str(out)])
+    stats = check_pixels(out, demo_catalog)
+    assert stats["tasks"] == 18
+    assert len(list(pystac.read_file(str(out / "catalog.json")).get_items(recursive=True))) == 18
+
+
+def test_demo_command_with_two_workers(tmp_path):
+    """What the README's first command runs: the demo through two worker processes."""
+    result = run_cli(["demo", "--dir", str(tmp_path / "demo"), "--workers", "2"])
+    out = tmp_path / "demo" / "output"
+    assert report_counts(out) == {"done": 18, "skipped": 0, "failed": 0}
+    assert str(out / "catalog.json") in result.output
+    stats = check_pixels(out, tmp_path / "demo" / "catalog" / "catalog.json")
+    assert stats["tasks"] == 18
