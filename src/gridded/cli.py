@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import time
 
@@ -42,9 +43,18 @@ def cli(ctx, verbose, quiet, debug):
     """Analysis-ready composites from STAC imagery, tile by tile, as COGs with STAC metadata."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # dask reads this when first imported (here and in spawned workers): keep its INFO chatter off
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning" if verbose < 2 else "debug")
     for noisy in ("distributed", "rasterio", "numba", "asyncio", "tornado"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if verbose < 2 else level)
     ctx.obj = {"quiet": quiet, "debug": debug}
+
+
+def say(text: str) -> None:
+    """A progress or context message on stderr, unless -q."""
+    ctx = click.get_current_context(silent=True)
+    if not (ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet")):
+        click.echo(text, err=True)
 
 
 def selection_options(func):
@@ -137,7 +147,7 @@ def run(ctx, output, workers, overwrite, dry_run, scheduler, **kwargs):
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
     plan = plan_for(selection)
-    click.echo(plan_summary(plan), err=True)
+    say(plan_summary(plan))
     if dry_run:
         click.echo(json.dumps(_plan_rows(plan), indent=1))
         return
@@ -159,12 +169,13 @@ def _plan_rows(plan) -> list[dict]:
 @selection_options
 @click.option("--output", default=None, help="Show which tasks are done, to do or changed in this output.")
 @click.option("--png", default=None, type=click.Path(dir_okay=False), help="Draw the cells on a map image.")
-def plan(output, png, **kwargs):
+@click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON instead of a table.")
+def plan(output, png, as_json, **kwargs):
     """Show what would run, and where: cells, periods, observations, batches."""
     from .run import plan_for
 
     plan_ = plan_for(build_selection(**kwargs))
-    click.echo(plan_summary(plan_), err=True)
+    say(plan_summary(plan_))
     rows = _plan_rows(plan_)
     if output:
         from .process import is_current
@@ -179,12 +190,18 @@ def plan(output, png, **kwargs):
             if storage.exists(name):
                 state = "done" if is_current(storage, name, t.fingerprint(plan_.pipeline)) else "changed"
             by_task[(t.key, t.period.label)]["state"] = state
-    click.echo(json.dumps(rows, indent=1))
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+    else:
+        click.echo(f"{'batch':>5}  {'cell':<14} {'period':<14} {'obs':>4}  state")
+        for r in rows:
+            cell = f"x{r['cell'][0]} y{r['cell'][1]}"
+            click.echo(f"{r['batch']:>5}  {cell:<14} {r['period']:<14} {r['observations']:>4}  {r.get('state', '')}")
     if png:
         from .plan_map import draw_plan
 
         draw_plan(plan_, png)
-        click.echo(f"map written to {png}", err=True)
+        say(f"map written to {png}")
 
 
 @cli.group()
@@ -201,7 +218,7 @@ def tiles_generate(cells, **kwargs):
     from .run import plan_for
 
     plan_ = plan_for(build_selection(**kwargs))
-    click.echo(plan_summary(plan_), err=True)
+    say(plan_summary(plan_))
     ids = json.dumps([b.id for b in plan_.batches], separators=(",", ":"))
     if len(ids) > MAX_STDOUT_BYTES:
         raise ConfigError(
@@ -209,7 +226,7 @@ def tiles_generate(cells, **kwargs):
             f"a workflow step may print; raise --tiles-per-worker"
         )
     write_artifact(plan_, cells)
-    click.echo(f"wrote {cells}: {len(plan_.batches)} batches", err=True)
+    say(f"wrote {cells}: {len(plan_.batches)} batches")
     click.echo(ids)
 
 
@@ -272,12 +289,12 @@ def demo(ctx, directory, workers, overwrite):
     root = Path(directory)
     source = write_demo_catalog(root / "catalog")
     output = str(root / "output")
-    click.echo(f"demo catalog: {source}", err=True)
+    say(f"demo catalog: {source}")
     selection = build_selection(source=str(source), extent=DEMO_EXTENT, time_=DEMO_TIME, as_of=None,
                                 pipeline="s2-monthly-median", grid=str(DEMO_GRID), statistic=None, period=None,
                                 bands=None, mask=None, collection=None, tiles_per_worker=2)
     plan_ = plan_for(selection)
-    click.echo(plan_summary(plan_), err=True)
+    say(plan_summary(plan_))
     results = run_plan(plan_, output, workers=workers, overwrite=overwrite, quiet=ctx.obj["quiet"])
     click.echo(summary_table(results, time.monotonic() - started, output))
     click.echo(f"catalog: {Path(output) / 'catalog.json'}")

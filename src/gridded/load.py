@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.warp import reproject
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from odc.geo.geobox import GeoBox
 
@@ -45,18 +45,41 @@ class Stacks:
     source_nodata: dict[str, float | None]
 
 
-def _aligned(src, geobox: GeoBox) -> bool:
+def _zoom_factor(src, geobox: GeoBox) -> int | None:
+    """k when each source pixel is exactly k x k target pixels on the same grid lines, else None."""
     a, d = src.transform, geobox.affine
     if src.crs is None or src.crs != rasterio.crs.CRS.from_user_input(str(geobox.crs)):
-        return False
-    if (a.b, a.d, d.b, d.d) != (0, 0, 0, 0) or abs(a.a - d.a) > 1e-9 * abs(d.a) or abs(a.e - d.e) > 1e-9 * abs(d.e):
-        return False
-    col, row = (d.c - a.c) / a.a, (d.f - a.f) / a.e
-    return abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
+        return None
+    if (a.b, a.d, d.b, d.d) != (0, 0, 0, 0) or d.a <= 0 or d.e >= 0:
+        return None
+    k = round(a.a / d.a)
+    if k < 1 or abs(a.a - k * d.a) > 1e-9 * a.a or abs(a.e - k * d.e) > 1e-9 * abs(a.e):
+        return None
+    col, row = (d.c - a.c) / d.a, (d.f - a.f) / d.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return k
+
+
+def _read_zoomed(src, geobox: GeoBox, k: int, out: np.ndarray) -> None:
+    """Copy the source pixels under the geobox into out (k x k target pixels per source pixel)."""
+    ny, nx = out.shape
+    d, a = geobox.affine, src.transform
+    cols = (round((d.c - a.c) / d.a) + np.arange(nx)) // k
+    rows = (round((d.f - a.f) / d.e) + np.arange(ny)) // k
+    col_ok = (cols >= 0) & (cols < src.width)
+    row_ok = (rows >= 0) & (rows < src.height)
+    if not col_ok.any() or not row_ok.any():
+        return
+    c0, c1 = cols[col_ok].min(), cols[col_ok].max() + 1
+    r0, r1 = rows[row_ok].min(), rows[row_ok].max() + 1
+    data = src.read(1, window=Window(int(c0), int(r0), int(c1 - c0), int(r1 - r0)))
+    out[np.ix_(row_ok, col_ok)] = data[np.ix_(rows[row_ok] - r0, cols[col_ok] - c0)]
 
 
 def read_window(href: str, geobox: GeoBox, *, fill, what: str) -> tuple[np.ndarray, float | None]:
-    """(array on the geobox, the file's nodata): exact pixels when aligned, else nearest-neighbour warp."""
+    """(array on the geobox, the file's nodata): source pixels exactly when the grids align
+    (same or k-times coarser pixels on the same lines), else a nearest-neighbour warp."""
     ny, nx = geobox.shape
     try:
         with rasterio.open(href, driver="GTiff") as src:
@@ -64,22 +87,15 @@ def read_window(href: str, geobox: GeoBox, *, fill, what: str) -> tuple[np.ndarr
                 raise SourceError(f"{what}: header claims {src.width}x{src.height} pixels; refusing to read it")
             nodata = src.nodata
             value = fill if fill is not None else (nodata if nodata is not None else 0)
-            out = np.full((ny, nx), value, dtype=src.dtypes[0])
-            if _aligned(src, geobox):
-                t = src.transform
-                col = round((geobox.affine.c - t.c) / t.a)
-                row = round((geobox.affine.f - t.f) / t.e)
-                c0, r0 = max(col, 0), max(row, 0)
-                c1, r1 = min(col + nx, src.width), min(row + ny, src.height)
-                if c1 > c0 and r1 > r0:
-                    out[r0 - row:r1 - row, c0 - col:c1 - col] = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
-            else:
-                reproject(
-                    rasterio.band(src, 1), out, src_nodata=nodata, dst_nodata=value,
-                    dst_transform=geobox.affine, dst_crs=str(geobox.crs), resampling=Resampling.nearest,
-                    init_dest_nodata=False,
-                )
-            return out, nodata
+            k = _zoom_factor(src, geobox)
+            if k is not None:
+                out = np.full((ny, nx), value, dtype=src.dtypes[0])
+                _read_zoomed(src, geobox, k, out)
+                return out, nodata
+            options = {"src_nodata": nodata} if nodata is not None else {}
+            with WarpedVRT(src, crs=str(geobox.crs), transform=geobox.affine, width=nx, height=ny,
+                           resampling=Resampling.nearest, nodata=value, **options) as vrt:
+                return vrt.read(1), nodata
     except rasterio.errors.RasterioError as err:
         raise SourceError(f"{what}: cannot be read ({str(err).splitlines()[0]})") from err
 
