@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,62 +10,25 @@ import pystac
 import pytest
 import rasterio
 from click.testing import CliRunner
+from expected import (
+    BANDS,
+    _dt,
+    catalog_items,
+    check_pixels,
+    check_pixels_band,
+    expected_composite,
+    output_items,
+    report_counts,
+)
 
 from gridded.cli import cli
-from gridded.demo import ORIGIN_XY, SHAPE_YX
-
-from expected import catalog_items, expected_composite
-
-BANDS = ["blue", "green", "red", "nir"]
+from gridded.demo import ORIGIN_XY
 
 
 def run_cli(args, expect=0):
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == expect, result.output + result.stderr
     return result
-
-
-def output_items(out: Path) -> dict[str, dict]:
-    return {p.name: json.loads(p.read_text()) for p in sorted(out.rglob("*.stac-item.json"))}
-
-
-def report_counts(out: Path) -> dict:
-    return json.loads((out / "run-report.json").read_text())["counts"]
-
-
-def _dt(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def check_pixels(out: Path, catalog: Path) -> dict:
-    """Compare every output COG with the independent numpy composite; return coverage stats."""
-    items = catalog_items(catalog)
-    stats = {"outside": 0, "no_clear": 0, "even": 0, "half": 0, "pixels": 0, "tasks": 0}
-    for name, item in output_items(out).items():
-        props = item["properties"]
-        start, end = _dt(props["start_datetime"]), _dt(props["end_datetime"])
-        paths = {k: (out.rglob(Path(a["href"]).name)) for k, a in item["assets"].items()}
-        paths = {k: next(v) for k, v in paths.items()}
-        with rasterio.open(paths["count"]) as src:
-            transform, shape = src.transform, src.shape
-            count = src.read(1)
-        medians, want_count, _ = expected_composite(items, BANDS, transform, shape, start, end)
-        np.testing.assert_array_equal(count, want_count, err_msg=f"{name} count")
-        for band in BANDS:
-            with rasterio.open(paths[band]) as src:
-                got = src.read(1)
-            np.testing.assert_array_equal(got, medians[band], err_msg=f"{name} {band}")
-        # which of the hard cases this task exercised
-        col0 = round((transform.c - ORIGIN_XY[0]) / 10)
-        row0 = round((ORIGIN_XY[1] - transform.f) / 10)
-        rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
-        outside = (rows + row0 < 0) | (rows + row0 >= SHAPE_YX[0]) | (cols + col0 < 0) | (cols + col0 >= SHAPE_YX[1])
-        stats["outside"] += int(outside.sum())
-        stats["no_clear"] += int(((want_count == 0) & ~outside).sum())
-        stats["even"] += int(((want_count % 2 == 0) & (want_count > 0)).sum())
-        stats["pixels"] += count.size
-        stats["tasks"] += 1
-    return stats
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +156,7 @@ def test_late_scene_recomputes_only_its_month(tmp_path, catalog_copy):
     collection.add_item(late)
     collection.normalize_hrefs(str(catalog_copy.parent / "sentinel-2-l2a-demo"))
     collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    result = run_cli(args)
+    run_cli(args)
     report = json.loads((out / "run-report.json").read_text())
     done = {(tuple(t["key"]), t["period"]) for t in report["tasks"] if t["status"] == "done"}
     skipped = {t["period"] for t in report["tasks"] if t["status"] == "skipped"}
@@ -203,20 +164,6 @@ def test_late_scene_recomputes_only_its_month(tmp_path, catalog_copy):
     assert skipped == {"2024-01--P1M", "2024-03--P1M"}
     stats = check_pixels_band(out, catalog_copy, "red")
     assert stats == 18
-
-
-def check_pixels_band(out: Path, catalog: Path, band: str) -> int:
-    items = catalog_items(catalog)
-    n = 0
-    for name, item in output_items(out).items():
-        props = item["properties"]
-        with rasterio.open(next(out.rglob(Path(item["assets"][band]["href"]).name))) as src:
-            got, transform, shape = src.read(1), src.transform, src.shape
-        medians, _, _ = expected_composite(items, [band], transform, shape, _dt(props["start_datetime"]),
-                                           _dt(props["end_datetime"]))
-        np.testing.assert_array_equal(got, medians[band], err_msg=name)
-        n += 1
-    return n
 
 
 def test_tiles_generate_then_process_each_batch(tmp_path, demo_args, demo_catalog):

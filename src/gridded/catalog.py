@@ -51,9 +51,16 @@ def write_catalog(storage: Storage, *, collection_id: str | None = None, descrip
     catalog.add_link(pystac.Link("root", "./catalog.json", media_type=pystac.MediaType.JSON))
     col_doc = collection.to_dict(include_self_link=False, transform_hrefs=False)
     cat_doc = catalog.to_dict(include_self_link=False, transform_hrefs=False)
-    storage.put_bytes("collection.json", json.dumps(col_doc, indent=1).encode())
-    storage.put_bytes("catalog.json", json.dumps(cat_doc, indent=1).encode())
+    _put_if_changed(storage, "collection.json", json.dumps(col_doc, indent=1).encode())
+    _put_if_changed(storage, "catalog.json", json.dumps(cat_doc, indent=1).encode())
     return len(names)
+
+
+def _put_if_changed(storage: Storage, name: str, body: bytes) -> None:
+    """A rerun that changed nothing writes nothing."""
+    if storage.exists(name) and storage.get_bytes(name) == body:
+        return
+    storage.put_bytes(name, body)
 
 
 def _parse(text: str | None) -> datetime | None:

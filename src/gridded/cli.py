@@ -5,7 +5,6 @@ Heavy imports (dask, rasterio, numba) happen inside the commands so `gridded --h
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -57,10 +56,30 @@ def say(text: str) -> None:
         click.echo(text, err=True)
 
 
+def _set_unsigned(ctx, param, value):
+    if value:  # in the environment, so worker processes and GDAL see it too
+        os.environ["AWS_NO_SIGN_REQUEST"] = "YES"
+    return value
+
+
+def _set_requester_pays(ctx, param, value):
+    if value:
+        os.environ["AWS_REQUEST_PAYER"] = "requester"
+    return value
+
+
+source_access_options = [
+    click.option("--unsigned", is_flag=True, expose_value=False, callback=_set_unsigned,
+                 help="Read s3:// sources without signing (public buckets); also AWS_NO_SIGN_REQUEST=YES."),
+    click.option("--requester-pays", is_flag=True, expose_value=False, callback=_set_requester_pays,
+                 help="Read requester-pays s3:// sources (you pay for the reads)."),
+]
+
+
 def selection_options(func):
     """The flags that choose what to compute: shared by run, plan, tiles generate."""
     options = [
-        click.option("--source", required=True, help="Static STAC catalog or collection (path or file://)."),
+        click.option("--source", required=True, help="Static STAC catalog or collection: path, file://, s3:// or https://."),
         click.option("--extent", required=True, help="lon/lat bbox minx,miny,maxx,maxy, a GeoJSON file, or WKT."),
         click.option("--time", "time_", required=True,
                      help="ISO interval START/END (dates inclusive), or last:P1M relative to --as-of."),
@@ -74,6 +93,7 @@ def selection_options(func):
                      help="s2, landsat, none, ASSET:CLASSES (scl:0,1,3,8,9,10) or ASSET:bits:BITS. Default: inferred."),
         click.option("--collection", default=None, help="Only items of this collection id."),
         click.option("--tiles-per-worker", type=int, default=4, show_default=True, help="Cells per batch."),
+        *source_access_options,
     ]
     for option in reversed(options):
         func = option(func)
@@ -132,7 +152,7 @@ def plan_summary(plan) -> str:
 
 @cli.command()
 @selection_options
-@click.option("--output", required=True, help="Output directory (local path).")
+@click.option("--output", required=True, help="Output root: a local directory or s3://bucket/prefix.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
 @click.option("--overwrite", is_flag=True, help="Recompute cells whose outputs are up to date.")
 @click.option("--dry-run", is_flag=True, help="Plan and print what would run; write nothing.")
@@ -211,7 +231,7 @@ def tiles():
 
 @tiles.command("generate")
 @selection_options
-@click.option("--cells", required=True, help="Where to write the cells artifact (path).")
+@click.option("--cells", required=True, help="Where to write the cells artifact (path or s3://).")
 def tiles_generate(cells, **kwargs):
     """Plan and write the cells artifact; print the JSON list of batch ids on stdout."""
     from .artifact import write_artifact
@@ -231,9 +251,11 @@ def tiles_generate(cells, **kwargs):
 
 
 @tiles.command("process")
-@click.option("--cells", required=True, help="The cells artifact written by `tiles generate`.")
+@click.option("--cells", required=True, help="The cells artifact written by `tiles generate` (path or s3://).")
+@source_access_options[0]
+@source_access_options[1]
 @click.option("--batch", "batch_id", required=True, type=int, help="The batch id to process.")
-@click.option("--output", required=True, help="Output directory (local path).")
+@click.option("--output", required=True, help="Output root: a local directory or s3://bucket/prefix.")
 @click.option("--overwrite", is_flag=True, help="Recompute cells whose outputs are up to date.")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
 @click.pass_context

@@ -8,14 +8,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import shapely
+import shapely.wkt
 import yaml
 from odc.geo import XY
 from odc.geo.geobox import GeoBox
-from odc.geo.geom import Geometry, BoundingBox
+from odc.geo.geom import BoundingBox, Geometry
 from odc.geo.gridspec import GridSpec
-import shapely
-import shapely.wkt
-from shapely.geometry import shape, box
+from shapely.geometry import box, shape
 
 from .errors import ConfigError
 from .resources import data_dir

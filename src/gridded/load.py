@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
-from odc.geo.geobox import GeoBox
 
 from .errors import SourceError
 from .masks import MaskRule
 from .plan import Observation, Task
+from .s3 import gdal_path
+
+log = logging.getLogger(__name__)
 
 # GDAL reads with these unless the user's environment says otherwise: no directory listing
 # on open (a HEAD storm on object stores), and retries on transient HTTP errors.
@@ -25,14 +30,20 @@ GDAL_DEFAULTS = {
     "GDAL_HTTP_RETRY_DELAY": "1",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
 }
+READ_ATTEMPTS = 4
+RETRY_DELAY_S = 0.5
 MAX_SOURCE_PIXELS = 1 << 34  # a header claiming more is corrupt or hostile
 READ_THREADS = 4
 
 
 def configure_gdal() -> None:
-    """Set GDAL's defaults in this process (each worker process calls it on start)."""
+    """Set GDAL's defaults and its S3 endpoint settings in this process (every worker calls it)."""
+    from .s3 import gdal_s3_env
+
     for key, value in GDAL_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # derived from boto3's endpoint, which is authoritative: set, not defaulted
+    os.environ.update(gdal_s3_env())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,7 +90,29 @@ def _read_zoomed(src, geobox: GeoBox, k: int, out: np.ndarray) -> None:
 
 def read_window(href: str, geobox: GeoBox, *, fill, what: str) -> tuple[np.ndarray, float | None]:
     """(array on the geobox, the file's nodata): source pixels exactly when the grids align
-    (same or k-times coarser pixels on the same lines), else a nearest-neighbour warp."""
+    (same or k-times coarser pixels on the same lines), else a nearest-neighbour warp.
+
+    A remote read is retried a few times: GDAL retries HTTP errors itself but never a body cut
+    short. Refusals (403, 404) are not retried."""
+    remote = "://" in href and not href.startswith("file:")
+    attempts = READ_ATTEMPTS if remote else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            return _read_window_once(gdal_path(href), geobox, fill=fill, what=what)
+        except SourceError as err:
+            if attempt == attempts or not _retryable(err):
+                raise
+            log.info("%s: read failed (%s), retry %d of %d", what, err, attempt, attempts - 1)
+            time.sleep(RETRY_DELAY_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _retryable(err: SourceError) -> bool:
+    text = str(err)
+    return not any(s in text for s in ("403", "404", "Access Denied", "does not exist", "not recognized", "refusing"))
+
+
+def _read_window_once(href: str, geobox: GeoBox, *, fill, what: str) -> tuple[np.ndarray, float | None]:
     ny, nx = geobox.shape
     try:
         with rasterio.open(href, driver="GTiff") as src:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pystac
-from odc.geo.geobox import GeoBox
 from affine import Affine
-from shapely.geometry import shape, box
+from odc.geo.geobox import GeoBox
+from shapely.geometry import box, shape
 from shapely.strtree import STRtree
 
 from .errors import ConfigError

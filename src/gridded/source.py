@@ -10,9 +10,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pystac
-from shapely.geometry import shape, box
+import pystac.stac_io
+from shapely.geometry import box, shape
 
-from .errors import ConfigError, SourceError
+from .errors import ConfigError, GriddedError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,30 @@ class TimeRange:
             raise ConfigError(f"--time {self.start:%Y-%m-%d}/{self.end:%Y-%m-%d}: start is after end; swap them")
 
 
+class _StacIO(pystac.stac_io.DefaultStacIO):
+    """pystac's reader, plus s3:// through boto3 (the same client and errors as everything else)."""
+
+    def read_text_from_href(self, href: str) -> str:
+        if href.startswith("s3://"):
+            from .storage import storage_for_file
+
+            store, name = storage_for_file(href, source=True)
+            return store.get_bytes(name).decode("utf-8")
+        return super().read_text_from_href(href)
+
+
 def read_items(source: str) -> list[pystac.Item]:
-    """Every item under a static catalog, collection or item collection (a path or file:// URL)."""
-    path = _local_path(source)
-    if path.is_dir():
-        for name in ("catalog.json", "collection.json"):
-            if (path / name).is_file():
-                path = path / name
-                break
-    if not path.is_file():
-        raise ConfigError(f"--source {source}: no such catalog file; give the path of a catalog.json or collection.json")
+    """Every item under a static catalog, collection or item collection: a path, file://, s3:// or https://."""
+    href = _catalog_href(source)
+    stac_io = _StacIO()
     try:
-        doc = json.loads(path.read_text())
+        text = stac_io.read_text(href)
+    except GriddedError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--source {source}: cannot be read ({err}); check the path or URL") from err
+    try:
+        doc = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"--source {source}: not JSON ({err}); give a STAC catalog or collection") from err
     if not isinstance(doc, dict) or doc.get("type") not in ("Catalog", "Collection", "FeatureCollection", "Feature"):
@@ -51,22 +64,32 @@ def read_items(source: str) -> list[pystac.Item]:
         if doc["type"] == "FeatureCollection":
             return list(pystac.ItemCollection.from_dict(doc, preserve_dict=False).items)
         if doc["type"] == "Feature":
-            return [pystac.Item.from_file(str(path))]
-        root = pystac.read_file(str(path))
+            return [pystac.Item.from_dict(doc, href=href)]
+        root = pystac.read_dict(doc, href=href, stac_io=stac_io)
         return list(root.get_items(recursive=True))
+    except GriddedError:
+        raise
     except pystac.STACError as err:
         raise SourceError(f"--source {source}: {err}") from err
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, KeyError, ValueError) as err:
         raise SourceError(f"--source {source}: a linked file cannot be read ({err}); fix the catalog's links") from err
 
 
-def _local_path(source: str) -> Path:
+def _catalog_href(source: str) -> str:
+    """An absolute href of the catalog file; a local directory means its catalog.json or collection.json."""
     parsed = urlparse(source)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme in ("", ) or len(parsed.scheme) == 1:  # a Windows drive letter is a path
-        return Path(source)
-    raise ConfigError(f"--source {source}: scheme {parsed.scheme}:// is not supported here; use a local path")
+    if parsed.scheme in ("s3", "http", "https"):
+        return source
+    if parsed.scheme not in ("", "file") and len(parsed.scheme) != 1:
+        raise ConfigError(f"--source {source}: scheme {parsed.scheme}:// is not supported; use a path, s3:// or https://")
+    path = Path(parsed.path if parsed.scheme == "file" else source)
+    if path.is_dir():
+        for name in ("catalog.json", "collection.json"):
+            if (path / name).is_file():
+                return str((path / name).resolve())
+    if not path.is_file():
+        raise ConfigError(f"--source {source}: no such catalog file; give the path of a catalog.json or collection.json")
+    return str(path.resolve())
 
 
 def item_time(item: pystac.Item) -> datetime:

@@ -1,4 +1,4 @@
-"""Where outputs and artifacts live: a local directory (S3 joins it with the same methods).
+"""Where outputs and artifacts live: a local directory or an S3 prefix, with the same methods.
 
 Every write is whole or absent: a temporary name in the same directory, then a rename. An
 item is committed create-only (an exclusive hard link), so a second writer cannot clobber it.
@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from .errors import ConfigError, OutputError, SourceError
+from .s3 import requester_pays, s3_client, split_s3, translate_error, unsigned_requested
 
 
 class Storage(Protocol):
@@ -142,20 +145,132 @@ def _same_fs(a: Path, b: Path) -> bool:
         return False
 
 
-def open_storage(uri: str) -> Storage:
-    """An output root: a local path or file:// URL."""
+class S3Storage:
+    """A prefix in an S3 bucket: whole-object PUTs only (no multipart upload ever left open),
+    create-only commits with `If-None-Match: *`, existence by HEAD."""
+
+    def __init__(self, uri: str, *, source: bool = False):
+        self.uri = uri.rstrip("/")
+        self.bucket, prefix = split_s3(self.uri + "/")
+        self.prefix = prefix.strip("/")
+        self.source = source
+
+    @property
+    def client(self):
+        return s3_client(unsigned=self.source and unsigned_requested())
+
+    def _extra(self) -> dict:
+        return {"RequestPayer": "requester"} if self.source and requester_pays() else {}
+
+    def _key(self, name: str) -> str:
+        parts = [p for p in name.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise OutputError(f"{name!r} would be written outside {self.uri}; refusing")
+        return "/".join([self.prefix] + parts if self.prefix else parts)
+
+    def _uri(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self._key(name)}"
+
+    def _call(self, name: str, method: str, **kwargs):
+        try:
+            return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
+        except (ClientError, BotoCoreError) as err:
+            raise translate_error(err, self._uri(name), source=self.source) from err
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(name), **self._extra())
+            return True
+        except ClientError as err:
+            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise translate_error(err, self._uri(name), source=self.source) from err
+
+    def get_bytes(self, name: str) -> bytes:
+        return self._call(name, "get_object", Key=self._key(name), **self._extra())["Body"].read()
+
+    def get_range(self, name: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        rng = f"bytes={start}-{start + length - 1}"
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(name), Range=rng, **self._extra())
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""
+            raise translate_error(err, self._uri(name), source=self.source) from err
+        return resp["Body"].read()
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self._call(name, "put_object", Key=self._key(name), Body=data, ContentType=_content_type(name))
+
+    def put_file(self, name: str, local_path: Path) -> None:
+        with open(local_path, "rb") as body:
+            self._call(name, "put_object", Key=self._key(name), Body=body, ContentType=_content_type(name))
+
+    def create_only(self, name: str, data: bytes) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data,
+                                   ContentType=_content_type(name), IfNoneMatch="*")
+            return True
+        except ClientError as err:
+            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                return False  # committed already (maybe by our own retried PUT): the caller checks it
+            raise translate_error(err, self._uri(name), source=False) from err
+
+    def list(self, suffix: str) -> list[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        names = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+                for obj in page.get("Contents", []):
+                    if obj["Key"].endswith(suffix):
+                        names.append(obj["Key"][len(base):])
+        except (ClientError, BotoCoreError) as err:
+            raise translate_error(err, self.uri, source=self.source) from err
+        return sorted(names)
+
+    def delete(self, name: str) -> None:
+        self._call(name, "delete_object", Key=self._key(name))
+
+    def check_writable(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as err:
+            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                raise ConfigError(f"--output {self.uri}: bucket {self.bucket} does not exist; "
+                                  f"check the bucket name (and AWS_ENDPOINT_URL)") from err
+            raise translate_error(err, self.uri, source=False) from err
+        except BotoCoreError as err:
+            raise translate_error(err, self.uri, source=False) from err
+
+
+def _content_type(name: str) -> str:
+    if name.endswith(".tif"):
+        return "image/tiff; application=geotiff; profile=cloud-optimized"
+    if name.endswith(".json"):
+        return "application/json"
+    return "application/octet-stream"
+
+
+def open_storage(uri: str, *, source: bool = False) -> Storage:
+    """An output root (or a source prefix): a local path, file:// URL or s3://bucket/prefix."""
     parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        return S3Storage(uri, source=source)
     if parsed.scheme == "file":
         return LocalStorage(Path(parsed.path))
     if parsed.scheme == "" or len(parsed.scheme) == 1:
         return LocalStorage(Path(uri))
-    raise ConfigError(f"{uri}: scheme {parsed.scheme}:// is not supported; use a local directory")
+    raise ConfigError(f"{uri}: scheme {parsed.scheme}:// is not supported; use a local directory or s3://")
 
 
-def storage_for_file(uri: str) -> tuple[Storage, str]:
+def storage_for_file(uri: str, *, source: bool = False) -> tuple[Storage, str]:
     """(storage of the parent, name) for a single-object URI such as the cells artifact."""
     stripped = uri.rstrip("/")
     parent, _, name = stripped.rpartition("/")
-    if not name:
+    if not name or stripped.endswith(":/"):
         raise ConfigError(f"{uri}: not a file path")
-    return open_storage(parent or "."), name
+    if parent in ("s3:/", "s3:"):
+        raise ConfigError(f"{uri}: needs a key after the bucket, e.g. s3://bucket/runs/cells.pickle")
+    return open_storage(parent or ".", source=source), name

@@ -1,0 +1,511 @@
+"""Plan -> Argo manifests: a Workflow, WorkflowTemplate or CronWorkflow built from hera's models, as YAML.
+
+The workflow runs the same CLI steps as `gridded run`, in containers: `tiles generate` writes the
+cells artifact to S3 and prints the batch ids; `tiles process` runs once per id (`withParam`);
+`catalog` rebuilds the output catalog; an exit handler reports the outcome. Nothing here reads
+files or the environment: the caller passes every value, so a render is a pure function.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
+
+import yaml
+from hera.workflows import models as m
+
+from . import __version__
+from .errors import ConfigError
+
+STYLES = ("dag", "steps")
+KINDS = ("workflow", "template")
+# The selection flags of `tiles generate`, in the order the CLI lists them (and parameters render).
+SELECTION_FLAGS = ("source", "extent", "time", "as_of", "pipeline", "grid", "statistic", "period", "bands",
+                   "mask", "collection", "tiles_per_worker")
+PARAMETER_HELP = {
+    "source": "STAC catalog, collection or API to read (s3:// or https:// so pods can reach it)",
+    "extent": "lon/lat bbox minx,miny,maxx,maxy or WKT",
+    "time": "ISO interval START/END, or last:PERIOD relative to as_of",
+    "as_of": "reference time for time last:PERIOD",
+    "pipeline": "built-in recipe name",
+    "grid": "built-in grid name",
+    "statistic": "median or geomedian",
+    "period": "ISO 8601 period of each composite",
+    "bands": "comma-separated band names",
+    "mask": "clear-observation rule",
+    "collection": "only items of this collection id",
+    "tiles_per_worker": "cells per batch (one pod each)",
+    "output": "s3:// root of the COGs, items and catalog",
+    "aws_endpoint_url": "S3 endpoint for boto3 and GDAL (MinIO, Ceph); not a secret",
+    "index": "PostgreSQL DSN of the STAC index (no password: use a Secret for that)",
+    "bbox": "only items meeting this lon/lat bbox",
+    "datetime": "only items in this ISO interval",
+}
+
+CELLS_PATH = "/tmp/cells.pickle"
+# `gridded` exits 2 on bad input or configuration: the same pod would fail the same way again.
+RETRY_EXPRESSION = "asInt(lastRetry.exitCode) != 2"
+BACKOFF_DURATION_S = 30
+BACKOFF_FACTOR = 2
+BACKOFF_CAP_S = 600
+TTL_AFTER_SUCCESS_S = 24 * 3600
+TTL_AFTER_FAILURE_S = 7 * 24 * 3600
+# A cron run missed by less than this still starts: workflow.scheduledTime, not the start time,
+# picks the period, so a late start computes the same composites.
+CRON_STARTING_DEADLINE_S = 24 * 3600
+REPORT_DEADLINE_S = 300
+REPORT_RESOURCES = {"cpu": "100m", "memory": "64Mi"}
+INDEX_SECRET_KEY = "dsn"  # key of the DSN inside options.index_secret
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # keys (and env names) in options.s3_secret
+YAML_FIRST = ("name", "apiVersion", "kind", "metadata", "spec", "image", "command", "args")
+MAX_NAME_LEN = 52  # CronWorkflow names get a timestamp suffix; 52 leaves room (Argo's own limit)
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_QUANTITY = re.compile(r"^(\d+(\.\d+)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_CRON_FIELDS = (  # name, low, high, names (index = value)
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("", "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
+    ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowOptions:
+    """How and where a workflow runs: the Argo side of `gridded workflow render`."""
+
+    image: str
+    output: str | None = None          # s3:// root; required by render(), unused by render_ingest()
+    style: str = "dag"
+    kind: str = "workflow"
+    schedule: str | None = None        # cron: renders a CronWorkflow
+    timezone: str = "UTC"              # of the schedule
+    name: str | None = None            # default: gridded-<pipeline>
+    namespace: str | None = None
+    service_account: str | None = None
+    parallelism: int = 10
+    s3_secret: str | None = None       # Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+    aws_endpoint_url: str | None = None
+    index_secret: str | None = None    # Secret whose key `dsn` holds the index DSN (render_ingest)
+    cpu: str = "2"
+    memory: str = "8Gi"
+    retries: int = 2
+    deadline_s: int = 6 * 3600
+    owner: str | None = None
+    artifact_bucket: str | None = None  # default: the output's bucket
+    artifact_prefix: str | None = None  # default: <output prefix>/_workflows
+    version: str = __version__          # the gridded/version label
+
+    def __post_init__(self):
+        _check_choice("--style", self.style, STYLES)
+        _check_choice("--kind", self.kind, KINDS)
+        _check_image(self.image)
+        if self.schedule is not None:
+            _check_cron(self.schedule)
+            if self.kind == "template":
+                raise ConfigError("--kind template with --schedule: pick one (a CronWorkflow or a WorkflowTemplate)")
+        if self.output is not None and urlsplit(self.output).scheme != "s3":
+            raise ConfigError(f"--output {self.output}: pods cannot share a local disk; use an s3:// output, "
+                              f"e.g. --output s3://bucket/composites")
+        if self.output is not None and not urlsplit(self.output).netloc:
+            raise ConfigError(f"--output {self.output}: no bucket; use s3://BUCKET/PREFIX")
+        if self.name is not None and (len(self.name) > MAX_NAME_LEN or not _DNS_SUBDOMAIN.match(self.name)):
+            raise ConfigError(f"--name {self.name}: use lower-case letters, digits and '-', at most {MAX_NAME_LEN} "
+                              f"characters, e.g. --name gridded-s2-monthly")
+        if self.namespace is not None and not _DNS_LABEL.match(self.namespace):
+            raise ConfigError(f"--namespace {self.namespace}: not a Kubernetes namespace; use e.g. --namespace argo")
+        for flag, value in (("--service-account", self.service_account), ("--s3-secret", self.s3_secret),
+                            ("--index-secret", self.index_secret), ("--artifact-bucket", self.artifact_bucket)):
+            if value is not None and not _DNS_SUBDOMAIN.match(value):
+                raise ConfigError(f"{flag} {value}: use lower-case letters, digits, '-' and '.'")
+        if self.parallelism < 1:
+            raise ConfigError(f"--parallelism {self.parallelism}: must be at least 1; e.g. --parallelism 10")
+        if self.retries < 0:
+            raise ConfigError(f"--retries {self.retries}: must be 0 or more; e.g. --retries 2")
+        if self.deadline_s < 1:
+            raise ConfigError(f"--deadline {self.deadline_s}: must be at least 1 second; e.g. --deadline 21600")
+        for flag, value in (("--cpu", self.cpu), ("--memory", self.memory)):
+            if not _QUANTITY.match(value) or not re.search(r"[1-9]", value):
+                raise ConfigError(f"{flag} {value}: not a positive Kubernetes quantity; use e.g. --cpu 2 --memory 8Gi")
+        if self.owner is not None and (len(self.owner) > 63 or not self.owner or not _LABEL_VALUE.match(self.owner)):
+            raise ConfigError(f"--owner {self.owner}: a label value is at most 63 letters, digits, '-', '_' or '.'")
+        if self.aws_endpoint_url is not None:
+            parts = urlsplit(self.aws_endpoint_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(f"--aws-endpoint-url {self.aws_endpoint_url}: use http(s)://HOST[:PORT]")
+        if self.artifact_prefix is not None and (self.artifact_prefix.startswith("/")
+                                                 or self.artifact_prefix.endswith("/")):
+            raise ConfigError(f"--artifact-prefix {self.artifact_prefix}: drop the leading and trailing '/'")
+        if self.output is None and self.artifact_bucket is None and self.artifact_prefix is not None:
+            raise ConfigError("--artifact-prefix without --artifact-bucket or --output: name the bucket")
+
+    def cells_key(self) -> tuple[str, str]:
+        """(bucket, key) of the cells artifact; the key holds {{workflow.uid}}, so runs never collide."""
+        out = urlsplit(self.output or "")
+        bucket = self.artifact_bucket or out.netloc
+        if self.artifact_prefix is not None:
+            prefix = self.artifact_prefix
+        else:
+            prefix = "/".join(p for p in (out.path.strip("/"), "_workflows") if p)
+        return bucket, "/".join(p for p in (prefix, "{{workflow.uid}}", "cells.pickle") if p)
+
+
+def render(selection: dict[str, str | None], options: WorkflowOptions) -> str:
+    """Selection flags + options -> YAML of one Workflow, WorkflowTemplate or CronWorkflow."""
+    if options.output is None:
+        raise ConfigError("no output: pass --output s3://BUCKET/PREFIX (pods cannot share a local disk)")
+    values = _selection_values(selection, scheduled=options.schedule is not None)
+    names = [k for k in SELECTION_FLAGS if k in values]
+    parameters = {**{k: values[k] for k in names}, "output": options.output}
+    if options.aws_endpoint_url:
+        parameters["aws_endpoint_url"] = options.aws_endpoint_url
+    generate_args = ["tiles", "generate", *_flags(names)]
+    if options.schedule is not None:
+        generate_args += ["--as-of", "{{workflow.scheduledTime}}"]
+    generate_args += ["--cells", CELLS_PATH]
+    bucket, key = options.cells_key()
+    cells_out = m.Artifact(name="cells", path=CELLS_PATH, archive=m.ArchiveStrategy(none=m.NoneStrategy()),
+                           s3=_s3_location(options, bucket, key))
+    process_args = ["tiles", "process", "--cells", CELLS_PATH, "--batch", "{{inputs.parameters.batch}}",
+                    "--output", "{{workflow.parameters.output}}"]
+    templates = [
+        _main_template(options.style),
+        _container_template("generate", generate_args, options, outputs=m.Outputs(artifacts=[cells_out])),
+        _container_template("process", process_args, options, inputs=m.Inputs(
+            parameters=[m.Parameter(name="batch")],
+            artifacts=[m.Artifact(name="cells", path=CELLS_PATH)])),
+        _container_template("catalog", ["catalog", "--output", "{{workflow.parameters.output}}"], options),
+        *_exit_templates(options),
+    ]
+    recipe = PurePosixPath(values.get("pipeline") or "custom")
+    pipeline = _label_value(recipe.stem if recipe.suffix in (".yaml", ".yml") else recipe.name)
+    labels = _labels(options, component="composites", pipeline=pipeline)
+    spec = _workflow_spec(templates, parameters, options, labels)
+    return _manifest(spec, options, labels, name=options.name or _dns_name(f"gridded-{pipeline}"))
+
+
+def render_ingest(source: str, index: str | None, options: WorkflowOptions, collection: str | None = None,
+                  bbox: str | None = None, datetime: str | None = None) -> str:
+    """YAML of a workflow running `gridded stac ingest SOURCE` into a PostgreSQL index.
+
+    The DSN comes inline (`index`, which must hold no password) or from options.index_secret.
+    """
+    if index and options.index_secret:
+        raise ConfigError("--index and --index-secret: give the DSN one way; a Secret if it holds a password")
+    if not index and not options.index_secret:
+        raise ConfigError("no index: pass --index postgresql://USER@HOST/DB or --index-secret NAME "
+                          f"(a Secret whose key '{INDEX_SECRET_KEY}' holds the DSN)")
+    if index:
+        _check_index_dsn(index)
+    parameters = {k: v for k, v in (("source", source), ("index", index), ("collection", collection),
+                                    ("bbox", bbox), ("datetime", datetime)) if v}
+    if options.aws_endpoint_url:
+        parameters["aws_endpoint_url"] = options.aws_endpoint_url
+    names = [k for k in ("index", "collection", "bbox", "datetime") if k in parameters]
+    args = ["stac", "ingest", "{{workflow.parameters.source}}", *_flags(names)]
+    extra_env = []
+    if options.index_secret:
+        # the CLI reads --index from GRIDDED_INDEX_DSN, so the DSN is in neither the manifest nor argv
+        extra_env.append(_secret_env("GRIDDED_INDEX_DSN", options.index_secret, INDEX_SECRET_KEY))
+    templates = [_container_template("ingest", args, options, extra_env=extra_env), *_exit_templates(options)]
+    labels = _labels(options, component="ingest", pipeline=None)
+    spec = _workflow_spec(templates, parameters, options, labels, entrypoint="ingest")
+    return _manifest(spec, options, labels, name=options.name or "gridded-ingest")
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{flag} {value}: choose one of {', '.join(choices)}")
+
+
+def _check_image(image: str) -> None:
+    """An image must name its version: a tag other than latest, or a digest."""
+    name, _, digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    repo, _, tag = last.partition(":")
+    fix = "pin a version, e.g. --image ghcr.io/org/gridded:0.1.0 (or @sha256:DIGEST)"
+    if digest:
+        if not _IMAGE_DIGEST.match(digest) or not repo:
+            raise ConfigError(f"--image {image}: bad digest; {fix}")
+        return
+    if not repo or not tag:
+        raise ConfigError(f"--image {image}: no tag, so pods may run different code; {fix}")
+    if not _IMAGE_TAG.match(tag) or tag == "latest":
+        raise ConfigError(f"--image {image}: tag {tag!r} does not pin a version; {fix}")
+
+
+def _check_cron(expr: str) -> None:
+    """Five fields of digits, names (MON, JAN), '*', ',', '-', '/'; or a macro such as @monthly."""
+    fix = "use five fields MIN HOUR DOM MON DOW, e.g. --schedule '0 3 1 * *' (03:00 on the 1st)"
+    if expr.strip() in _CRON_MACROS:
+        return
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ConfigError(f"--schedule {expr!r}: {len(fields)} fields, not 5; {fix}")
+    for text, (what, low, high, names) in zip(fields, _CRON_FIELDS):
+        for part in text.split(","):
+            if not _cron_part_ok(part.upper(), low, high, names):
+                raise ConfigError(f"--schedule {expr!r}: bad {what} field {text!r}; {fix}")
+
+
+def _cron_part_ok(part: str, low: int, high: int, names: tuple[str, ...]) -> bool:
+    span, slash, step = part.partition("/")
+    if slash and not (step.isdigit() and int(step) >= 1):
+        return False
+    if span in ("*", "?"):
+        return True
+    first, dash, last = span.partition("-")
+    ends = [_cron_value(first, names), _cron_value(last, names) if dash else None]
+    if ends[0] is None or (dash and ends[1] is None):
+        return False
+    return all(low <= v <= high for v in ends if v is not None) and (not dash or ends[0] <= ends[1])
+
+
+def _cron_value(text: str, names: tuple[str, ...]) -> int | None:
+    if text.isdigit():
+        return int(text)
+    return names.index(text) if text and text in names else None
+
+
+def _check_index_dsn(dsn: str) -> None:
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"--index {dsn}: a pod's disk is gone when it ends; use a PostgreSQL DSN, "
+                          f"e.g. --index postgresql://gridded@db:5432/stac")
+    if parts.password or re.search(r"password=", parts.query, re.I):
+        raise ConfigError(f"--index {parts.scheme}://{parts.hostname}/...: the DSN holds a password, which the "
+                          f"workflow would store; put the DSN in a Secret (key '{INDEX_SECRET_KEY}') "
+                          f"and pass --index-secret NAME")
+
+
+def _selection_values(selection: dict[str, str | None], *, scheduled: bool) -> dict[str, str]:
+    unknown = sorted(set(selection) - set(SELECTION_FLAGS))
+    if unknown:
+        raise ConfigError(f"unknown selection flags {', '.join(unknown)}; known: {', '.join(SELECTION_FLAGS)}")
+    values = {k: str(v) for k, v in selection.items() if v is not None}
+    if scheduled:
+        time_ = values.get("time")
+        if time_ is not None and not time_.startswith("last:"):
+            raise ConfigError(f"--time {time_} with --schedule: each run would redo the same dates; "
+                              f"use --time last:{values.get('period', 'P1M')}")
+        if "as_of" in values:
+            raise ConfigError("--as-of with --schedule: a run's scheduled time is its reference; drop --as-of")
+        values["time"] = time_ or f"last:{values.get('period', 'P1M')}"
+    for required in ("source", "extent", "time"):
+        if required not in values:
+            raise ConfigError(f"no --{required.replace('_', '-')}: the workflow needs it")
+    tiles = values.get("tiles_per_worker")
+    if tiles is not None and not (tiles.isdigit() and int(tiles) >= 1):
+        raise ConfigError(f"--tiles-per-worker {tiles}: must be a whole number, at least 1")
+    return values
+
+
+# --- building hera models -----------------------------------------------------------------------
+
+def _flags(names: list[str]) -> list[str]:
+    """`--flag {{workflow.parameters.flag}}` for each name: the values stay editable at submit time."""
+    return [arg for name in names for arg in (f"--{name.replace('_', '-')}", f"{{{{workflow.parameters.{name}}}}}")]
+
+
+def _main_template(style: str) -> m.Template:
+    """generate -> process (one per batch id) -> catalog, as steps or as a DAG."""
+    if style == "steps":
+        def step(name: str, **kw) -> m.ParallelSteps:
+            return m.ParallelSteps([m.WorkflowStep(name=name, template=name, **kw)])
+
+        return m.Template(name="main", steps=[
+            step("generate"),
+            step("process", **_fan_out("steps")),
+            step("catalog"),
+        ])
+    return m.Template(name="main", dag=m.DAGTemplate(tasks=[
+        m.DAGTask(name="generate", template="generate"),
+        m.DAGTask(name="process", template="process", depends="generate", **_fan_out("tasks")),
+        m.DAGTask(name="catalog", template="catalog", depends="process"),
+    ]))
+
+
+def _fan_out(scope: str) -> dict:
+    """One process pod per batch id from the generator's stdout: ids only, never the cell lists."""
+    return {
+        "with_param": f"{{{{{scope}.generate.outputs.result}}}}",
+        "arguments": m.Arguments(
+            parameters=[m.Parameter(name="batch", value="{{item}}")],
+            artifacts=[m.Artifact(name="cells", from_=f"{{{{{scope}.generate.outputs.artifacts.cells}}}}")],
+        ),
+    }
+
+
+def _container_template(name: str, args: list[str], options: WorkflowOptions, *, inputs: m.Inputs | None = None,
+                        outputs: m.Outputs | None = None, extra_env: list[m.EnvVar] = ()) -> m.Template:
+    env = [m.EnvVar(name="GRIDDED_IMAGE", value=options.image), *_s3_env(options), *extra_env]
+    container = m.Container(image=options.image, command=["gridded"], args=args,
+                            env=sorted(env, key=lambda e: e.name),
+                            resources=_resources(cpu=options.cpu, memory=options.memory))
+    return m.Template(name=name, inputs=inputs, outputs=outputs, container=container,
+                      retry_strategy=_retry_strategy(options, options.deadline_s),
+                      active_deadline_seconds=m.IntOrString(options.deadline_s))
+
+
+def _exit_templates(options: WorkflowOptions) -> list[m.Template]:
+    """The onExit handler: one small reporting container for Succeeded, another for Failed or Error."""
+    handler = m.Template(name="exit-handler", steps=[m.ParallelSteps([
+        m.WorkflowStep(name="succeeded", template="report-succeeded", when="{{workflow.status}} == Succeeded"),
+        m.WorkflowStep(name="failed", template="report-failed", when="{{workflow.status}} != Succeeded"),
+    ])])
+    # env, not string templating, carries workflow.failures: it is JSON with quotes and newlines
+    env = [m.EnvVar(name="WORKFLOW_NAME", value="{{workflow.name}}"),
+           m.EnvVar(name="WORKFLOW_STATUS", value="{{workflow.status}}")]
+    succeeded = "import os; print('gridded: workflow {WORKFLOW_NAME} Succeeded'.format(**os.environ))"
+    failed = ("import os; print('gridded: workflow {WORKFLOW_NAME} {WORKFLOW_STATUS}; "
+              "failed steps: {WORKFLOW_FAILURES}'.format(**os.environ))")
+    reports = []
+    for name, code, more in (("report-succeeded", succeeded, []),
+                             ("report-failed", failed, [m.EnvVar(name="WORKFLOW_FAILURES",
+                                                                 value="{{workflow.failures}}")])):
+        container = m.Container(image=options.image, command=["python", "-c"], args=[code],
+                                env=sorted([*env, *more], key=lambda e: e.name),
+                                resources=_resources(**REPORT_RESOURCES))
+        reports.append(m.Template(name=name, container=container,
+                                  retry_strategy=_retry_strategy(options, REPORT_DEADLINE_S),
+                                  active_deadline_seconds=m.IntOrString(REPORT_DEADLINE_S)))
+    return [handler, *reports]
+
+
+def _retry_strategy(options: WorkflowOptions, deadline_s: int) -> m.RetryStrategy:
+    """Retry anything but exit 2, with exponential backoff; give up once every attempt could have run."""
+    max_duration_s = (options.retries + 1) * deadline_s + options.retries * BACKOFF_CAP_S
+    return m.RetryStrategy(
+        limit=m.IntOrString(options.retries),
+        retry_policy="Always",
+        expression=RETRY_EXPRESSION,
+        backoff=m.Backoff(duration=f"{BACKOFF_DURATION_S}s", factor=m.IntOrString(BACKOFF_FACTOR),
+                          cap=f"{BACKOFF_CAP_S}s", max_duration=f"{max_duration_s}s"),
+    )
+
+
+def _resources(*, cpu: str, memory: str) -> m.ResourceRequirements:
+    amounts = {"cpu": m.Quantity(cpu), "memory": m.Quantity(memory)}
+    return m.ResourceRequirements(requests=amounts, limits=dict(amounts))
+
+
+def _s3_env(options: WorkflowOptions) -> list[m.EnvVar]:
+    env = []
+    if options.aws_endpoint_url:
+        env.append(m.EnvVar(name="AWS_ENDPOINT_URL", value="{{workflow.parameters.aws_endpoint_url}}"))
+    if options.s3_secret:
+        env += [_secret_env(key, options.s3_secret, key) for key in S3_SECRET_KEYS]
+    return env
+
+
+def _secret_env(name: str, secret: str, key: str) -> m.EnvVar:
+    return m.EnvVar(name=name, value_from=m.EnvVarSource(secret_key_ref=m.SecretKeySelector(name=secret, key=key)))
+
+
+def _s3_location(options: WorkflowOptions, bucket: str, key: str) -> m.S3Artifact:
+    """A complete location, so the cells artifact needs no cluster-wide artifact repository."""
+    endpoint = urlsplit(options.aws_endpoint_url) if options.aws_endpoint_url else None
+    secret = options.s3_secret
+    return m.S3Artifact(
+        bucket=bucket, key=key,
+        endpoint=endpoint.netloc if endpoint else "s3.amazonaws.com",
+        insecure=True if endpoint and endpoint.scheme == "http" else None,
+        access_key_secret=m.SecretKeySelector(name=secret, key=S3_SECRET_KEYS[0]) if secret else None,
+        secret_key_secret=m.SecretKeySelector(name=secret, key=S3_SECRET_KEYS[1]) if secret else None,
+        use_sdk_creds=None if secret else True,  # IRSA / instance profile
+    )
+
+
+def _labels(options: WorkflowOptions, *, component: str, pipeline: str | None) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/name": "gridded",
+        "app.kubernetes.io/component": component,
+        "gridded/version": _label_value(options.version),
+    }
+    if pipeline:
+        labels["gridded/pipeline"] = pipeline
+    if options.owner:
+        labels["gridded/owner"] = options.owner
+    return dict(sorted(labels.items()))
+
+
+def _workflow_spec(templates: list[m.Template], parameters: dict[str, str], options: WorkflowOptions,
+                   labels: dict[str, str], *, entrypoint: str = "main") -> m.WorkflowSpec:
+    return m.WorkflowSpec(
+        entrypoint=entrypoint,
+        on_exit="exit-handler",
+        arguments=m.Arguments(parameters=[
+            m.Parameter(name=k, value=v, description=PARAMETER_HELP.get(k)) for k, v in parameters.items()
+        ]),
+        templates=templates,
+        parallelism=options.parallelism,
+        service_account_name=options.service_account,
+        pod_gc=m.PodGC(strategy="OnPodSuccess"),
+        ttl_strategy=m.TTLStrategy(seconds_after_success=TTL_AFTER_SUCCESS_S,
+                                   seconds_after_failure=TTL_AFTER_FAILURE_S),
+        pod_metadata=m.Metadata(labels=labels),
+        # a WorkflowTemplate passes these labels on to the workflows submitted from it
+        workflow_metadata=m.WorkflowMetadata(labels=labels) if options.kind == "template" else None,
+    )
+
+
+def _manifest(spec: m.WorkflowSpec, options: WorkflowOptions, labels: dict[str, str], *, name: str) -> str:
+    api = "argoproj.io/v1alpha1"
+    if options.schedule is not None:
+        resource = m.CronWorkflow(
+            api_version=api, kind="CronWorkflow",
+            metadata=m.ObjectMeta(name=name, namespace=options.namespace, labels=labels),
+            spec=m.CronWorkflowSpec(
+                schedules=[options.schedule], timezone=options.timezone, concurrency_policy="Forbid",
+                starting_deadline_seconds=CRON_STARTING_DEADLINE_S,
+                workflow_metadata=m.ObjectMeta(labels=labels), workflow_spec=spec,
+            ),
+        )
+    elif options.kind == "template":
+        resource = m.WorkflowTemplate(api_version=api, kind="WorkflowTemplate", spec=spec,
+                                      metadata=m.ObjectMeta(name=name, namespace=options.namespace, labels=labels))
+    else:
+        resource = m.Workflow(api_version=api, kind="Workflow", spec=spec, metadata=m.ObjectMeta(
+            generate_name=f"{name}-", namespace=options.namespace, labels=labels))
+    return _to_yaml(resource.model_dump(by_alias=True, exclude_none=True, mode="json"))
+
+
+def _to_yaml(manifest: dict) -> str:
+    """Stable, readable YAML: `name` and a few keys first, then scalars, lists and mappings by key."""
+    def rank(kv: tuple) -> tuple:
+        key, value = kv
+        if key in YAML_FIRST:
+            return 0, YAML_FIRST.index(key), key
+        if key == "templates":  # long: after the parameters a user reads first
+            return 5, 0, key
+        return 1 + (isinstance(value, list)) + 2 * isinstance(value, dict), 0, key
+
+    def order(value):
+        if isinstance(value, dict):
+            return {k: order(v) for k, v in sorted(value.items(), key=rank)}
+        if isinstance(value, list):
+            return [order(v) for v in value]
+        return value
+
+    return yaml.safe_dump(order(manifest), sort_keys=False, default_flow_style=False, width=120)
+
+
+def _label_value(text: str) -> str:
+    """Any text -> a valid Kubernetes label value (at most 63 characters of [A-Za-z0-9-_.])."""
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+def _dns_name(text: str) -> str:
+    value = re.sub(r"[^a-z0-9-]+", "-", text.lower())[:MAX_NAME_LEN]
+    return value.strip("-") or "gridded"
