@@ -74,11 +74,11 @@ def s3(s3_server):
     return boto3.client("s3", endpoint_url=s3_server)
 
 
-def upload_tree(s3, local: Path, bucket: str, prefix: str) -> None:
+def upload_tree(s3, local: Path, bucket: str, prefix: str, **put_args) -> None:
     """Copy a local folder to s3://bucket/prefix/ with the test's own client."""
     for path in sorted(local.rglob("*")):
         if path.is_file():
-            s3.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(local)}", Body=path.read_bytes())
+            s3.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(local)}", Body=path.read_bytes(), **put_args)
 
 
 def download_tree(s3, bucket: str, prefix: str, local: Path) -> list[str]:
