@@ -18,6 +18,7 @@ from hera.workflows import models as m
 
 from . import __version__
 from .errors import ConfigError
+from .s3 import REQUESTER_PAYS_ENV, UNSIGNED_ENV
 
 STYLES = ("dag", "steps")
 KINDS = ("workflow", "template")
@@ -95,6 +96,8 @@ class WorkflowOptions:
     s3_secret: str | None = None       # Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
     aws_endpoint_url: str | None = None
     index_secret: str | None = None    # Secret whose key `dsn` holds the index DSN (render_ingest)
+    unsigned: bool = False             # read s3:// sources unsigned (public buckets)
+    requester_pays: bool = False       # read requester-pays s3:// sources
     cpu: str = "2"
     memory: str = "8Gi"
     retries: int = 2
@@ -112,40 +115,8 @@ class WorkflowOptions:
             _check_cron(self.schedule)
             if self.kind == "template":
                 raise ConfigError("--kind template with --schedule: pick one (a CronWorkflow or a WorkflowTemplate)")
-        if self.output is not None and urlsplit(self.output).scheme != "s3":
-            raise ConfigError(f"--output {self.output}: pods cannot share a local disk; use an s3:// output, "
-                              f"e.g. --output s3://bucket/composites")
-        if self.output is not None and not urlsplit(self.output).netloc:
-            raise ConfigError(f"--output {self.output}: no bucket; use s3://BUCKET/PREFIX")
-        if self.name is not None and (len(self.name) > MAX_NAME_LEN or not _DNS_SUBDOMAIN.match(self.name)):
-            raise ConfigError(f"--name {self.name}: use lower-case letters, digits and '-', at most {MAX_NAME_LEN} "
-                              f"characters, e.g. --name gridded-s2-monthly")
-        if self.namespace is not None and not _DNS_LABEL.match(self.namespace):
-            raise ConfigError(f"--namespace {self.namespace}: not a Kubernetes namespace; use e.g. --namespace argo")
-        for flag, value in (("--service-account", self.service_account), ("--s3-secret", self.s3_secret),
-                            ("--index-secret", self.index_secret), ("--artifact-bucket", self.artifact_bucket)):
-            if value is not None and not _DNS_SUBDOMAIN.match(value):
-                raise ConfigError(f"{flag} {value}: use lower-case letters, digits, '-' and '.'")
-        if self.parallelism < 1:
-            raise ConfigError(f"--parallelism {self.parallelism}: must be at least 1; e.g. --parallelism 10")
-        if self.retries < 0:
-            raise ConfigError(f"--retries {self.retries}: must be 0 or more; e.g. --retries 2")
-        if self.deadline_s < 1:
-            raise ConfigError(f"--deadline {self.deadline_s}: must be at least 1 second; e.g. --deadline 21600")
-        for flag, value in (("--cpu", self.cpu), ("--memory", self.memory)):
-            if not _QUANTITY.match(value) or not re.search(r"[1-9]", value):
-                raise ConfigError(f"{flag} {value}: not a positive Kubernetes quantity; use e.g. --cpu 2 --memory 8Gi")
-        if self.owner is not None and (len(self.owner) > 63 or not self.owner or not _LABEL_VALUE.match(self.owner)):
-            raise ConfigError(f"--owner {self.owner}: a label value is at most 63 letters, digits, '-', '_' or '.'")
-        if self.aws_endpoint_url is not None:
-            parts = urlsplit(self.aws_endpoint_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ConfigError(f"--aws-endpoint-url {self.aws_endpoint_url}: use http(s)://HOST[:PORT]")
-        if self.artifact_prefix is not None and (self.artifact_prefix.startswith("/")
-                                                 or self.artifact_prefix.endswith("/")):
-            raise ConfigError(f"--artifact-prefix {self.artifact_prefix}: drop the leading and trailing '/'")
-        if self.output is None and self.artifact_bucket is None and self.artifact_prefix is not None:
-            raise ConfigError("--artifact-prefix without --artifact-bucket or --output: name the bucket")
+        _check_cluster_values(self)
+        _check_s3_values(self)
 
     def cells_key(self) -> tuple[str, str]:
         """(bucket, key) of the cells artifact; the key holds {{workflow.uid}}, so runs never collide."""
@@ -228,6 +199,49 @@ def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{flag} {value}: choose one of {', '.join(choices)}")
 
 
+def _check_cluster_values(o: WorkflowOptions) -> None:
+    """Kubernetes names, counts and quantities."""
+    if o.name is not None and (len(o.name) > MAX_NAME_LEN or not _DNS_SUBDOMAIN.match(o.name)):
+        raise ConfigError(f"--name {o.name}: use lower-case letters, digits and '-', at most {MAX_NAME_LEN} "
+                          f"characters, e.g. --name gridded-s2-monthly")
+    if o.namespace is not None and not _DNS_LABEL.match(o.namespace):
+        raise ConfigError(f"--namespace {o.namespace}: not a Kubernetes namespace; use e.g. --namespace argo")
+    for flag, value in (("--service-account", o.service_account), ("--s3-secret", o.s3_secret),
+                        ("--index-secret", o.index_secret)):
+        if value is not None and not _DNS_SUBDOMAIN.match(value):
+            raise ConfigError(f"{flag} {value}: not a Kubernetes name; use lower-case letters, digits, '-' and '.'")
+    if o.parallelism < 1:
+        raise ConfigError(f"--parallelism {o.parallelism}: must be at least 1; e.g. --parallelism 10")
+    if o.retries < 0:
+        raise ConfigError(f"--retries {o.retries}: must be 0 or more; e.g. --retries 2")
+    if o.deadline_s < 1:
+        raise ConfigError(f"--deadline {o.deadline_s}: must be at least 1 second; e.g. --deadline 21600")
+    for flag, value in (("--cpu", o.cpu), ("--memory", o.memory)):
+        if not _QUANTITY.match(value) or not re.search(r"[1-9]", value):
+            raise ConfigError(f"{flag} {value}: not a positive Kubernetes quantity; use e.g. --cpu 2 --memory 8Gi")
+    if o.owner is not None and (not o.owner or len(o.owner) > 63 or not _LABEL_VALUE.match(o.owner)):
+        raise ConfigError(f"--owner {o.owner}: a label value is at most 63 letters, digits, '-', '_' or '.'")
+
+
+def _check_s3_values(o: WorkflowOptions) -> None:
+    """The output, the endpoint and the cells artifact's location."""
+    if o.output is not None:
+        out = urlsplit(o.output)
+        if out.scheme != "s3":
+            raise ConfigError(f"--output {o.output}: pods cannot share a local disk; use an s3:// output, "
+                              f"e.g. --output s3://bucket/composites")
+        if not out.netloc:
+            raise ConfigError(f"--output {o.output}: no bucket; use s3://BUCKET/PREFIX")
+    if o.aws_endpoint_url is not None:
+        parts = urlsplit(o.aws_endpoint_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"--aws-endpoint-url {o.aws_endpoint_url}: use http(s)://HOST[:PORT]")
+    if o.artifact_bucket is not None and not _DNS_SUBDOMAIN.match(o.artifact_bucket):
+        raise ConfigError(f"--artifact-bucket {o.artifact_bucket}: a bucket name, without s3:// or a prefix")
+    if o.artifact_prefix is not None and (o.artifact_prefix.startswith("/") or o.artifact_prefix.endswith("/")):
+        raise ConfigError(f"--artifact-prefix {o.artifact_prefix}: drop the leading and trailing '/'")
+
+
 def _check_image(image: str) -> None:
     """An image must name its version: a tag other than latest, or a digest."""
     name, _, digest = image.partition("@")
@@ -278,14 +292,15 @@ def _cron_value(text: str, names: tuple[str, ...]) -> int | None:
 
 
 def _check_index_dsn(dsn: str) -> None:
+    """A PostgreSQL DSN without a password (the manifest is stored and shown in the Argo UI)."""
     parts = urlsplit(dsn)
+    if parts.password or re.search(r"password\s*=", dsn, re.IGNORECASE):
+        where = f"{parts.scheme}://{parts.hostname}/..." if parts.hostname else "DSN"  # never echo the password
+        raise ConfigError(f"--index {where}: the DSN holds a password, which the workflow would store; put the "
+                          f"DSN in a Secret (key '{INDEX_SECRET_KEY}') and pass --index-secret NAME")
     if parts.scheme not in ("postgresql", "postgres"):
         raise ConfigError(f"--index {dsn}: a pod's disk is gone when it ends; use a PostgreSQL DSN, "
                           f"e.g. --index postgresql://gridded@db:5432/stac")
-    if parts.password or re.search(r"password=", parts.query, re.I):
-        raise ConfigError(f"--index {parts.scheme}://{parts.hostname}/...: the DSN holds a password, which the "
-                          f"workflow would store; put the DSN in a Secret (key '{INDEX_SECRET_KEY}') "
-                          f"and pass --index-secret NAME")
 
 
 def _selection_values(selection: dict[str, str | None], *, scheduled: bool) -> dict[str, str]:
@@ -400,7 +415,12 @@ def _resources(*, cpu: str, memory: str) -> m.ResourceRequirements:
 
 
 def _s3_env(options: WorkflowOptions) -> list[m.EnvVar]:
+    """What `--unsigned`/`--requester-pays` set in a local run, the endpoint, and the credentials by reference."""
     env = []
+    if options.unsigned:
+        env.append(m.EnvVar(name=UNSIGNED_ENV, value="YES"))
+    if options.requester_pays:
+        env.append(m.EnvVar(name=REQUESTER_PAYS_ENV, value="requester"))
     if options.aws_endpoint_url:
         env.append(m.EnvVar(name="AWS_ENDPOINT_URL", value="{{workflow.parameters.aws_endpoint_url}}"))
     if options.s3_secret:

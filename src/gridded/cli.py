@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 
@@ -135,6 +136,36 @@ def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, 
     )
 
 
+SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls|ws|wss)://[^\s:/]+:\d{1,5}$")
+
+
+def check_scheduler(address: str | None) -> None:
+    if address is not None and not SCHEDULER_ADDRESS.match(address):
+        raise ConfigError(f"--scheduler {address}: not a Dask scheduler address; use e.g. tcp://scheduler:8786")
+
+
+def check_output(uri: str, flag: str = "--output") -> None:
+    """Refuse an unwritable output before any planning; creates nothing."""
+    from .storage import open_storage
+
+    open_storage(uri).check_writable()
+
+
+def check_file_target(uri: str, flag: str) -> None:
+    """A single file to write (--cells, --png): its folder must be writable and it must not be a directory."""
+    from pathlib import Path
+
+    from .storage import storage_for_file
+
+    if "://" not in uri and Path(uri).is_dir():
+        raise ConfigError(f"{flag} {uri}: is a directory; give a file path such as {Path(uri) / 'cells.pickle'}")
+    store, _ = storage_for_file(uri)
+    try:
+        store.check_writable()
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("--output", flag, 1)) from err
+
+
 def plan_summary(plan) -> str:
     tasks = plan.tasks
     cells = {t.key for t in tasks}
@@ -166,10 +197,16 @@ def run(ctx, output, workers, overwrite, dry_run, scheduler, **kwargs):
     selection = build_selection(**kwargs)
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
+    check_scheduler(scheduler)
+    if not dry_run:
+        check_output(output)
     plan = plan_for(selection)
     say(plan_summary(plan))
     if dry_run:
         click.echo(json.dumps(_plan_rows(plan), indent=1))
+        return
+    if not plan.tasks:
+        say("nothing to do: no source item meets the extent and time; check --extent, --time and --collection")
         return
     results = run_plan(plan, output, workers=workers, overwrite=overwrite, quiet=ctx.obj["quiet"],
                        scheduler=scheduler)
@@ -194,7 +231,10 @@ def plan(output, png, as_json, **kwargs):
     """Show what would run, and where: cells, periods, observations, batches."""
     from .run import plan_for
 
-    plan_ = plan_for(build_selection(**kwargs))
+    selection = build_selection(**kwargs)
+    if png:
+        check_file_target(png, "--png")
+    plan_ = plan_for(selection)
     say(plan_summary(plan_))
     rows = _plan_rows(plan_)
     if output:
@@ -237,7 +277,9 @@ def tiles_generate(cells, **kwargs):
     from .artifact import write_artifact
     from .run import plan_for
 
-    plan_ = plan_for(build_selection(**kwargs))
+    selection = build_selection(**kwargs)
+    check_file_target(cells, "--cells")
+    plan_ = plan_for(selection)
     say(plan_summary(plan_))
     ids = json.dumps([b.id for b in plan_.batches], separators=(",", ":"))
     if len(ids) > MAX_STDOUT_BYTES:
@@ -269,10 +311,11 @@ def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler):
     from .storage import open_storage
 
     started = time.monotonic()
+    check_scheduler(scheduler)
+    check_output(output)
     configure_gdal()
     _, pipeline, _, batch = read_batch(cells, batch_id)
     storage = open_storage(output)
-    storage.check_writable()
     progress = Progress(len(batch.tasks), quiet=ctx.obj["quiet"])
     results = process_batch(batch, pipeline, output, overwrite=overwrite, scheduler=scheduler,
                             on_result=progress.update)
@@ -290,7 +333,10 @@ def catalog(output, collection_id):
     from .catalog import write_catalog
     from .storage import open_storage
 
-    n = write_catalog(open_storage(output), collection_id=collection_id)
+    storage = open_storage(output)
+    if not storage.list(".stac-item.json"):
+        raise ConfigError(f"--output {output}: no STAC items there; give the output root of a run")
+    n = write_catalog(storage, collection_id=collection_id)
     click.echo(f"catalog of {n} items written to {output}")
 
 

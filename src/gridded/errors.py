@@ -23,6 +23,12 @@ class ArtifactError(GriddedError, ValueError):
     """The cells artifact is missing, tampered with or of another format."""
 
 
+class ClusterError(GriddedError, OSError):
+    """The Dask scheduler cannot be reached: maybe transient (exit 1, retryable)."""
+
+    exit_code = 1
+
+
 class CellError(GriddedError):
     """One cell failed; the others go on (exit 1 at the end, retryable)."""
 

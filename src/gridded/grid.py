@@ -42,7 +42,7 @@ class Grid:
                 f"{where}: resolution must be positive, got {self.resolution}; set e.g. resolution: 10"
             )
         for size in self.tile_size:
-            if not size > 0:
+            if not (size > 0 and math.isfinite(size)):
                 raise ConfigError(f"{where}: tile_size must be positive, got {size}; set e.g. tile_size: 96000")
             pixels = size / self.resolution
             if abs(pixels - round(pixels)) > 1e-6:
@@ -119,7 +119,7 @@ def grid_from_mapping(doc, *, where: str) -> Grid:
         origin = tuple(float(v) for v in doc.get("origin", (0, 0)))
     except (TypeError, ValueError, IndexError) as err:
         raise ConfigError(f"{where}: resolution, tile_size and origin must be numbers ({err})") from err
-    if len(origin) != 2:
+    if len(origin) != 2 or not all(math.isfinite(v) for v in origin):
         raise ConfigError(f"{where}: origin must be [x, y], got {doc.get('origin')}")
     return Grid(name=str(doc.get("name", where)), crs=crs, resolution=resolution, tile_size=tile_size, origin=origin)
 

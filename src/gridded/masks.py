@@ -28,7 +28,8 @@ class MaskRule:
         if self.kind not in ("classes", "bits"):
             raise ConfigError(f"mask rule kind must be classes or bits, got {self.kind!r}")
         if self.kind == "bits" and any(not 0 <= b < 32 for b in self.values):
-            raise ConfigError(f"mask bits must be 0..31, got {self.values}")
+            raise ConfigError(f"--mask {self.asset}:bits:{','.join(map(str, self.values))}: bits must be 0..31; "
+                              f"e.g. qa_pixel:bits:0,1,2,3,4")
 
     def clear(self, mask: np.ndarray) -> np.ndarray:
         """Boolean array: True where the mask says the pixel is clear."""

@@ -37,7 +37,8 @@ def _parse_bound(text: str, *, end: bool, flag: str) -> datetime:
             return start + timedelta(days=1) - EPS if end else start
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as err:
-        raise ConfigError(f"{flag} {text!r}: not an ISO 8601 date; use e.g. 2024-01-01/2024-03-31") from err
+        example = "2024-04-01T00:00:00Z" if flag == "--as-of" else "2024-01-01/2024-03-31"
+        raise ConfigError(f"{flag} {text!r}: not an ISO 8601 date; use e.g. {example}") from err
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
@@ -79,13 +80,15 @@ def _bin_start(when: datetime, n: int, unit: str, anchor: datetime) -> datetime:
     return anchor + timedelta(days=days)
 
 
-def _split(period: str) -> tuple[int, str]:
+def _split(period: str, flag: str = "--period") -> tuple[int, str]:
     m = PERIOD.match(period)
     if not m:
-        raise ConfigError(f"--period {period}: not an ISO 8601 period; use P1M, P3M, P1Y or P10D")
+        raise ConfigError(f"{flag}{'' if flag.endswith(':') else ' '}{period}: not an ISO 8601 period; "
+                          f"use P1M, P3M, P1Y or P10D")
     n, unit = int(m["n"]), m["unit"]
     if unit == "M" and 12 % n:
-        raise ConfigError(f"--period {period}: months must divide a year (1, 2, 3, 4, 6, 12) to stay calendar-aligned")
+        raise ConfigError(f"{flag}{'' if flag.endswith(':') else ' '}{period}: months must divide a year to stay "
+                          f"calendar-aligned; use P1M, P2M, P3M, P4M, P6M or P12M")
     return n, unit
 
 
@@ -110,7 +113,7 @@ def periods_for(time: TimeRange, period: str) -> list[Period]:
 
 def last_complete(period: str, as_of: datetime) -> TimeRange:
     """The last complete calendar bin of `period` before as_of: `P1M` last month, `P3M` last quarter."""
-    n, unit = _split(period)
+    n, unit = _split(period, flag="--time last:")
     if unit == "D":
         end = datetime.combine(as_of.date(), datetime.min.time(), timezone.utc)
         return TimeRange(start=end - timedelta(days=n), end=end - EPS)

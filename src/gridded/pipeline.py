@@ -43,7 +43,8 @@ class Pipeline:
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", band) or band in (".", ".."):
                 raise ConfigError(f"band name {band!r}: use letters, digits, '-', '_' and '.'")
         if "count" in self.bands:
-            raise ConfigError("band name 'count' is reserved for the clear-observation count asset")
+            raise ConfigError("band name 'count' is reserved for the clear-observation count asset; "
+                              "use --bands without it (every output has a count)")
         if self.statistic not in STATISTICS:
             raise ConfigError(
                 f"--statistic {self.statistic}: unknown statistic; use one of {', '.join(STATISTICS)}"
@@ -52,6 +53,14 @@ class Pipeline:
             raise ConfigError(f"--period {self.period}: not an ISO 8601 period; use P1M, P3M, P1Y or P10D")
         if self.mask is not None and not isinstance(self.mask, MaskRule) and self.mask != INFER:
             raise ConfigError(f"pipeline {self.name}: bad mask {self.mask!r}")
+        if self.nodata is not None and not isinstance(self.nodata, (int, float)):
+            raise ConfigError(f"pipeline {self.name}: nodata must be a number, got {self.nodata!r}; set e.g. nodata: 0")
+        if not isinstance(self.max_iterations, int) or self.max_iterations < 1:
+            raise ConfigError(f"pipeline {self.name}: max_iterations must be a positive integer, "
+                              f"got {self.max_iterations!r}; set e.g. max_iterations: 1000")
+        if not isinstance(self.tolerance, (int, float)) or not 0 < self.tolerance < 1:
+            raise ConfigError(f"pipeline {self.name}: tolerance must be a number in (0, 1), "
+                              f"got {self.tolerance!r}; set e.g. tolerance: 1e-7")
         if self.dtype is not None:
             try:
                 np.dtype(self.dtype)
@@ -89,7 +98,8 @@ def load_pipeline(name_or_path: str) -> Pipeline:
                 f"--pipeline {name_or_path}: no such pipeline; use one of {', '.join(pipeline_names())} or a YAML file"
             )
     if not path.is_file():
-        raise ConfigError(f"--pipeline {name_or_path}: file not found")
+        raise ConfigError(f"--pipeline {name_or_path}: file not found; give a recipe YAML file or one of "
+                          f"{', '.join(pipeline_names())}")
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -101,12 +111,18 @@ def load_pipeline(name_or_path: str) -> Pipeline:
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
     doc.setdefault("name", path.stem)
-    if isinstance(doc.get("bands"), str):
-        doc["bands"] = doc["bands"].split(",")
-    doc["bands"] = tuple(doc.get("bands") or ())
+    bands = doc.get("bands") or ()
+    if isinstance(bands, str):
+        bands = bands.split(",")
+    if not isinstance(bands, (list, tuple)):
+        raise ConfigError(f"{path}: bands must be a list of band names, got {bands!r}; set e.g. bands: [red, nir]")
+    doc["bands"] = tuple(str(b) for b in bands)
     if "mask" in doc:
         doc["mask"] = INFER if doc["mask"] == INFER else parse_mask(str(doc["mask"]))
-    return Pipeline(**doc)
+    try:
+        return Pipeline(**doc)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
 
 
 def with_overrides(base: Pipeline | None, **flags) -> Pipeline:

@@ -104,9 +104,13 @@ def observation_for(item: pystac.Item, bands: tuple[str, ...], mask: MaskRule | 
     for band in wanted:
         found = find_asset(item, band)
         if found is None:
-            what = "mask asset" if mask is not None and band == mask.asset and band not in bands else "band"
+            if mask is not None and band == mask.asset and band not in bands:
+                raise ConfigError(
+                    f"item {item.id}: no mask asset {band!r} (assets: {', '.join(sorted(item.assets))}); "
+                    f"pass --mask ASSET:... naming one of them, or --mask none"
+                )
             raise ConfigError(
-                f"item {item.id}: no asset for {what} {band!r} (assets: {', '.join(sorted(item.assets))}); "
+                f"item {item.id}: no asset for band {band!r} (assets: {', '.join(sorted(item.assets))}); "
                 f"use --bands with asset keys, eo:bands names or common names"
             )
         hrefs.append((band, found[1].get_absolute_href() or found[1].href))

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import GriddedError
+from .errors import ClusterError, GriddedError
 from .pipeline import Pipeline
 from .plan import Batch, Task
 from .stats import STATISTICS, clear_count, to_output
@@ -138,7 +138,14 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
     from distributed import Client, as_completed
 
     results = []
-    client = Client(scheduler) if scheduler else _local_client(*worker_resources(workers_on_machine))
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as err:
+            raise ClusterError(f"--scheduler {scheduler}: cannot connect ({err.__class__.__name__}); "
+                               f"check the address and that the scheduler is running") from err
+    else:
+        client = _local_client(*worker_resources(workers_on_machine))
     try:
         futures = [client.submit(process_task, t, pipeline, output, overwrite, pure=False) for t in batch.tasks]
         for future in as_completed(futures):
@@ -159,5 +166,5 @@ def _local_client(threads: int, memory: int):
 
     # threads, not processes: the kernels release the GIL and so do GDAL's reads
     cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
-                           memory_limit=memory, dashboard_address=None)
+                           memory_limit=memory, dashboard_address=":0")
     return Client(cluster)

@@ -59,7 +59,8 @@ def read_items(source: str) -> list[pystac.Item]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"--source {source}: not JSON ({err}); give a STAC catalog or collection") from err
     if not isinstance(doc, dict) or doc.get("type") not in ("Catalog", "Collection", "FeatureCollection", "Feature"):
-        raise ConfigError(f"--source {source}: not a STAC catalog, collection or item collection")
+        raise ConfigError(f"--source {source}: not a STAC catalog, collection or item collection "
+                          f"(no STAC 'type'); give a catalog.json or collection.json")
     try:
         if doc["type"] == "FeatureCollection":
             return list(pystac.ItemCollection.from_dict(doc, preserve_dict=False).items)
@@ -69,9 +70,15 @@ def read_items(source: str) -> list[pystac.Item]:
         return list(root.get_items(recursive=True))
     except GriddedError:
         raise
+    except pystac.STACTypeError as err:
+        raise ConfigError(f"--source {source}: not a valid STAC catalog, collection or item ({err}); "
+                          f"give a STAC catalog.json or collection.json") from err
     except pystac.STACError as err:
-        raise SourceError(f"--source {source}: {err}") from err
-    except (OSError, json.JSONDecodeError, KeyError, ValueError) as err:
+        raise SourceError(f"--source {source}: {err}; fix the catalog's links or give another source") from err
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(f"--source {source}: not a valid STAC document (missing or bad {err}); "
+                          f"give a STAC catalog.json or collection.json") from err
+    except (OSError, json.JSONDecodeError, ValueError) as err:
         raise SourceError(f"--source {source}: a linked file cannot be read ({err}); fix the catalog's links") from err
 
 

@@ -7,6 +7,7 @@ item is committed create-only (an exclusive hard link), so a second writer canno
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -74,24 +75,33 @@ class LocalStorage:
 
     def put_bytes(self, name: str, data: bytes) -> None:
         path = self._path(name)
-        tmp = self._temp_for(path)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+            tmp = self._temp_for(path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as err:
+            raise OutputError(f"{path}: cannot write there ({err.strerror or err}); choose a writable location") from err
 
     def put_file(self, name: str, local_path: Path) -> None:
         path = self._path(name)
-        tmp = self._temp_for(path)
         try:
-            os.replace(local_path, tmp) if _same_fs(local_path, tmp.parent) else tmp.write_bytes(local_path.read_bytes())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+            tmp = self._temp_for(path)
+            try:
+                if _same_fs(local_path, tmp.parent):
+                    os.replace(local_path, tmp)
+                else:
+                    shutil.copyfile(local_path, tmp)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as err:
+            raise OutputError(f"{path}: cannot write there ({err.strerror or err}); choose a writable location") from err
 
     def create_only(self, name: str, data: bytes) -> bool:
         """Write `name` only if absent; False if it already exists (someone committed first)."""
@@ -127,15 +137,14 @@ class LocalStorage:
         return path
 
     def check_writable(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f"{TEMP_MARK}probe-{uuid.uuid4().hex}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise ConfigError(
-                f"--output {self.root}: cannot write there ({err.strerror or err}); choose a writable directory"
-            ) from err
+        """Refuse an output that cannot be created or written, without creating anything."""
+        probe = self.root.absolute()
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ConfigError(f"--output {self.root}: {probe} is a file, not a directory; choose a directory")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ConfigError(f"--output {self.root}: {probe} is not writable; choose a writable directory")
 
 
 def _same_fs(a: Path, b: Path) -> bool:
