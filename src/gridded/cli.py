@@ -80,7 +80,9 @@ source_access_options = [
 def _selection_options(*, time_required: bool):
     """The flags that choose what to compute: shared by run, plan, tiles generate, workflow render."""
     options = [
-        click.option("--source", required=True, help="Static STAC catalog or collection: path, file://, s3:// or https://."),
+        click.option("--source", default=None,
+                     help="Static STAC catalog or collection: path, file://, s3:// or https://."),
+        click.option("--index", default=None, help="Plan from an index instead: sqlite:///file.db or postgresql://..."),
         click.option("--extent", required=True, help="lon/lat bbox minx,miny,maxx,maxy, a GeoJSON file, or WKT."),
         click.option("--time", "time_", required=time_required,
                      help="ISO interval START/END (dates inclusive), or last:P1M relative to --as-of."),
@@ -109,7 +111,7 @@ selection_options = _selection_options(time_required=True)
 
 
 def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, period, bands, mask,
-                    collection, tiles_per_worker):
+                    collection, tiles_per_worker, index=None):
     """Flags -> a Selection of canonical values (the one place friendly input is normalised)."""
     from .grid import load_grid, parse_extent
     from .masks import parse_mask
@@ -119,6 +121,8 @@ def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, 
 
     if tiles_per_worker < 1:
         raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
+    if (source is None) == (index is None):
+        raise ConfigError("give exactly one of --source CATALOG or --index DSN")
     base = load_pipeline(pipeline) if pipeline else None
     recipe = with_overrides(
         base,
@@ -140,6 +144,7 @@ def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, 
         pipeline=recipe,
         tiles_per_worker=tiles_per_worker,
         collection=collection,
+        index=index,
     )
 
 
@@ -377,6 +382,74 @@ def demo(ctx, directory, workers, overwrite):
                f"(one per cell and month; one COG per band plus count)")
     if any(r.status == "failed" for r in results):
         ctx.exit(1)
+
+
+@cli.group()
+def stac():
+    """The STAC item index: ingest catalogs, APIs and ndjson; search it."""
+
+
+def index_option(func):
+    return click.option("--index", envvar="GRIDDED_INDEX_DSN", default=None,
+                        help="sqlite:///file.db (default sqlite:///gridded-index.db) or postgresql://...; "
+                             "also $GRIDDED_INDEX_DSN.")(func)
+
+
+@stac.command("ingest")
+@click.argument("source")
+@index_option
+@click.option("--collection", default=None, help="Only items of this collection.")
+@click.option("--bbox", default=None, help="Only items meeting minx,miny,maxx,maxy (STAC API sources).")
+@click.option("--datetime", "datetime_", default=None, help="Only items in START/END (STAC API sources).")
+@source_access_options[0]
+@source_access_options[1]
+def stac_ingest(source, index, collection, bbox, datetime_):
+    """Upsert every item of a static catalog, STAC API or ndjson file into the index."""
+    from .index import ingest, open_index
+
+    started = time.monotonic()
+    db = open_index(index)
+    try:
+        counts = ingest(source, db, collection=collection, bbox=bbox, datetime_=datetime_, progress=say)
+        total = db.count()
+    finally:
+        db.close()
+    click.echo(f"{'added':<10} {counts.added:>8}\n{'replaced':<10} {counts.replaced:>8}\n"
+               f"{'unchanged':<10} {counts.unchanged:>8}\n{'skipped':<10} {counts.skipped:>8}\n"
+               f"{'in index':<10} {total:>8}\n"
+               f"ingested {source} into {db.dsn.split('@')[-1]} in {time.monotonic() - started:.1f} s")
+
+
+@stac.command("search")
+@index_option
+@click.option("--bbox", default=None, help="minx,miny,maxx,maxy in degrees (default: everywhere).")
+@click.option("--datetime", "datetime_", default=None, help="START/END (default: all time).")
+@click.option("--collection", default=None, help="Only this collection.")
+@click.option("--json", "as_json", is_flag=True, help="Print the items as newline-delimited JSON.")
+def stac_search(index, bbox, datetime_, collection, as_json):
+    """Show what the index holds for a place and a time: a count and a table."""
+    from datetime import datetime, timezone
+
+    from .grid import parse_extent
+    from .index import open_index
+    from .period import parse_time
+
+    box = parse_extent(bbox).boundingbox if bbox else (-180.0, -90.0, 180.0, 90.0)
+    when = parse_time(datetime_) if datetime_ else None
+    db = open_index(index)
+    try:
+        items = db.search(bbox=box, start=when.start if when else datetime(1, 1, 1, tzinfo=timezone.utc),
+                          end=when.end if when else datetime(9999, 12, 31, tzinfo=timezone.utc), collection=collection)
+    finally:
+        db.close()
+    if as_json:
+        for item in items:
+            click.echo(json.dumps(item.to_dict(transform_hrefs=False), separators=(",", ":")))
+        return
+    click.echo(f"{len(items)} items")
+    for item in items[:1000]:
+        when = item.properties.get("datetime") or item.properties.get("start_datetime") or ""
+        click.echo(f"{item.collection_id or '':<24} {item.id:<48} {when}")
 
 
 @cli.group()

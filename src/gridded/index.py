@@ -46,7 +46,8 @@ class IndexedItem:
             raise SourceError(f"item {item.id}: no datetime nor start_datetime/end_datetime")
         if item.geometry is None or not item.bbox:
             raise SourceError(f"item {item.id}: no geometry or bbox")
-        minx, miny, maxx, maxy = item.bbox[0], item.bbox[1], item.bbox[-3] if len(item.bbox) == 6 else item.bbox[2], item.bbox[-2] if len(item.bbox) == 6 else item.bbox[3]
+        box = item.bbox
+        minx, miny, maxx, maxy = (box[0], box[1], box[3], box[4]) if len(box) == 6 else box
         return cls(id=item.id, collection=item.collection_id or "", start=_utc(start), end=_utc(end),
                    bbox=(float(minx), float(miny), float(maxx), float(maxy)),
                    updated=str(props.get("updated", "")), doc=json.dumps(doc, separators=(",", ":")))
@@ -226,3 +227,39 @@ def open_index(dsn: str | None) -> Index:
     if parsed.scheme == "":
         return SQLiteIndex(Path(dsn), dsn)
     raise ConfigError(f"--index {_redact(dsn)}: use sqlite:///path.db or postgresql://user@host/db")
+
+
+def ingest(source: str, index: Index, *, collection: str | None = None, bbox: str | None = None,
+           datetime_: str | None = None, progress=None) -> IngestCounts:
+    """Read a static catalog, STAC API or ndjson file and upsert its items; bad items and broken
+    links are counted and skipped (the first few named through `progress`), the rest go in."""
+    from .source import is_stac_api, read_ndjson, search_api, walk_items
+
+    box = None
+    if bbox:
+        try:
+            box = [float(v) for v in bbox.split(",")]
+            assert len(box) == 4 and box[0] < box[2] and box[1] < box[3]
+        except (ValueError, AssertionError) as err:
+            raise ConfigError(f"--bbox {bbox}: use minx,miny,maxx,maxy in degrees with min < max") from err
+    skipped: list[str] = []
+    if source.endswith((".ndjson", ".jsonl")):
+        items = read_ndjson(source)
+    elif is_stac_api(source):
+        items = search_api(source, collection=collection, bbox=box, datetime_=datetime_, progress=progress)
+    else:
+        items = walk_items(source, on_bad=lambda where, reason: skipped.append(f"{where}: {reason}"))
+    rows = []
+    for item in items:
+        if collection and item.collection_id != collection:
+            continue
+        try:
+            rows.append(IndexedItem.from_item(item))
+        except (SourceError, ValueError, TypeError) as err:
+            skipped.append(f"{item.id}: {err}")
+    counts = index.upsert(rows)
+    counts.skipped = len(skipped)
+    for reason in skipped[:20]:
+        if progress:
+            progress(f"skipped {reason}")
+    return counts

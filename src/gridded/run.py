@@ -31,18 +31,30 @@ REPORT_NAME = "run-report.json"
 class Selection:
     """What to compute, normalised from the command line: the same for run, plan and tiles generate."""
 
-    source: str
+    source: str | None
     extent: object  # odc.geo Geometry in EPSG:4326
     time: TimeRange
     grid: Grid
     pipeline: Pipeline
     tiles_per_worker: int = 1
     collection: str | None = None
+    index: str | None = None  # plan from this index instead of reading the source
 
 
 def plan_for(selection: Selection) -> Plan:
-    """Read the source, pick the items for the extent and time, and plan cells x periods."""
-    items = items_for_query(read_items(selection.source), selection.extent, selection.time, selection.collection)
+    """Read the source (or query the index), pick the items for the extent and time, plan cells x periods."""
+    if selection.index:
+        from .index import open_index
+
+        index = open_index(selection.index)
+        try:
+            candidates = index.search(bbox=selection.extent.boundingbox, start=selection.time.start,
+                                      end=selection.time.end, collection=selection.collection)
+        finally:
+            index.close()
+    else:
+        candidates = read_items(selection.source)
+    items = items_for_query(candidates, selection.extent, selection.time, selection.collection)
     return make_plan(pipeline=selection.pipeline, grid=selection.grid, extent=selection.extent,
                      time=selection.time, items=items, tiles_per_worker=selection.tiles_per_worker)
 

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import pystac
 import pystac.stac_io
+import pystac.utils
 from shapely.geometry import box, shape
 
 from .errors import ConfigError, GriddedError, SourceError
@@ -42,6 +43,40 @@ class _StacIO(pystac.stac_io.DefaultStacIO):
             store, name = storage_for_file(href, source=True)
             return store.get_bytes(name).decode("utf-8")
         return super().read_text_from_href(href)
+
+
+def walk_items(source: str, on_bad) -> list[pystac.Item]:
+    """Every item under a static catalog, following child and item links one by one, so that a
+    broken link or a bad item is reported to `on_bad(where, reason)` and the walk goes on."""
+    stac_io = _StacIO()
+    root = _catalog_href(source)
+    items, seen, todo = [], set(), [root]
+    while todo:
+        href = todo.pop()
+        if href in seen:
+            continue
+        seen.add(href)
+        try:
+            doc = json.loads(stac_io.read_text(href))
+        except (OSError, ValueError, GriddedError) as err:
+            on_bad(href, f"cannot be read ({err})")
+            continue
+        kind = doc.get("type") if isinstance(doc, dict) else None
+        if kind == "Feature":
+            try:
+                item = pystac.Item.from_dict(doc, href=href, preserve_dict=False)
+                item.set_self_href(href)
+                items.append(item)
+            except (pystac.STACError, KeyError, TypeError, ValueError) as err:
+                on_bad(href, f"not a valid STAC item ({err})")
+            continue
+        if kind not in ("Catalog", "Collection"):
+            on_bad(href, "not a STAC catalog, collection or item")
+            continue
+        for link in doc.get("links", []):
+            if link.get("rel") in ("child", "item") and link.get("href"):
+                todo.append(pystac.utils.make_absolute_href(link["href"], href))
+    return sorted(items, key=lambda it: it.id)
 
 
 def read_items(source: str) -> list[pystac.Item]:
@@ -149,3 +184,52 @@ def asset_raster_info(asset: pystac.Asset) -> tuple[str | None, float | None]:
     dtype = first.get("data_type")
     nodata = first.get("nodata", asset.extra_fields.get("nodata"))
     return dtype, (float(nodata) if isinstance(nodata, (int, float)) else None)
+
+
+def read_ndjson(source: str) -> list[pystac.Item]:
+    """Newline-delimited JSON items (one STAC item per line); blank lines ignored."""
+    text = _StacIO().read_text(_catalog_href(source))
+    items = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(pystac.Item.from_dict(json.loads(line), preserve_dict=False))
+        except (json.JSONDecodeError, pystac.STACError, KeyError, TypeError, ValueError) as err:
+            raise SourceError(f"{source} line {n}: not a STAC item ({err}); fix or remove the line") from err
+    return items
+
+
+def is_stac_api(source: str) -> bool:
+    """An http(s) root whose landing page declares item search (a STAC API, not a static catalog)."""
+    if urlparse(source).scheme not in ("http", "https"):
+        return False
+    try:
+        doc = json.loads(_StacIO().read_text(source))
+    except (OSError, ValueError):
+        return False
+    conforms = " ".join(doc.get("conformsTo", [])) if isinstance(doc, dict) else ""
+    links = doc.get("links", []) if isinstance(doc, dict) else []
+    return "item-search" in conforms or any(link.get("rel") == "search" for link in links)
+
+
+def search_api(source: str, *, collection: str | None, bbox: list[float] | None, datetime_: str | None,
+               progress=None) -> list[pystac.Item]:
+    """Every item a STAC API search returns, page after page (pystac-client follows the `next` links)."""
+    import pystac_client
+
+    try:
+        client = pystac_client.Client.open(source)
+        search = client.search(collections=[collection] if collection else None, bbox=bbox, datetime=datetime_,
+                               limit=500)
+        items = []
+        for item in search.items():
+            items.append(item)
+            if progress and len(items) % 500 == 0:
+                progress(f"{len(items)} items read from {source}")
+        return items
+    except pystac_client.exceptions.APIError as err:
+        raise SourceError(f"{source}: the STAC API refused the search ({str(err).splitlines()[0][:200]}); "
+                          f"check --collection, --bbox and --datetime") from err
+    except OSError as err:
+        raise ConfigError(f"{source}: the STAC API cannot be reached ({err.__class__.__name__}); check the URL") from err

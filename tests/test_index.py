@@ -1,0 +1,99 @@
+"""The item index on a real SQLite file and a real PostgreSQL server: ingest, upsert, search, run."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pystac
+import pytest
+from click.testing import CliRunner
+from expected import catalog_items, check_pixels
+
+from gridded.cli import cli
+from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def dsn(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.db'}"
+    base = request.getfixturevalue("pg_dsn")
+    # a fresh database per test, so counts start at zero
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # a generated identifier, not user input
+    return base.rsplit("/", 1)[0] + f"/{name}"
+
+
+def cli_ok(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def counts(text: str) -> dict[str, int]:
+    rows = dict(line.rsplit(None, 1) for line in text.splitlines() if line and not line.startswith("ingested"))
+    return {k.strip(): int(v) for k, v in rows.items()}
+
+
+def test_ingest_is_an_idempotent_upsert(dsn, demo_catalog, catalog_copy):
+    n = len(catalog_items(demo_catalog))
+    assert counts(cli_ok("stac", "ingest", str(demo_catalog), "--index", dsn)) == {
+        "added": n, "replaced": 0, "unchanged": 0, "skipped": 0, "in index": n}
+    assert counts(cli_ok("stac", "ingest", str(demo_catalog), "--index", dsn))["unchanged"] == n
+    # a reprocessed scene (newer `updated`) replaces the old one; an item without datetime is skipped
+    collection = pystac.read_file(str(catalog_copy.parent / "sentinel-2-l2a-demo" / "collection.json"))
+    items = list(collection.get_items())
+    items[0].properties["updated"] = "2025-01-01T00:00:00Z"
+    items[0].save_object()
+    broken = json.loads(open(items[1].get_self_href()).read())
+    broken["properties"]["datetime"] = None
+    open(items[1].get_self_href(), "w").write(json.dumps(broken))
+    got = counts(cli_ok("stac", "ingest", str(catalog_copy), "--index", dsn))
+    assert got == {"added": 0, "replaced": 1, "unchanged": n - 2, "skipped": 1, "in index": n}
+
+
+def test_run_from_the_index_equals_run_from_the_source(dsn, demo_catalog, tmp_path):
+    cli_ok("stac", "ingest", str(demo_catalog), "--index", dsn)
+    select = ["--extent", DEMO_EXTENT, "--time", DEMO_TIME, "--grid", str(DEMO_GRID), "--bands", "red,nir",
+              "--tiles-per-worker", "2"]
+    from_source = cli_ok("run", "--source", str(demo_catalog), *select, "--output", "unused", "--dry-run")
+    from_index = cli_ok("run", "--index", dsn, *select, "--output", "unused", "--dry-run")
+    assert json.loads(from_index) == json.loads(from_source) and json.loads(from_source)
+    out = tmp_path / "out"
+    cli_ok("run", "--index", dsn, *select, "--output", str(out))
+    assert check_pixels(out, demo_catalog, bands=["red", "nir"])["tasks"] == 18
+    # the run's own output catalog ingests back
+    got = counts(cli_ok("stac", "ingest", str(out / "catalog.json"), "--index", dsn))
+    assert got["added"] == 18 and got["skipped"] == 0
+    listed = cli_ok("stac", "search", "--index", dsn, "--collection", "composite", "--datetime", "2024-02")
+    assert listed.splitlines()[0] == "6 items"
+
+
+def test_hostile_ids_are_stored_and_found_exactly(dsn, tmp_path):
+    ids = ["a'b", 'quote"d', "100%", "under_score", "x'); DROP TABLE items; --", "%", "_"]
+    lines = []
+    for i, item_id in enumerate(ids):
+        lines.append(json.dumps({
+            "type": "Feature", "stac_version": "1.0.0", "id": item_id, "collection": "c_%'",
+            "geometry": {"type": "Point", "coordinates": [10 + i, 10]}, "bbox": [10 + i, 10, 10 + i, 10],
+            "properties": {"datetime": "2024-01-0%dT00:00:00Z" % (i + 1)}, "assets": {}, "links": []}))
+    source = tmp_path / "items.ndjson"
+    source.write_text("\n".join(lines) + "\n")
+    assert counts(cli_ok("stac", "ingest", str(source), "--index", dsn))["added"] == len(ids)
+    found = [json.loads(x)["id"] for x in cli_ok("stac", "search", "--index", dsn, "--json").splitlines()]
+    assert sorted(found) == sorted(ids)
+    exact = cli_ok("stac", "search", "--index", dsn, "--collection", "c_%'", "--bbox", "12.5,9,13.5,11", "--json")
+    assert [json.loads(x)["id"] for x in exact.splitlines()] == ["under_score"]
+    assert cli_ok("stac", "search", "--index", dsn, "--collection", "c__'").splitlines()[0] == "0 items"
+
+
+def test_bad_dsn_is_one_line_exit_2():
+    result = CliRunner().invoke(cli, ["stac", "search", "--index", "postgresql://nobody:s3cret@127.0.0.1:1/db"])
+    assert result.exit_code == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("gridded: error: --index postgresql://nobody:***@127.0.0.1:1/db: cannot connect")
+    assert "s3cret" not in result.output
