@@ -12,7 +12,6 @@ command runs as a local process with the container's env, secrets resolved from 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys

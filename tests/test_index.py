@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pystac
 import pytest
@@ -97,3 +98,64 @@ def test_bad_dsn_is_one_line_exit_2():
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("gridded: error: --index postgresql://nobody:***@127.0.0.1:1/db: cannot connect")
     assert "s3cret" not in result.output
+
+
+@pytest.fixture(scope="module")
+def stac_api(demo_catalog, tmp_path_factory):
+    """A real STAC API server on loopback (`rustac serve`, memory backend) holding the demo items."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    folder = tmp_path_factory.mktemp("api")
+    items = catalog_items(demo_catalog)
+    for item in items:
+        item["links"] = []
+        for asset in item["assets"].values():  # an API serves absolute URLs
+            asset["href"] = Path(asset["href"]).as_uri()
+    collection = json.loads((demo_catalog.parent / "sentinel-2-l2a-demo" / "collection.json").read_text())
+    collection["links"] = []
+    (folder / "collection.json").write_text(json.dumps(collection))
+    (folder / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["rustac", "serve", "--addr", f"127.0.0.1:{port}", str(folder / "collection.json"),
+                               str(folder / "items.json")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        server.kill()
+        raise RuntimeError(f"rustac serve did not start: {server.stderr.read()[-500:]}")
+    yield url
+    server.kill()
+    server.wait()
+
+
+def test_ingest_from_a_stac_api_pages_through_every_item(dsn, stac_api, demo_catalog, tmp_path):
+    n = len(catalog_items(demo_catalog))
+    got = counts(cli_ok("stac", "ingest", stac_api, "--collection", "sentinel-2-l2a-demo", "--page-size", "4",
+                        "--index", dsn))
+    assert got == {"added": n, "replaced": 0, "unchanged": 0, "skipped": 0, "in index": n}  # 6 pages of 4
+    select = ["--extent", DEMO_EXTENT, "--time", "2024-02", "--grid", str(DEMO_GRID), "--bands", "nir"]
+    cli_ok("run", "--index", dsn, "--collection", "sentinel-2-l2a-demo", *select, "--output", str(tmp_path / "o"))
+    assert check_pixels(tmp_path / "o", demo_catalog, bands=["nir"])["tasks"] == 6
+    # a narrower API search ingests only what it returns
+    result = CliRunner().invoke(cli, ["stac", "ingest", stac_api, "--datetime", "2024-01-01/2024-01-31",
+                                      "--index", f"sqlite:///{tmp_path / 'jan.db'}"])
+    assert result.exit_code == 0 and counts(result.stdout)["added"] == sum(
+        1 for it in catalog_items(demo_catalog) if it["properties"]["datetime"].startswith("2024-01"))
+
+
+def test_unreachable_stac_api_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["stac", "ingest", "http://127.0.0.1:9/", "--index",
+                                      f"sqlite:///{tmp_path / 'x.db'}"])
+    assert result.exit_code == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("gridded: error: ") and "127.0.0.1:9" in line and "Traceback" not in result.output

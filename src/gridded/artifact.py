@@ -83,11 +83,18 @@ def read_header(blob_head: bytes, uri: str) -> tuple[dict, int]:
         header = json.loads(blob_head[len(MAGIC):end])
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{uri}: corrupt header; regenerate it with `gridded tiles generate`") from err
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{uri}: corrupt header; regenerate it with `gridded tiles generate`")
     if header.get("format") != "gridded-cells" or header.get("version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{uri}: artifact format {header.get('format')} v{header.get('version')}, this gridded reads "
             f"gridded-cells v{FORMAT_VERSION}; regenerate it with this version"
         )
+    entries = header.get("batches")
+    required = {"id": int, "offset": int, "length": int, "sha256": str}
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in required.items()) for e in entries):
+        raise ArtifactError(f"{uri}: corrupt header (batch entries); regenerate it with `gridded tiles generate`")
     return header, end + 1
 
 

@@ -47,6 +47,8 @@ def cli(ctx, verbose, quiet, debug):
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning" if verbose < 2 else "debug")
     for noisy in ("distributed", "rasterio", "numba", "asyncio", "tornado"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if verbose < 2 else level)
+    # its connection retries are ours to report, once, as the error they end in
+    logging.getLogger("urllib3").setLevel(logging.ERROR if verbose < 2 else level)
     ctx.obj = {"quiet": quiet, "debug": debug}
 
 
@@ -401,16 +403,19 @@ def index_option(func):
 @click.option("--collection", default=None, help="Only items of this collection.")
 @click.option("--bbox", default=None, help="Only items meeting minx,miny,maxx,maxy (STAC API sources).")
 @click.option("--datetime", "datetime_", default=None, help="Only items in START/END (STAC API sources).")
+@click.option("--page-size", type=click.IntRange(1, 10000), default=500, show_default=True,
+              help="Items per page of a STAC API search.")
 @source_access_options[0]
 @source_access_options[1]
-def stac_ingest(source, index, collection, bbox, datetime_):
+def stac_ingest(source, index, collection, bbox, datetime_, page_size):
     """Upsert every item of a static catalog, STAC API or ndjson file into the index."""
     from .index import ingest, open_index
 
     started = time.monotonic()
     db = open_index(index)
     try:
-        counts = ingest(source, db, collection=collection, bbox=bbox, datetime_=datetime_, progress=say)
+        counts = ingest(source, db, collection=collection, bbox=bbox, datetime_=datetime_, progress=say,
+                        page_size=page_size)
         total = db.count()
     finally:
         db.close()
@@ -497,6 +502,8 @@ def _portable_selection(kwargs: dict) -> dict[str, str | None]:
 
     from .grid import parse_extent
 
+    if kwargs.get("source") is None:
+        raise ConfigError("no --source: a workflow reads an s3:// or https:// catalog; pass --source")
     checked = dict(kwargs)
     if checked["time_"] is None:  # a schedule fills it in: check the rest with a stand-in
         checked["time_"] = "last:P1M"
@@ -508,6 +515,9 @@ def _portable_selection(kwargs: dict) -> dict[str, str | None]:
     extent = kwargs["extent"]
     if not re.fullmatch(r"[-+0-9.eE\s]+(,[-+0-9.eE\s]+){3}", extent.strip()):
         extent = parse_extent(extent).geom.wkt
+    if kwargs.pop("index", None):
+        raise ConfigError("--index: a workflow plans from --source (an s3:// or https:// catalog); "
+                          "pass --source instead")
     if "://" not in kwargs["source"]:
         raise ConfigError(f"--source {kwargs['source']}: a local path does not reach the pods; use s3:// or https://")
     selection = {k.rstrip("_"): v for k, v in kwargs.items()}

@@ -22,7 +22,12 @@ from .resources import data_dir
 
 UTM_NAME = re.compile(r"^utm(?P<zone>\d{1,2})(?P<hemi>[ns])-10m$")
 UTM_TILE_M = 20480
-MAX_CELLS = 1_000_000  # a plan larger than this is a typo (whole globe at 10 m), not a job
+# a plan larger than these is a typo (the whole globe at 10 m is 5e12 pixels), not a job; the
+# bbox of continental Africa at 10 m, the largest job in practice, is about 6e11 pixels
+MAX_CELLS = 1_000_000
+MAX_PIXELS = 1_000_000_000_000
+AREA_OF_USE_MARGIN_DEG = 10.0  # how far past its CRS's area of use a grid may be asked to reach
+EDGE_STEP_DEG = 0.05  # lon/lat edges are curves in a projected CRS: points along them before projecting
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,18 +200,41 @@ def _checked_lonlat(geom, where: str) -> Geometry:
     return Geometry(geom, crs="EPSG:4326")
 
 
+def _check_area_of_use(grid: Grid, extent: Geometry) -> None:
+    """Refuse an extent far outside where the grid's CRS is meant to be used (e.g. the globe in UTM)."""
+    from pyproj import CRS
+
+    area = CRS.from_user_input(grid.crs).area_of_use
+    if area is None:
+        return
+    minx, miny, maxx, maxy = extent.boundingbox
+    beyond = max(area.west - minx, maxx - area.east, area.south - miny, maxy - area.north)
+    if area.west > area.east:  # an area of use across the antimeridian: don't second-guess it
+        beyond = max(area.south - miny, maxy - area.north)
+    if beyond > AREA_OF_USE_MARGIN_DEG:
+        raise ConfigError(
+            f"--extent reaches {beyond:.0f} degrees beyond where {grid.crs} (grid {grid.name}) is meant to be used "
+            f"({area.west:g},{area.south:g},{area.east:g},{area.north:g}); use a grid for that area or a smaller extent"
+        )
+
+
 def cells_for_extent(grid: Grid, extent: Geometry) -> list[tuple[tuple[int, int], GeoBox]]:
     """The grid cells whose area intersects the extent's geometry (not only its bbox), sorted by key."""
     gs = grid.gridspec
-    region = extent.to_crs(grid.crs, resolution=grid.resolution * 50)
+    _check_area_of_use(grid, extent)
+    region = extent.segmented(EDGE_STEP_DEG).to_crs(grid.crs)
     left, bottom, right, top = region.boundingbox
+    if not all(math.isfinite(v) for v in (left, bottom, right, top)):
+        raise ConfigError(f"--extent cannot be drawn in {grid.crs} (grid {grid.name}); use a smaller extent")
     tile_x, tile_y = grid.tile_size
     n_x = math.floor((right - grid.origin[0]) / tile_x) - math.floor((left - grid.origin[0]) / tile_x) + 1
     n_y = math.floor((top - grid.origin[1]) / tile_y) - math.floor((bottom - grid.origin[1]) / tile_y) + 1
-    if n_x * n_y > MAX_CELLS:
+    ny, nx = grid.tile_shape_px
+    pixels = n_x * n_y * nx * ny
+    if n_x * n_y > MAX_CELLS or pixels > MAX_PIXELS:
         raise ConfigError(
-            f"--extent covers about {n_x * n_y:,} cells of grid {grid.name} (limit {MAX_CELLS:,}); "
-            f"split the extent or use a grid with larger tiles"
+            f"--extent covers about {n_x * n_y:,} cells ({pixels:.1e} pixels) of grid {grid.name} "
+            f"(limits {MAX_CELLS:,} cells, {MAX_PIXELS:.0e} pixels); split the extent or use a coarser grid"
         )
     cells = [
         (key, gbox)

@@ -230,7 +230,7 @@ def open_index(dsn: str | None) -> Index:
 
 
 def ingest(source: str, index: Index, *, collection: str | None = None, bbox: str | None = None,
-           datetime_: str | None = None, progress=None) -> IngestCounts:
+           datetime_: str | None = None, progress=None, page_size: int = 500) -> IngestCounts:
     """Read a static catalog, STAC API or ndjson file and upsert its items; bad items and broken
     links are counted and skipped (the first few named through `progress`), the rest go in."""
     from .source import is_stac_api, read_ndjson, search_api, walk_items
@@ -246,7 +246,8 @@ def ingest(source: str, index: Index, *, collection: str | None = None, bbox: st
     if source.endswith((".ndjson", ".jsonl")):
         items = read_ndjson(source)
     elif is_stac_api(source):
-        items = search_api(source, collection=collection, bbox=box, datetime_=datetime_, progress=progress)
+        items = search_api(source, collection=collection, bbox=box, datetime_=datetime_, progress=progress,
+                           page_size=page_size)
     else:
         items = walk_items(source, on_bad=lambda where, reason: skipped.append(f"{where}: {reason}"))
     rows = []

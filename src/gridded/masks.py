@@ -34,7 +34,11 @@ class MaskRule:
     def clear(self, mask: np.ndarray) -> np.ndarray:
         """Boolean array: True where the mask says the pixel is clear."""
         if self.kind == "classes":
-            return ~np.isin(mask, np.asarray(self.values, dtype=mask.dtype))
+            if np.issubdtype(mask.dtype, np.integer):  # a class the mask's dtype cannot hold never occurs
+                info = np.iinfo(mask.dtype)
+                values = [v for v in self.values if info.min <= v <= info.max]
+                return ~np.isin(mask, np.asarray(values, dtype=mask.dtype))
+            return ~np.isin(mask, np.asarray(self.values, dtype=np.float64))
         bits = 0
         for b in self.values:
             bits |= 1 << b

@@ -35,11 +35,14 @@ def _parse_bound(text: str, *, end: bool, flag: str) -> datetime:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
             start = datetime.combine(date.fromisoformat(text), datetime.min.time(), timezone.utc)
             return start + timedelta(days=1) - EPS if end else start
+        if re.fullmatch(r"\d{8}", text):  # basic format: a whole day, as YYYY-MM-DD
+            return _parse_bound(f"{text[:4]}-{text[4:6]}-{text[6:]}", end=end, flag=flag)
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as err:
         example = "2024-04-01T00:00:00Z" if flag == "--as-of" else "2024-01-01/2024-03-31"
         raise ConfigError(f"{flag} {text!r}: not an ISO 8601 date; use e.g. {example}") from err
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    # periods are UTC calendar bins: an offset is converted, not kept
+    return when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def parse_time(text: str, *, as_of: datetime | None = None) -> TimeRange:
@@ -117,7 +120,7 @@ def last_complete(period: str, as_of: datetime) -> TimeRange:
     if unit == "D":
         end = datetime.combine(as_of.date(), datetime.min.time(), timezone.utc)
         return TimeRange(start=end - timedelta(days=n), end=end - EPS)
-    as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
+    as_of = as_of.astimezone(timezone.utc) if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
     current = _bin_start(as_of, n, unit, as_of)
     previous = _add(current, -n, unit)
     return TimeRange(start=previous, end=current - EPS)

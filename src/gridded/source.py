@@ -42,7 +42,11 @@ class _StacIO(pystac.stac_io.DefaultStacIO):
 
             store, name = storage_for_file(href, source=True)
             return store.get_bytes(name).decode("utf-8")
-        return super().read_text_from_href(href)
+        try:
+            return super().read_text_from_href(href)
+        except Exception as err:  # urllib3's errors are not OSErrors: one line for all of them
+            reason = str(err).splitlines()[0][:200] if str(err) else err.__class__.__name__
+            raise SourceError(f"{href}: cannot be read ({reason}); check the path or URL") from err
 
 
 def walk_items(source: str, on_bad) -> list[pystac.Item]:
@@ -59,6 +63,8 @@ def walk_items(source: str, on_bad) -> list[pystac.Item]:
         try:
             doc = json.loads(stac_io.read_text(href))
         except (OSError, ValueError, GriddedError) as err:
+            if href == root:
+                raise ConfigError(str(err)) from err
             on_bad(href, f"cannot be read ({err})")
             continue
         kind = doc.get("type") if isinstance(doc, dict) else None
@@ -85,8 +91,8 @@ def read_items(source: str) -> list[pystac.Item]:
     stac_io = _StacIO()
     try:
         text = stac_io.read_text(href)
-    except GriddedError:
-        raise
+    except GriddedError as err:  # the message starts with the href
+        raise ConfigError(f"--source {err}") from err
     except (OSError, ValueError) as err:
         raise ConfigError(f"--source {source}: cannot be read ({err}); check the path or URL") from err
     try:
@@ -214,18 +220,18 @@ def is_stac_api(source: str) -> bool:
 
 
 def search_api(source: str, *, collection: str | None, bbox: list[float] | None, datetime_: str | None,
-               progress=None) -> list[pystac.Item]:
+               progress=None, page_size: int = 500) -> list[pystac.Item]:
     """Every item a STAC API search returns, page after page (pystac-client follows the `next` links)."""
     import pystac_client
 
     try:
         client = pystac_client.Client.open(source)
         search = client.search(collections=[collection] if collection else None, bbox=bbox, datetime=datetime_,
-                               limit=500)
+                               limit=page_size)
         items = []
         for item in search.items():
             items.append(item)
-            if progress and len(items) % 500 == 0:
+            if progress and len(items) % page_size == 0:
                 progress(f"{len(items)} items read from {source}")
         return items
     except pystac_client.exceptions.APIError as err:

@@ -1,0 +1,304 @@
+"""plan.py batching and artifact.py: the demo plan against tasks derived here from the catalog's JSON,
+the cells artifact's round trip, its digest, version and batch checks, and its refusal of foreign pickles."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import math
+import os
+import pickle
+import shutil
+from collections import Counter
+from datetime import datetime
+
+import numpy as np
+import pytest
+from pyproj import Transformer
+from shapely.geometry import Polygon, box
+
+from gridded.artifact import FORMAT_VERSION, MAGIC, read_batch, write_artifact
+from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
+from gridded.errors import ArtifactError
+from gridded.grid import load_grid, parse_extent
+from gridded.period import parse_time
+from gridded.pipeline import Pipeline
+from gridded.run import Selection, plan_for
+
+from expected import catalog_items
+
+BANDS = ("blue", "green", "red", "nir")
+TILE_M = 2560.0  # grids/demo-utm55s-2560m.yaml
+UTM55S = "EPSG:32755"
+
+
+def demo_plan(catalog, tiles_per_worker: int):
+    selection = Selection(
+        source=str(catalog),
+        extent=parse_extent(DEMO_EXTENT),
+        time=parse_time(DEMO_TIME),
+        grid=load_grid(str(DEMO_GRID)),
+        pipeline=Pipeline(name="demo-median", bands=BANDS),
+        tiles_per_worker=tiles_per_worker,
+    )
+    return plan_for(selection)
+
+
+def to_utm(ring_lonlat, step_deg: float = 1e-4) -> Polygon:
+    """A lon/lat ring in UTM 55S, its edges followed closely."""
+    to_xy = Transformer.from_crs("EPSG:4326", UTM55S, always_xy=True)
+    points = []
+    for (x0, y0), (x1, y1) in zip(ring_lonlat[:-1], ring_lonlat[1:]):
+        n = max(2, int(math.hypot(x1 - x0, y1 - y0) / step_deg))
+        for f in np.linspace(0, 1, n, endpoint=False):
+            points.append(to_xy.transform(x0 + f * (x1 - x0), y0 + f * (y1 - y0)))
+    return Polygon(points)
+
+
+def expected_tasks(catalog) -> Counter:
+    """(cell bounds, month label, item ids) for every cell meeting the extent and month with a scene on it."""
+    minx, miny, maxx, maxy = map(float, DEMO_EXTENT.split(","))
+    extent = to_utm([(minx, miny), (maxx, miny), (maxx, maxy), (minx, maxy), (minx, miny)])
+    items = [
+        (it["id"], datetime.fromisoformat(it["properties"]["datetime"].replace("Z", "+00:00")),
+         to_utm(it["geometry"]["coordinates"][0]))
+        for it in catalog_items(catalog)
+    ]
+    left, bottom, right, top = extent.bounds
+    expected = Counter()
+    for ix in range(math.floor(left / TILE_M), math.floor(right / TILE_M) + 1):
+        for iy in range(math.floor(bottom / TILE_M), math.floor(top / TILE_M) + 1):
+            cell = box(ix * TILE_M, iy * TILE_M, (ix + 1) * TILE_M, (iy + 1) * TILE_M)
+            if not cell.intersects(extent):
+                continue
+            for month in (1, 2, 3):
+                ids = tuple(sorted(i for i, when, foot in items if when.month == month and foot.intersects(cell)))
+                if ids:
+                    expected[(cell.bounds, f"2024-{month:02d}--P1M", ids)] += 1
+    return expected
+
+
+def task_row(task) -> tuple:
+    a, b, c, d, e, f = task.transform  # x = a*col + b*row + c, y = d*col + e*row + f
+    assert b == d == 0 and a > 0 > e  # north-up
+    ny, nx = task.shape_yx
+    bounds = (c, f + e * ny, c + a * nx, f)
+    return (tuple(round(v, 6) for v in bounds), task.period.label, tuple(sorted(o.item_id for o in task.observations)))
+
+
+@pytest.fixture(scope="module")
+def plans(demo_catalog):
+    return {n: demo_plan(demo_catalog, n) for n in (1, 2, 4, 5, 10)}
+
+
+# --- batching --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tiles_per_worker", [1, 2, 4, 5, 10])
+def test_batches_hold_every_task_once_in_at_most_n_cells(plans, demo_catalog, tiles_per_worker):
+    plan = plans[tiles_per_worker]
+    expected = expected_tasks(demo_catalog)
+    n_cells = len({bounds for bounds, _, _ in expected})
+    assert n_cells == 6 and sum(expected.values()) == 18  # 3 x 2 cells of 2,560 m, three months each
+    assert [b.id for b in plan.batches] == list(range(len(plan.batches)))
+    assert len(plan.batches) == math.ceil(n_cells / tiles_per_worker)
+    seen_cells = set()
+    for batch in plan.batches:
+        cells = {t.key for t in batch.tasks}
+        assert 1 <= len(cells) <= tiles_per_worker
+        assert not cells & seen_cells, "a cell's tasks are split across batches"
+        seen_cells |= cells
+    rows = Counter(task_row(t) for b in plan.batches for t in b.tasks)
+    assert rows == expected
+    for batch in plan.batches:
+        for task in batch.tasks:
+            assert task.crs.upper().endswith("32755")
+            assert task.shape_yx == (256, 256)
+            left, bottom, _, _ = task_row(task)[0]
+            assert (left, bottom) == (task.key[0] * TILE_M, task.key[1] * TILE_M)
+
+
+def test_no_cell_lacks_data_in_the_demo(plans):
+    plan = plans[2]
+    assert plan.n_cells_in_extent == 6 and plan.empty_cells == ()
+    assert plan.pipeline.mask is not None and plan.pipeline.mask.asset == "scl"  # inferred from the assets
+
+
+# --- the artifact ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def artifact(plans, tmp_path):
+    plan = plans[2]
+    path = tmp_path / "cells.pickle"
+    write_artifact(plan, str(path))
+    return plan, path
+
+
+def split_artifact(blob: bytes) -> tuple[dict, int]:
+    """(header, offset of the first payload), read by hand from the documented layout."""
+    assert blob.startswith(MAGIC)
+    end = blob.index(b"\n", len(MAGIC))
+    return json.loads(blob[len(MAGIC):end]), end + 1
+
+
+def join_artifact(header: dict, payloads: bytes) -> bytes:
+    return MAGIC + json.dumps(header).encode() + b"\n" + payloads
+
+
+def test_round_trip_equals_the_plan(artifact):
+    plan, path = artifact
+    header, _ = split_artifact(path.read_bytes())
+    assert [e["id"] for e in header["batches"]] == [b.id for b in plan.batches]
+    for batch in plan.batches:
+        got_header, pipeline, grid, got = read_batch(str(path), batch.id)
+        assert got == batch
+        assert got is not batch
+        assert pipeline == plan.pipeline and grid == plan.grid
+        assert got_header["version"] == FORMAT_VERSION
+
+
+def test_round_trip_through_a_file_uri(artifact):
+    plan, path = artifact
+    assert read_batch(path.as_uri(), 1)[3] == plan.batches[1]
+
+
+def test_a_tampered_payload_byte_fails_its_sha256(artifact):
+    plan, path = artifact
+    blob = bytearray(path.read_bytes())
+    header, base = split_artifact(bytes(blob))
+    entry = header["batches"][1]
+    blob[base + entry["offset"] + entry["length"] // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="SHA-256") as err:
+        read_batch(str(path), 1)
+    assert "\n" not in str(err.value)
+    assert read_batch(str(path), 0)[3] == plan.batches[0]  # a worker reads and checks its own batch only
+
+
+def test_a_truncated_artifact_is_refused(artifact):
+    _, path = artifact
+    path.write_bytes(path.read_bytes()[:-10])
+    last = len(split_artifact(path.read_bytes())[0]["batches"]) - 1
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        read_batch(str(path), last)
+
+
+def test_wrong_magic_is_refused(artifact):
+    _, path = artifact
+    blob = path.read_bytes()
+    path.write_bytes(b"X" + blob[1:])
+    with pytest.raises(ArtifactError, match="not a gridded cells artifact"):
+        read_batch(str(path), 0)
+    path.write_bytes(pickle.dumps({"batch": None}))
+    with pytest.raises(ArtifactError, match="not a gridded cells artifact"):
+        read_batch(str(path), 0)
+
+
+@pytest.mark.parametrize("change", [{"version": FORMAT_VERSION + 1}, {"version": str(FORMAT_VERSION)},
+                                    {"format": "other-cells"}])
+def test_wrong_version_or_format_is_refused(artifact, change):
+    _, path = artifact
+    header, base = split_artifact(path.read_bytes())
+    path.write_bytes(join_artifact(header | change, path.read_bytes()[base:]))
+    with pytest.raises(ArtifactError, match=r"v1|version|format") as err:
+        read_batch(str(path), 0)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("batch_id", [3, 99, -1])
+def test_unknown_batch_id_is_refused(artifact, batch_id):
+    plan, path = artifact
+    assert len(plan.batches) == 3
+    with pytest.raises(ArtifactError, match=rf"--batch {batch_id}: no such batch .*0\.\.2"):
+        read_batch(str(path), batch_id)
+
+
+@pytest.mark.parametrize("drop", ["batches", "sha256"])
+def test_a_header_missing_fields_is_refused(artifact, drop):
+    _, path = artifact
+    header, base = split_artifact(path.read_bytes())
+    if drop == "batches":
+        del header["batches"]
+    else:
+        del header["batches"][0]["sha256"]
+    path.write_bytes(join_artifact(header, path.read_bytes()[base:]))
+    with pytest.raises(ArtifactError):
+        read_batch(str(path), 0)
+
+
+# --- foreign pickles -------------------------------------------------------------------------
+
+
+class Touch:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+class EvalTouch:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (builtins.eval, (f"open({str(self.target)!r}, 'w').close()",))
+
+
+class RemoveTree:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (shutil.rmtree, (str(self.target),))
+
+
+class GriddedCallable:
+    """A gridded function rather than a gridded value: write_demo_catalog deletes the directory it is given."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        from gridded.demo import write_demo_catalog
+
+        return (write_demo_catalog, (self.target,))
+
+
+def artifact_with(payload: bytes) -> bytes:
+    """A well-formed artifact around any payload, its SHA-256 computed here so the digest check passes."""
+    header = {
+        "format": "gridded-cells", "version": FORMAT_VERSION, "created": "2024-01-01T00:00:00+00:00",
+        "pipeline": "x", "grid": "x",
+        "batches": [{"id": 0, "offset": 0, "length": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
+                     "cells": [[0, 0]]}],
+    }
+    return join_artifact(header, payload)
+
+
+@pytest.mark.parametrize("attack", [Touch, EvalTouch, RemoveTree, GriddedCallable])
+@pytest.mark.parametrize("nested", [False, True], ids=["bare", "inside-a-batch-doc"])
+def test_a_foreign_pickle_is_refused_before_it_runs(plans, tmp_path, attack, nested):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("still here")
+    target = victim / "SOMEFILE" if attack in (Touch, EvalTouch) else victim
+    evil = attack(target)
+    plan = plans[2]
+    doc = {"pipeline": plan.pipeline, "grid": plan.grid, "batch": evil} if nested else evil
+    path = tmp_path / "cells.pickle"
+    path.write_bytes(artifact_with(pickle.dumps(doc, protocol=5)))
+    with pytest.raises(ArtifactError, match="refusing") as err:
+        read_batch(str(path), 0)
+    assert "\n" not in str(err.value)
+    assert not (victim / "SOMEFILE").exists()
+    assert (victim / "keep.txt").read_text() == "still here"
+
+
+def test_a_pickle_of_plain_builtins_that_is_no_batch_is_refused(tmp_path):
+    path = tmp_path / "cells.pickle"
+    path.write_bytes(artifact_with(pickle.dumps({"batch": [1, 2, 3]})))
+    with pytest.raises(ArtifactError, match="holds no batch"):
+        read_batch(str(path), 0)
