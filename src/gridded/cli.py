@@ -14,7 +14,7 @@ import time
 
 import click
 
-from .errors import ConfigError, GriddedError
+from .errors import ConfigError, GriddedError, Interrupted
 from .stats import STATISTICS
 
 MAX_STDOUT_BYTES = 200 * 1024  # Argo keeps only the last 256 KiB of a step's output
@@ -30,6 +30,10 @@ class GriddedGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"gridded: error: {err}", err=True)
+            if isinstance(err, Interrupted):  # don't wait for Dask threads still reading: leave now
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(err.exit_code)
             ctx.exit(err.exit_code)
 
 
@@ -43,6 +47,10 @@ def cli(ctx, verbose, quiet, debug):
     """Analysis-ready composites from STAC imagery, tile by tile, as COGs with STAC metadata."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets())
+    for chatty in ("botocore", "boto3", "s3transfer"):
+        logging.getLogger(chatty).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
     # dask reads this when first imported (here and in spawned workers): keep its INFO chatter off
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning" if verbose < 2 else "debug")
     for noisy in ("distributed", "rasterio", "numba", "asyncio", "tornado"):
@@ -50,6 +58,25 @@ def cli(ctx, verbose, quiet, debug):
     # its connection retries are ours to report, once, as the error they end in
     logging.getLogger("urllib3").setLevel(logging.ERROR if verbose < 2 else level)
     ctx.obj = {"quiet": quiet, "debug": debug}
+
+
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "GRIDDED_INDEX_DSN")
+DSN_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+class RedactSecrets(logging.Filter):
+    """Debug logs of boto3 and friends may echo a key id or a DSN: replace every secret the
+    environment holds (and DSN passwords) before a record is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = [os.environ[k] for k in SECRET_ENV if len(os.environ.get(k, "")) >= 4]
+        message = record.getMessage()
+        redacted = DSN_PASSWORD.sub(r"\1***@", message)
+        for secret in secrets:
+            redacted = redacted.replace(secret, "***")
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
 
 
 def say(text: str) -> None:
@@ -98,6 +125,8 @@ def _selection_options(*, time_required: bool):
                      help="s2, landsat, none, ASSET:CLASSES (scl:0,1,3,8,9,10) or ASSET:bits:BITS. Default: inferred."),
         click.option("--collection", default=None, help="Only items of this collection id."),
         click.option("--tiles-per-worker", type=int, default=4, show_default=True, help="Cells per batch."),
+        click.option("--allow-root", "allow_root", multiple=True, type=click.Path(file_okay=False),
+                     help="A local folder asset files may be read from besides the catalog's own (repeatable)."),
         *source_access_options,
     ]
 
@@ -113,7 +142,7 @@ selection_options = _selection_options(time_required=True)
 
 
 def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, period, bands, mask,
-                    collection, tiles_per_worker, index=None):
+                    collection, tiles_per_worker, index=None, allow_root=()):
     """Flags -> a Selection of canonical values (the one place friendly input is normalised)."""
     from .grid import load_grid, parse_extent
     from .masks import parse_mask
@@ -147,6 +176,7 @@ def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, 
         tiles_per_worker=tiles_per_worker,
         collection=collection,
         index=index,
+        allow_roots=tuple(allow_root),
     )
 
 
@@ -321,7 +351,7 @@ def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler):
     from .catalog import write_catalog
     from .load import configure_gdal
     from .process import process_batch
-    from .run import Progress, summary_table
+    from .run import Progress, interruptible, summary_table
     from .storage import open_storage
 
     started = time.monotonic()
@@ -331,8 +361,10 @@ def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler):
     _, pipeline, _, batch = read_batch(cells, batch_id)
     storage = open_storage(output)
     progress = Progress(len(batch.tasks), quiet=ctx.obj["quiet"])
-    results = process_batch(batch, pipeline, output, overwrite=overwrite, scheduler=scheduler,
-                            on_result=progress.update)
+    with interruptible(progress, len(batch.tasks)):
+        results = process_batch(batch, pipeline, output, overwrite=overwrite, scheduler=scheduler,
+                                on_result=progress.update)
+    storage.sweep()
     write_catalog(storage, collection_id=pipeline.name)
     click.echo(summary_table(results, time.monotonic() - started, output))
     if any(r.status == "failed" for r in results):
@@ -515,6 +547,8 @@ def _portable_selection(kwargs: dict) -> dict[str, str | None]:
     extent = kwargs["extent"]
     if not re.fullmatch(r"[-+0-9.eE\s]+(,[-+0-9.eE\s]+){3}", extent.strip()):
         extent = parse_extent(extent).geom.wkt
+    if kwargs.pop("allow_root", ()):
+        raise ConfigError("--allow-root: pods have no local folders to allow; use s3:// or https:// assets")
     if kwargs.pop("index", None):
         raise ConfigError("--index: a workflow plans from --source (an s3:// or https:// catalog); "
                           "pass --source instead")

@@ -29,6 +29,12 @@ class ClusterError(GriddedError, OSError):
     exit_code = 1
 
 
+class Interrupted(GriddedError):
+    """Stopped by SIGTERM or Ctrl-C: what finished is kept; a rerun resumes (exit 143, retryable)."""
+
+    exit_code = 143
+
+
 class CellError(GriddedError):
     """One cell failed; the others go on (exit 1 at the end, retryable)."""
 

@@ -7,6 +7,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pystac
 from affine import Affine
@@ -97,7 +99,28 @@ def solar_day(when: datetime, lon: float) -> str:
     return (when + timedelta(hours=lon / 15.0)).date().isoformat()
 
 
-def observation_for(item: pystac.Item, bands: tuple[str, ...], mask: MaskRule | None) -> Observation:
+ALLOWED_SCHEMES = ("s3", "http", "https", "file", "")
+
+
+def check_href(href: str, *, item_id: str, asset: str, local_roots: tuple[Path, ...] | None) -> None:
+    """Refuse an asset href outside the allowed schemes, or a local file outside the allowed roots
+    (`local_roots` None: any local file; empty: none), so a catalog cannot make gridded read
+    /etc/passwd or another local file into its outputs."""
+    parsed = urlparse(href)
+    scheme = "" if len(parsed.scheme) == 1 else parsed.scheme  # a Windows drive letter is a path
+    if scheme not in ALLOWED_SCHEMES or href.startswith("/vsi"):
+        raise ConfigError(f"item {item_id} asset {asset}: href {href!r} has a scheme gridded does not read; "
+                          f"use s3://, https:// or a file under the catalog")
+    if scheme in ("file", "") and local_roots is not None:
+        path = Path(parsed.path if scheme == "file" else href).resolve()
+        if not any(path == root or root in path.parents for root in local_roots):
+            where = ", ".join(str(r) for r in local_roots) or "none for a remote catalog"
+            raise ConfigError(f"item {item_id} asset {asset}: local file {path} is outside the allowed roots "
+                              f"({where}); pass --allow-root DIR to read it")
+
+
+def observation_for(item: pystac.Item, bands: tuple[str, ...], mask: MaskRule | None,
+                    local_roots: tuple[Path, ...] | None = None) -> Observation:
     """The hrefs of the bands (and mask asset) of one item; an unknown band is a one-line error."""
     hrefs = []
     wanted = list(bands) + ([mask.asset] if mask is not None else [])
@@ -113,7 +136,9 @@ def observation_for(item: pystac.Item, bands: tuple[str, ...], mask: MaskRule | 
                 f"item {item.id}: no asset for band {band!r} (assets: {', '.join(sorted(item.assets))}); "
                 f"use --bands with asset keys, eo:bands names or common names"
             )
-        hrefs.append((band, found[1].get_absolute_href() or found[1].href))
+        href = found[1].get_absolute_href() or found[1].href
+        check_href(href, item_id=item.id, asset=found[0], local_roots=local_roots)
+        hrefs.append((band, href))
     minx, _, maxx, _ = item.bbox or shape(item.geometry).bounds
     when = item_time(item)
     return Observation(
@@ -138,14 +163,14 @@ def resolve_mask(pipeline: Pipeline, items: list[pystac.Item]) -> Pipeline:
 
 
 def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items: list[pystac.Item],
-              tiles_per_worker: int) -> Plan:
+              tiles_per_worker: int, local_roots: tuple[Path, ...] | None = None) -> Plan:
     """Cells x periods x items -> tasks, batched by cell. Cells with no observation are left out."""
     if tiles_per_worker < 1:
         raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
     pipeline = resolve_mask(pipeline, items)
     cells = cells_for_extent(grid, extent)
     periods = periods_for(time, pipeline.period)
-    observations = [observation_for(it, pipeline.bands, pipeline.mask) for it in items]
+    observations = [observation_for(it, pipeline.bands, pipeline.mask, local_roots) for it in items]
     footprints = [shape(it.geometry) if it.geometry else box(*it.bbox) for it in items]
     tree = STRtree(footprints) if footprints else None
     tasks_by_cell: dict[tuple[int, int], list[Task]] = {}

@@ -1,17 +1,117 @@
 """Per-pixel reducers over a period's clear observations: a registry, one signature.
 
-A reducer takes, per band, a stack `(time, y, x)` in the source dtype in which every
-unclear or missing value already equals that band's nodata sentinel, and returns per band a
-float64 `(y, x)` array with NaN where no observation is clear. Kernels are numba, compiled on
-first use (so importing this module stays cheap), and run `nogil` so Dask threads overlap.
+A reducer takes, per band, a stack `(time, y, x)` in the source dtype in which every unclear or
+missing value already equals that band's nodata sentinel, and returns per band a float64 `(y, x)`
+array with NaN where no observation is clear.
+
+The kernels are numba, compiled on first use (importing this module stays cheap) and cached on
+disk. They read the stacks as loaded, skipping the sentinel, so there is no float copy of a stack
+with NaN, and each sorts or iterates over the few clear values of one pixel at a time in small
+buffers. A kernel is serial and `nogil` over a block of rows; a reducer runs the row blocks on
+several threads (the calling thread and helpers from one pool per process). Numba's own
+`parallel=True` is not used on purpose: its default threading layer (workqueue) aborts the process
+when parallel functions are entered from several threads at once, which is what Dask's worker
+threads do when they reduce several tiles together.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Callable
 
 import numpy as np
+
+# Row blocks per thread: a few, so that threads finishing early (a cloudy block is cheap for the
+# geomedian) take another block instead of waiting.
+BLOCKS_PER_THREAD = 4
+# Weiszfeld: a point this close to the estimate (relative to the estimate's norm) counts as the
+# estimate sitting on it, and the iteration takes Vardi and Zhang's step rather than dividing by ~0
+COINCIDENT = 1e-12
+
+
+def kernel_threads() -> int:
+    """Threads a reducer uses by default: the CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+_pool_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _helper_pool() -> ThreadPoolExecutor:
+    """The process's pool of helper threads (made anew in a forked child, whose copy has no threads)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(max_workers=kernel_threads(), thread_name_prefix="gridded-kernel"))
+        return _pool[1]
+
+
+def run_in_row_blocks(work: Callable[[int, int], None], ny: int, threads: int | None = None) -> None:
+    """Call `work(r0, r1)` over row blocks covering `range(ny)`, on up to `threads` threads.
+
+    The calling thread takes blocks too, so a reducer makes progress even when the helper pool is
+    busy with other callers' blocks (several Dask threads reducing at once share the pool)."""
+    threads = kernel_threads() if threads is None else max(1, int(threads))
+    size = max(1, -(-ny // (threads * BLOCKS_PER_THREAD)))
+    blocks = [(r, min(r + size, ny)) for r in range(0, ny, size)]
+    if threads == 1 or len(blocks) <= 1:
+        for r0, r1 in blocks:
+            work(r0, r1)
+        return
+    todo = iter(blocks)
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def drain() -> None:
+        while not failed.is_set():
+            with lock:
+                block = next(todo, None)
+            if block is None:
+                return
+            try:
+                work(*block)
+            except BaseException:
+                failed.set()
+                raise
+
+    pool = _helper_pool()
+    helpers = [pool.submit(drain) for _ in range(min(threads, len(blocks)) - 1)]
+    try:
+        drain()
+    finally:
+        errors = [h.exception() for h in helpers]  # waits for every helper
+    for err in errors:
+        if err is not None:
+            raise err
+
+
+def _sentinel(dtype: np.dtype, nodata) -> tuple[object, bool]:
+    """(the sentinel as `dtype` holds it, whether a value can equal it): a NaN, absent or
+    unrepresentable sentinel marks nothing (NaN in a float stack is always missing)."""
+    dtype = np.dtype(dtype)
+    if nodata is None or (isinstance(nodata, (float, np.floating)) and np.isnan(nodata)):
+        return dtype.type(0), False
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if float(nodata) != int(nodata) or not info.min <= int(nodata) <= info.max:
+            return dtype.type(0), False
+        return dtype.type(int(nodata)), True
+    if np.issubdtype(dtype, np.floating):
+        return dtype.type(nodata), True
+    return dtype.type(nodata), True
+
+
+def _is_float(dtype) -> bool:
+    return np.issubdtype(dtype, np.floating)
+
+
+# --- median ----------------------------------------------------------------------------------
 
 
 @cache
@@ -19,135 +119,298 @@ def _median_kernel():
     import numba
 
     @numba.njit(nogil=True, cache=True)
-    def median_rows(stack, nodata, is_float, out):
-        # insertion sort of the few clear values of each pixel: far cheaper than a partition
-        # of a NaN-padded float copy, and exactly numpy's rule (mean of the two middle values)
-        t, ny, nx = stack.shape
-        buf = np.empty(t, dtype=np.float64)
-        for y in range(ny):
+    def median_rows(stack, sentinel, use_sentinel, is_float, r0, r1, out):
+        # insertion sort of each pixel's clear values, in the stack's own dtype: for the few dozen
+        # observations of a period far cheaper than a partition of a NaN-padded float copy, and
+        # exactly numpy's rule (the mean of the two middle values for an even count)
+        t, _, nx = stack.shape
+        buf = np.empty(t, dtype=stack.dtype)
+        for y in range(r0, r1):
             for x in range(nx):
                 k = 0
                 for j in range(t):
                     v = stack[j, y, x]
-                    if v == nodata or (is_float and v != v):
+                    if (use_sentinel and v == sentinel) or (is_float and v != v):
                         continue
-                    fv = np.float64(v)
                     i = k
-                    while i > 0 and buf[i - 1] > fv:
+                    while i > 0 and buf[i - 1] > v:
                         buf[i] = buf[i - 1]
                         i -= 1
-                    buf[i] = fv
+                    buf[i] = v
                     k += 1
                 if k == 0:
                     out[y, x] = np.nan
                 elif k % 2 == 1:
-                    out[y, x] = buf[k // 2]
+                    out[y, x] = np.float64(buf[k // 2])
                 else:
-                    out[y, x] = (buf[k // 2 - 1] + buf[k // 2]) / 2.0
-        return out
+                    out[y, x] = (np.float64(buf[k // 2 - 1]) + np.float64(buf[k // 2])) / 2.0
 
     return median_rows
+
+
+def median_of_stack(stack: np.ndarray, nodata, *, threads: int | None = None) -> np.ndarray:
+    """float64 (y, x): numpy.nanmedian over time of the values that are not `nodata` (nor NaN)."""
+    stack = np.ascontiguousarray(stack)
+    out = np.empty(stack.shape[1:], dtype=np.float64)
+    if stack.shape[0] == 0:
+        out[...] = np.nan
+        return out
+    sentinel, use = _sentinel(stack.dtype, nodata)
+    kernel = _median_kernel()
+    run_in_row_blocks(lambda r0, r1: kernel(stack, sentinel, use, _is_float(stack.dtype), r0, r1, out),
+                      stack.shape[1], threads)
+    return out
+
+
+def reduce_median(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None,
+                  **_) -> dict[str, np.ndarray]:
+    """Per band: numpy.nanmedian over the clear values (mean of the two middle for an even count)."""
+    return {band: median_of_stack(stack, nodata[band], threads=threads) for band, stack in stacks.items()}
+
+
+# --- geomedian -------------------------------------------------------------------------------
 
 
 @cache
 def _geomedian_kernel():
     import numba
 
-    @numba.njit(nogil=True, cache=True)
-    def geomedian_rows(stack, nodata, max_iter, tol, out, iters):
-        # Weiszfeld iterations (Roberts et al. 2017) over observations clear in every band
-        nb, t, ny, nx = stack.shape
-        pts = np.empty((t, nb), dtype=np.float64)
-        for y in range(ny):
+    # reassociation lets LLVM vectorise the sums over observations; no `nnan`: NaN checks stay exact
+    @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
+    def geomedian_rows(bands, sentinels, use_sentinel, is_float, r0, r1, max_iter, tol, out, iters):
+        # Weiszfeld's iteration (Roberts et al. 2017) over the observations clear in every band,
+        # started at their mean, with Vardi and Zhang's step when the estimate sits on a data point
+        nb = len(bands)
+        t, _, nx = bands[0].shape
+        pts = np.empty((nb, max(t, 1)))
+        w = np.empty(max(t, 1))
+        idx = np.empty(max(t, 1), dtype=np.int64)
+        clear = np.empty(max(t, 1), dtype=np.bool_)
+        est = np.empty(nb)
+        num = np.empty(nb)
+        for y in range(r0, r1):
             for x in range(nx):
+                for j in range(t):
+                    clear[j] = True
+                for b in range(nb):
+                    band = bands[b]
+                    s = sentinels[b]
+                    u = use_sentinel[b]
+                    for j in range(t):
+                        v = band[j, y, x]
+                        if (u and v == s) or (is_float and v != v):
+                            clear[j] = False
                 k = 0
                 for j in range(t):
-                    ok = True
-                    for b in range(nb):
-                        v = stack[b, j, y, x]
-                        if v == nodata[b] or v != v:
-                            ok = False
-                            break
-                    if ok:
-                        for b in range(nb):
-                            pts[k, b] = np.float64(stack[b, j, y, x])
+                    if clear[j]:
+                        idx[k] = j
                         k += 1
                 if k == 0:
                     for b in range(nb):
                         out[b, y, x] = np.nan
+                    iters[y, x] = 0
                     continue
-                est = np.zeros(nb)
-                for i in range(k):
-                    for b in range(nb):
-                        est[b] += pts[i, b]
                 for b in range(nb):
-                    est[b] /= k
-                n_iter = 0
-                for it in range(max_iter):
-                    n_iter = it + 1
-                    num = np.zeros(nb)
-                    den = 0.0
-                    hit = False
+                    band = bands[b]
+                    total = 0.0
                     for i in range(k):
-                        d = 0.0
-                        for b in range(nb):
-                            diff = pts[i, b] - est[b]
-                            d += diff * diff
-                        d = np.sqrt(d)
-                        if d < 1e-12:
-                            hit = True
-                            continue
-                        w = 1.0 / d
-                        den += w
-                        for b in range(nb):
-                            num[b] += pts[i, b] * w
-                    if den == 0.0:
-                        break
-                    change = 0.0
-                    norm = 0.0
+                        v = np.float64(band[idx[i], y, x])
+                        pts[b, i] = v
+                        total += v
+                    est[b] = total / k
+                n_iter = 0
+                if k == 1:  # the one clear observation, exactly
                     for b in range(nb):
-                        new = num[b] / den
-                        change += (new - est[b]) ** 2
-                        norm += new * new
-                        est[b] = new
-                    if np.sqrt(change) <= tol * max(np.sqrt(norm), 1.0):
+                        est[b] = pts[b, 0]
+                while k > 1 and n_iter < max_iter:
+                    n_iter += 1
+                    norm2 = 0.0
+                    for b in range(nb):
+                        norm2 += est[b] * est[b]
+                    near2 = COINCIDENT * COINCIDENT * max(norm2, 1.0)
+                    for i in range(k):
+                        w[i] = 0.0
+                    for b in range(nb):
+                        e = est[b]
+                        for i in range(k):
+                            d = pts[b, i] - e
+                            w[i] += d * d
+                    den = 0.0
+                    eta = 0
+                    for i in range(k):
+                        d2 = w[i]
+                        if d2 > near2:
+                            w[i] = 1.0 / np.sqrt(d2)
+                            den += w[i]
+                        else:
+                            w[i] = 0.0
+                            eta += 1
+                    if den == 0.0:  # every clear observation is where the estimate is
                         break
-                    if hit and k <= 2:
+                    r2 = 0.0
+                    for b in range(nb):
+                        s = 0.0
+                        for i in range(k):
+                            s += pts[b, i] * w[i]
+                        num[b] = s / den
+                        rb = s - den * est[b]  # the pull of the other points, sum of w_i (x_i - y)
+                        r2 += rb * rb
+                    keep = 0.0
+                    if eta > 0:  # Vardi-Zhang: y sits on eta points; move only as far as their weight allows
+                        r = np.sqrt(r2)
+                        keep = min(1.0, eta / r) if r > 0.0 else 1.0
+                    step2 = 0.0
+                    new2 = 0.0
+                    for b in range(nb):
+                        new = (1.0 - keep) * num[b] + keep * est[b]
+                        step2 += (new - est[b]) ** 2
+                        new2 += new * new
+                        est[b] = new
+                    if step2 <= tol * tol * max(new2, 1.0):
                         break
                 for b in range(nb):
                     out[b, y, x] = est[b]
                 iters[y, x] = n_iter
-        return out
 
     return geomedian_rows
 
 
-def _is_float(dtype) -> bool:
-    return np.issubdtype(dtype, np.floating)
+def _band_tuple(stacks: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The stacks as C-contiguous arrays of one dtype (numba takes a tuple of like arrays);
+    bands of differing dtypes are cast to their common type (that copy is the only one)."""
+    arrays = [np.ascontiguousarray(s) for s in stacks.values()]
+    common = np.result_type(*arrays)
+    return tuple(a if a.dtype == common else a.astype(common) for a in arrays)
 
 
-def reduce_median(stacks: dict[str, np.ndarray], nodata: dict[str, float], **_) -> dict[str, np.ndarray]:
-    """Per band: numpy.nanmedian over the clear values (mean of the two middle for an even count)."""
-    kernel = _median_kernel()
-    result = {}
-    for band, stack in stacks.items():
-        out = np.empty(stack.shape[1:], dtype=np.float64)
-        sentinel = nodata[band] if nodata[band] is not None else np.nan
-        result[band] = kernel(stack, stack.dtype.type(sentinel) if not np.isnan(sentinel) else np.nan,
-                              _is_float(stack.dtype), out)
-    return result
+def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, float], *,
+                              max_iterations: int = 1000, tolerance: float = 1e-7,
+                              threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """((band, y, x) float64 geometric median, (y, x) int32 iterations taken) over the observations
+    clear in every band; NaN and 0 iterations where none is. Iterations stop once a step is at most
+    `tolerance` x the estimate's norm (or 1, if smaller), or after `max_iterations`."""
+    bands = list(stacks)
+    arrays = _band_tuple(stacks)
+    sentinels, use = zip(*(_sentinel(stacks[b].dtype, nodata[b]) for b in bands))
+    sentinel_arr = np.array([float(s) for s in sentinels], dtype=np.float64)
+    use_arr = np.array(use, dtype=np.bool_)
+    t, ny, nx = arrays[0].shape
+    out = np.empty((len(bands), ny, nx), dtype=np.float64)
+    iters = np.zeros((ny, nx), dtype=np.int32)
+    is_float = _is_float(arrays[0].dtype)
+    kernel = _geomedian_kernel()
+    run_in_row_blocks(
+        lambda r0, r1: kernel(arrays, sentinel_arr, use_arr, is_float, r0, r1, int(max_iterations),
+                              float(tolerance), out, iters),
+        ny, threads,
+    )
+    return out, iters
 
 
 def reduce_geomedian(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, max_iterations: int = 1000,
-                     tolerance: float = 1e-7, **_) -> dict[str, np.ndarray]:
+                     tolerance: float = 1e-7, threads: int | None = None, **_) -> dict[str, np.ndarray]:
     """Multi-band geometric median over observations clear in every band (Weiszfeld)."""
+    out, _ = geomedian_with_iterations(stacks, nodata, max_iterations=max_iterations, tolerance=tolerance,
+                                       threads=threads)
+    return {b: out[i] for i, b in enumerate(stacks)}
+
+
+# --- median absolute deviations from the geomedian -------------------------------------------
+
+
+MADS = ("smad", "emad", "bcmad")
+
+
+@cache
+def _mads_kernel():
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def _median(buf, k):
+        for i in range(1, k):  # insertion sort: k is a period's count of clear observations
+            v = buf[i]
+            j = i
+            while j > 0 and buf[j - 1] > v:
+                buf[j] = buf[j - 1]
+                j -= 1
+            buf[j] = v
+        if k % 2 == 1:
+            return buf[k // 2]
+        return (buf[k // 2 - 1] + buf[k // 2]) / 2.0
+
+    @numba.njit(nogil=True, cache=True)
+    def mads_rows(bands, sentinels, use_sentinel, is_float, gm, r0, r1, out):
+        nb = len(bands)
+        t, _, nx = bands[0].shape
+        spectral = np.empty(max(t, 1))
+        euclid = np.empty(max(t, 1))
+        bray = np.empty(max(t, 1))
+        for y in range(r0, r1):
+            for x in range(nx):
+                gnorm2 = 0.0
+                for b in range(nb):
+                    gnorm2 += gm[b, y, x] * gm[b, y, x]
+                k = 0
+                for j in range(t):
+                    ok = True
+                    for b in range(nb):
+                        v = bands[b][j, y, x]
+                        if (use_sentinel[b] and v == sentinels[b]) or (is_float and v != v):
+                            ok = False
+                            break
+                    if not ok:
+                        continue
+                    dot = 0.0
+                    norm2 = 0.0
+                    d2 = 0.0
+                    diff = 0.0
+                    total = 0.0
+                    for b in range(nb):
+                        v = np.float64(bands[b][j, y, x])
+                        g = gm[b, y, x]
+                        dot += v * g
+                        norm2 += v * v
+                        d2 += (v - g) ** 2
+                        diff += abs(v - g)
+                        total += abs(v + g)
+                    denom = np.sqrt(norm2 * gnorm2)
+                    spectral[k] = 1.0 - dot / denom if denom > 0.0 else 0.0
+                    euclid[k] = np.sqrt(d2)
+                    bray[k] = diff / total if total > 0.0 else 0.0
+                    k += 1
+                if k == 0 or gnorm2 != gnorm2:
+                    out[0, y, x] = np.nan
+                    out[1, y, x] = np.nan
+                    out[2, y, x] = np.nan
+                    continue
+                out[0, y, x] = _median(spectral, k)
+                out[1, y, x] = _median(euclid, k)
+                out[2, y, x] = _median(bray, k)
+
+    return mads_rows
+
+
+def geomedian_mads(stacks: dict[str, np.ndarray], nodata: dict[str, float], geomedian: dict[str, np.ndarray], *,
+                   threads: int | None = None) -> dict[str, np.ndarray]:
+    """The median absolute deviations from the geomedian (odc-stats' `smad`, `emad`, `bcmad`), per pixel
+    float64 with NaN where no observation is clear in every band: the median over those observations of
+    the spectral (cosine) distance 1 - x.g / (|x| |g|), the Euclidean distance |x - g| (in the data's
+    units) and the Bray-Curtis dissimilarity sum|x - g| / sum|x + g|."""
     bands = list(stacks)
-    cube = np.stack([stacks[b].astype(np.float64, copy=False) for b in bands])
-    sentinels = np.array([np.nan if nodata[b] is None else nodata[b] for b in bands], dtype=np.float64)
-    out = np.empty((len(bands),) + cube.shape[2:], dtype=np.float64)
-    iters = np.zeros(cube.shape[2:], dtype=np.int32)
-    _geomedian_kernel()(cube, sentinels, max_iterations, tolerance, out, iters)
-    return {b: out[i] for i, b in enumerate(bands)}
+    arrays = _band_tuple(stacks)
+    sentinels, use = zip(*(_sentinel(stacks[b].dtype, nodata[b]) for b in bands))
+    sentinel_arr = np.array([float(s) for s in sentinels], dtype=np.float64)
+    use_arr = np.array(use, dtype=np.bool_)
+    gm = np.ascontiguousarray(np.stack([np.asarray(geomedian[b], dtype=np.float64) for b in bands]))
+    t, ny, nx = arrays[0].shape
+    out = np.empty((len(MADS), ny, nx), dtype=np.float64)
+    kernel = _mads_kernel()
+    is_float = _is_float(arrays[0].dtype)
+    run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinel_arr, use_arr, is_float, gm, r0, r1, out), ny, threads)
+    return {name: out[i] for i, name in enumerate(MADS)}
+
+
+# --- registry and outputs --------------------------------------------------------------------
 
 
 Reducer = Callable[..., dict[str, np.ndarray]]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -31,9 +33,38 @@ class Storage(Protocol):
     def list(self, suffix: str) -> list[str]: ...
     def delete(self, name: str) -> None: ...
     def check_writable(self) -> None: ...
+    def scratch_path(self, name: str) -> Path: ...
+    def sweep(self) -> int: ...
 
 
 TEMP_MARK = ".gridded-tmp-"
+TEMP_MAX_AGE_S = 24 * 3600
+HOST = socket.gethostname()
+
+
+def temp_name(final: str) -> str:
+    """A temporary name that says who writes it: host and pid, so a dead writer's leftovers are known."""
+    return f"{TEMP_MARK}{HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}-{final}"
+
+
+def _writer_is_gone(name: str, age_s: float) -> bool:
+    """True when the temp file's writer (host-pid in its name) is no longer running here, or it is stale."""
+    if age_s > TEMP_MAX_AGE_S:
+        return True
+    rest = name[len(TEMP_MARK):]
+    host, _, rest = rest.partition("-")
+    if host != HOST:
+        return False  # another machine's writer: only age can tell
+    pid = rest.partition("-")[0]
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class LocalStorage:
@@ -71,7 +102,7 @@ class LocalStorage:
 
     def _temp_for(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path.with_name(f"{TEMP_MARK}{uuid.uuid4().hex}-{path.name}")
+        return path.with_name(temp_name(path.name))
 
     def put_bytes(self, name: str, data: bytes) -> None:
         path = self._path(name)
@@ -130,11 +161,28 @@ class LocalStorage:
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
 
-    def local_temp_dir(self, name: str) -> Path:
-        """A directory beside `name` for scratch files, so the final rename stays on one filesystem."""
-        path = self._path(name).parent
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def scratch_path(self, name: str) -> Path:
+        """Where to build `name` before committing it: a temporary name beside it (one filesystem,
+        so committing is a rename; a crash leaves only a temporary name, which `sweep` removes)."""
+        try:
+            return self._temp_for(self._path(name))
+        except OSError as err:
+            raise OutputError(f"{self.root / name}: cannot write there ({err.strerror or err})") from err
+
+    def sweep(self) -> int:
+        """Remove temporary files whose writer is gone; returns how many."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        now = time.time()
+        for path in self.root.rglob(f"{TEMP_MARK}*"):
+            try:
+                if _writer_is_gone(path.name, now - path.stat().st_mtime):
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     def check_writable(self) -> None:
         """Refuse an output that cannot be created or written, without creating anything."""
@@ -241,6 +289,16 @@ class S3Storage:
 
     def delete(self, name: str) -> None:
         self._call(name, "delete_object", Key=self._key(name))
+
+    def scratch_path(self, name: str) -> Path:
+        """A local file to build `name` in before its one PUT."""
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / temp_name(Path(name).name)
+
+    def sweep(self) -> int:
+        """Whole-object PUTs leave no partial objects: nothing to sweep."""
+        return 0
 
     def check_writable(self) -> None:
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -153,25 +152,34 @@ def commit_outputs(storage: Storage, *, pipeline: Pipeline, task: Task, arrays: 
                    extra: dict | None = None) -> str:
     """Write each COG whole, then the item: create-only, or replacing a stale one. Returns 'done'."""
     geobox = task.geobox
-    scratch = tempfile.mkdtemp(prefix="gridded-cog-")
-    try:
-        for key, array in arrays.items():
-            path = Path(scratch) / f"{key}.tif"
+    for key, array in arrays.items():
+        name = asset_name(pipeline, task, key)
+        path = storage.scratch_path(name)
+        try:
             write_cog(path, array, geobox, nodata[key])
-            storage.put_file(asset_name(pipeline, task, key), path)
-        item = build_item(pipeline=pipeline, task=task, fingerprint=fingerprint, extra=extra,
-                          assets={k: (a.dtype, nodata[k]) for k, a in arrays.items()})
-        body = json.dumps(item, indent=1).encode()
-        name = item_name(pipeline, task)
-        if replace:
+            crash_point("cog-written")
+            storage.put_file(name, path)
+        finally:
+            path.unlink(missing_ok=True)
+    crash_point("cogs-committed")
+    item = build_item(pipeline=pipeline, task=task, fingerprint=fingerprint, extra=extra,
+                      assets={k: (a.dtype, nodata[k]) for k, a in arrays.items()})
+    body = json.dumps(item, indent=1).encode()
+    name = item_name(pipeline, task)
+    if replace:
+        storage.put_bytes(name, body)
+    elif not storage.create_only(name, body):
+        # someone committed this cell first (another worker, or our own retried PUT whose answer
+        # was lost): theirs stands if it is for the same inputs
+        theirs = json.loads(storage.get_bytes(name))
+        if theirs.get("properties", {}).get("gridded:fingerprint") != fingerprint:
             storage.put_bytes(name, body)
-        elif not storage.create_only(name, body):
-            # someone else committed this cell first; theirs stands if it is for the same inputs
-            theirs = json.loads(storage.get_bytes(name))
-            if theirs.get("properties", {}).get("gridded:fingerprint") != fingerprint:
-                storage.put_bytes(name, body)
-    finally:
-        for leftover in Path(scratch).glob("*"):
-            leftover.unlink(missing_ok=True)
-        os.rmdir(scratch)
+    crash_point("item-committed")
     return "done"
+
+
+def crash_point(phase: str) -> None:
+    """Fault injection for the crash tests: die here, as a SIGKILL would, when GRIDDED_CRASH_AT names
+    this phase (cog-written, cogs-committed, item-committed)."""
+    if os.environ.get("GRIDDED_CRASH_AT") == phase:
+        os._exit(137)
