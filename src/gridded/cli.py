@@ -30,7 +30,7 @@ class GriddedGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"gridded: error: {err}", err=True)
-            if isinstance(err, Interrupted):  # don't wait for Dask threads still reading: leave now
+            if getattr(err, "hard_exit", False):
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(err.exit_code)
@@ -361,7 +361,7 @@ def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler):
     _, pipeline, _, batch = read_batch(cells, batch_id)
     storage = open_storage(output)
     progress = Progress(len(batch.tasks), quiet=ctx.obj["quiet"])
-    with interruptible(progress, len(batch.tasks)):
+    with interruptible(progress, len(batch.tasks), in_process=True):
         results = process_batch(batch, pipeline, output, overwrite=overwrite, scheduler=scheduler,
                                 on_result=progress.update)
     storage.sweep()

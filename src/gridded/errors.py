@@ -33,6 +33,8 @@ class Interrupted(GriddedError):
     """Stopped by SIGTERM or Ctrl-C: what finished is kept; a rerun resumes (exit 143, retryable)."""
 
     exit_code = 143
+    # leave at once after the message: Dask threads of this process may still be mid-read
+    hard_exit = False
 
 
 class CellError(GriddedError):

@@ -138,7 +138,7 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
     results: list[CellResult] = list(progress.results)
     workers = min(workers, max(1, len(todo.batches)))
     try:
-        with interruptible(progress, len(plan.tasks)):
+        with interruptible(progress, len(plan.tasks), in_process=workers == 1 or bool(scheduler)):
             if workers == 1 or scheduler:
                 for batch in todo.batches:
                     results += process_batch(batch, plan.pipeline, output, overwrite=overwrite,
@@ -182,7 +182,7 @@ def _without_current(plan: Plan, storage, progress: Progress) -> Plan:
 
 
 @contextmanager
-def interruptible(progress: Progress, total: int):
+def interruptible(progress: Progress, total: int, *, in_process: bool):
     """SIGTERM (as Kubernetes sends) or Ctrl-C becomes Interrupted, naming what is kept."""
     def on_term(signum, frame):
         raise Interrupted(f"stopped by signal {signum}")
@@ -191,8 +191,10 @@ def interruptible(progress: Progress, total: int):
     try:
         yield
     except (Interrupted, KeyboardInterrupt) as err:
-        raise Interrupted(f"interrupted; {progress.counts['done']} tasks done and kept, "
-                          f"{total - progress.done} left: rerun to resume") from err
+        stop = Interrupted(f"interrupted; {progress.counts['done']} tasks done and kept, "
+                           f"{total - progress.done} left: rerun to resume")
+        stop.hard_exit = in_process
+        raise stop from err
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -30,6 +30,8 @@ BLOCKS_PER_THREAD = 4
 # Weiszfeld: a point this close to the estimate (relative to the estimate's norm) counts as the
 # estimate sitting on it, and the iteration takes Vardi and Zhang's step rather than dividing by ~0
 COINCIDENT = 1e-12
+# Pixels of a row a kernel copies out of the (time, y, x) stacks at once (see median_rows)
+SPAN = 64
 
 
 def kernel_threads() -> int:
@@ -124,26 +126,35 @@ def _median_kernel():
         # observations of a period far cheaper than a partition of a NaN-padded float copy, and
         # exactly numpy's rule (the mean of the two middle values for an even count)
         t, _, nx = stack.shape
+        chunk = np.empty((SPAN, t), dtype=stack.dtype)
         buf = np.empty(t, dtype=stack.dtype)
         for y in range(r0, r1):
-            for x in range(nx):
-                k = 0
+            for x0 in range(0, nx, SPAN):
+                x1 = min(x0 + SPAN, nx)
+                # one pass along each layer's row: layers lie a power of two apart in memory, so
+                # reading a pixel's time series directly would evict each cache line before its
+                # neighbour pixel came to use it
                 for j in range(t):
-                    v = stack[j, y, x]
-                    if (use_sentinel and v == sentinel) or (is_float and v != v):
-                        continue
-                    i = k
-                    while i > 0 and buf[i - 1] > v:
-                        buf[i] = buf[i - 1]
-                        i -= 1
-                    buf[i] = v
-                    k += 1
-                if k == 0:
-                    out[y, x] = np.nan
-                elif k % 2 == 1:
-                    out[y, x] = np.float64(buf[k // 2])
-                else:
-                    out[y, x] = (np.float64(buf[k // 2 - 1]) + np.float64(buf[k // 2])) / 2.0
+                    for x in range(x0, x1):
+                        chunk[x - x0, j] = stack[j, y, x]
+                for x in range(x0, x1):
+                    k = 0
+                    for j in range(t):
+                        v = chunk[x - x0, j]
+                        if (use_sentinel and v == sentinel) or (is_float and v != v):
+                            continue
+                        i = k
+                        while i > 0 and buf[i - 1] > v:
+                            buf[i] = buf[i - 1]
+                            i -= 1
+                        buf[i] = v
+                        k += 1
+                    if k == 0:
+                        out[y, x] = np.nan
+                    elif k % 2 == 1:
+                        out[y, x] = np.float64(buf[k // 2])
+                    else:
+                        out[y, x] = (np.float64(buf[k // 2 - 1]) + np.float64(buf[k // 2])) / 2.0
 
     return median_rows
 
@@ -175,102 +186,161 @@ def reduce_median(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, th
 def _geomedian_kernel():
     import numba
 
-    # reassociation lets LLVM vectorise the sums over observations; no `nnan`: NaN checks stay exact
-    @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
-    def geomedian_rows(bands, sentinels, use_sentinel, is_float, r0, r1, max_iter, tol, out, iters):
-        # Weiszfeld's iteration (Roberts et al. 2017) over the observations clear in every band,
-        # started at their mean, with Vardi and Zhang's step when the estimate sits on a data point
+    fast = {"reassoc", "contract", "arcp", "nsz"}  # lets LLVM vectorise sums; no `nnan`: NaN checks stay exact
+
+    @numba.njit(nogil=True, cache=True, fastmath=fast, inline="always")
+    def weiszfeld(pts, k, est, w, num, max_iter, tol, relax, check_every):
+        # Weiszfeld's iteration (Roberts et al. 2017) from est over pts[:, :k], with Vardi and
+        # Zhang's step when the estimate sits on a data point; returns the iterations taken
+        nb = pts.shape[0]
+        n_iter = 0
+        while n_iter < max_iter:
+            n_iter += 1
+            norm2 = 0.0
+            for b in range(nb):
+                norm2 += est[b] * est[b]
+            near2 = COINCIDENT * COINCIDENT * max(norm2, 1.0)
+            for i in range(k):
+                w[i] = 0.0
+            for b in range(nb):
+                e = est[b]
+                for i in range(k):
+                    d = pts[b, i] - e
+                    w[i] += d * d
+            den = 0.0
+            eta = 0
+            closest = 0
+            closest2 = np.inf
+            for i in range(k):
+                d2 = w[i]
+                if d2 < closest2:
+                    closest = i
+                    closest2 = d2
+                if d2 > near2:
+                    w[i] = 1.0 / np.sqrt(d2)
+                    den += w[i]
+                else:
+                    w[i] = 0.0
+                    eta += 1
+            if den == 0.0:  # every clear observation is where the estimate is
+                break
+            r2 = 0.0
+            for b in range(nb):
+                s = 0.0
+                for i in range(k):
+                    s += pts[b, i] * w[i]
+                num[b] = s / den
+                rb = s - den * est[b]  # the pull of the other points, sum of w_i (x_i - y)
+                r2 += rb * rb
+            keep = 0.0
+            if eta > 0:  # Vardi-Zhang: y sits on eta points; move only as far as their weight allows
+                r = np.sqrt(r2)
+                keep = min(1.0, eta / r) if r > 0.0 else 1.0
+            step2 = 0.0
+            new2 = 0.0
+            for b in range(nb):
+                new = est[b] + relax * (1.0 - keep) * (num[b] - est[b])
+                step2 += (new - est[b]) ** 2
+                new2 += new * new
+                est[b] = new
+            if step2 <= tol * tol * max(new2, 1.0):
+                break
+            if check_every > 0 and n_iter % check_every == 0 and data_point_is_optimal(pts, k, closest, w):
+                for b in range(nb):  # converging (sublinearly) on a data point that is the optimum
+                    est[b] = pts[b, closest]
+                break
+        return n_iter
+
+    @numba.njit(nogil=True, cache=True, fastmath=fast, inline="always")
+    def data_point_is_optimal(pts, k, m, w):
+        # Vardi-Zhang: x_m minimises the sum of distances iff the unit vectors from it to the other
+        # points sum to a vector no longer than the number of points at x_m
+        nb = pts.shape[0]
+        for i in range(k):
+            w[i] = 0.0
+        for b in range(nb):
+            e = pts[b, m]
+            for i in range(k):
+                d = pts[b, i] - e
+                w[i] += d * d
+        eta = 0
+        for i in range(k):
+            if w[i] > 0.0:
+                w[i] = 1.0 / np.sqrt(w[i])
+            else:
+                eta += 1
+        r2 = 0.0
+        for b in range(nb):
+            e = pts[b, m]
+            s = 0.0
+            for i in range(k):
+                s += (pts[b, i] - e) * w[i]
+            r2 += s * s
+        return r2 <= eta * eta
+
+    @numba.njit(nogil=True, cache=True)
+    def geomedian_rows(bands, sentinels, use_sentinel, is_float, r0, r1, max_iter, tol, relax, check_every,
+                       start_median, out, iters):
         nb = len(bands)
         t, _, nx = bands[0].shape
-        pts = np.empty((nb, max(t, 1)))
-        w = np.empty(max(t, 1))
-        idx = np.empty(max(t, 1), dtype=np.int64)
-        clear = np.empty(max(t, 1), dtype=np.bool_)
+        t1 = max(t, 1)
+        chunk = np.empty((nb, SPAN, t1))
+        pts = np.empty((nb, t1))
+        w = np.empty(t1)
+        buf = np.empty(t1)
         est = np.empty(nb)
         num = np.empty(nb)
         for y in range(r0, r1):
-            for x in range(nx):
-                for j in range(t):
-                    clear[j] = True
-                for b in range(nb):
+            for x0 in range(0, nx, SPAN):
+                x1 = min(x0 + SPAN, nx)
+                for b in range(nb):  # one pass along each layer's row (see median_rows)
                     band = bands[b]
-                    s = sentinels[b]
-                    u = use_sentinel[b]
                     for j in range(t):
-                        v = band[j, y, x]
-                        if (u and v == s) or (is_float and v != v):
-                            clear[j] = False
-                k = 0
-                for j in range(t):
-                    if clear[j]:
-                        idx[k] = j
-                        k += 1
-                if k == 0:
+                        for x in range(x0, x1):
+                            chunk[b, x - x0, j] = band[j, y, x]
+                for x in range(x0, x1):
+                    c = x - x0
+                    k = 0
+                    for j in range(t):
+                        ok = True
+                        for b in range(nb):
+                            v = chunk[b, c, j]
+                            if (use_sentinel[b] and v == sentinels[b]) or (is_float and v != v):
+                                ok = False
+                                break
+                        if ok:
+                            for b in range(nb):
+                                pts[b, k] = chunk[b, c, j]
+                            k += 1
+                    if k == 0:
+                        for b in range(nb):
+                            out[b, y, x] = np.nan
+                        iters[y, x] = 0
+                        continue
                     for b in range(nb):
-                        out[b, y, x] = np.nan
-                    iters[y, x] = 0
-                    continue
-                for b in range(nb):
-                    band = bands[b]
-                    total = 0.0
-                    for i in range(k):
-                        v = np.float64(band[idx[i], y, x])
-                        pts[b, i] = v
-                        total += v
-                    est[b] = total / k
-                n_iter = 0
-                if k == 1:  # the one clear observation, exactly
-                    for b in range(nb):
-                        est[b] = pts[b, 0]
-                while k > 1 and n_iter < max_iter:
-                    n_iter += 1
-                    norm2 = 0.0
-                    for b in range(nb):
-                        norm2 += est[b] * est[b]
-                    near2 = COINCIDENT * COINCIDENT * max(norm2, 1.0)
-                    for i in range(k):
-                        w[i] = 0.0
-                    for b in range(nb):
-                        e = est[b]
-                        for i in range(k):
-                            d = pts[b, i] - e
-                            w[i] += d * d
-                    den = 0.0
-                    eta = 0
-                    for i in range(k):
-                        d2 = w[i]
-                        if d2 > near2:
-                            w[i] = 1.0 / np.sqrt(d2)
-                            den += w[i]
+                        if start_median:
+                            for i in range(k):
+                                v = pts[b, i]
+                                j = i
+                                while j > 0 and buf[j - 1] > v:
+                                    buf[j] = buf[j - 1]
+                                    j -= 1
+                                buf[j] = v
+                            est[b] = buf[k // 2] if k % 2 == 1 else (buf[k // 2 - 1] + buf[k // 2]) / 2.0
                         else:
-                            w[i] = 0.0
-                            eta += 1
-                    if den == 0.0:  # every clear observation is where the estimate is
-                        break
-                    r2 = 0.0
+                            total = 0.0
+                            for i in range(k):
+                                total += pts[b, i]
+                            est[b] = total / k
+                    n_iter = 0
+                    if k == 1:  # the one clear observation, exactly
+                        for b in range(nb):
+                            est[b] = pts[b, 0]
+                    else:
+                        n_iter = weiszfeld(pts, k, est, w, num, max_iter, tol, relax, check_every)
                     for b in range(nb):
-                        s = 0.0
-                        for i in range(k):
-                            s += pts[b, i] * w[i]
-                        num[b] = s / den
-                        rb = s - den * est[b]  # the pull of the other points, sum of w_i (x_i - y)
-                        r2 += rb * rb
-                    keep = 0.0
-                    if eta > 0:  # Vardi-Zhang: y sits on eta points; move only as far as their weight allows
-                        r = np.sqrt(r2)
-                        keep = min(1.0, eta / r) if r > 0.0 else 1.0
-                    step2 = 0.0
-                    new2 = 0.0
-                    for b in range(nb):
-                        new = (1.0 - keep) * num[b] + keep * est[b]
-                        step2 += (new - est[b]) ** 2
-                        new2 += new * new
-                        est[b] = new
-                    if step2 <= tol * tol * max(new2, 1.0):
-                        break
-                for b in range(nb):
-                    out[b, y, x] = est[b]
-                iters[y, x] = n_iter
+                        out[b, y, x] = est[b]
+                    iters[y, x] = n_iter
 
     return geomedian_rows
 
@@ -285,7 +355,7 @@ def _band_tuple(stacks: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
 
 def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, float], *,
                               max_iterations: int = 1000, tolerance: float = 1e-7,
-                              threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                              threads: int | None = None, relax=1.0, check_every=0, start_median=False) -> tuple[np.ndarray, np.ndarray]:
     """((band, y, x) float64 geometric median, (y, x) int32 iterations taken) over the observations
     clear in every band; NaN and 0 iterations where none is. Iterations stop once a step is at most
     `tolerance` x the estimate's norm (or 1, if smaller), or after `max_iterations`."""
@@ -301,7 +371,7 @@ def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, f
     kernel = _geomedian_kernel()
     run_in_row_blocks(
         lambda r0, r1: kernel(arrays, sentinel_arr, use_arr, is_float, r0, r1, int(max_iterations),
-                              float(tolerance), out, iters),
+                              float(tolerance), float(relax), int(check_every), bool(start_median), out, iters),
         ny, threads,
     )
     return out, iters

@@ -1,0 +1,215 @@
+"""Kills, crashes, races and hostile input: nothing lost, nothing half-written, nothing read that
+should not be."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import rasterio
+from expected import check_pixels, output_items
+
+from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
+from gridded.storage import TEMP_MARK
+
+SELECT = ["--extent", DEMO_EXTENT, "--time", DEMO_TIME, "--grid", str(DEMO_GRID),
+          "--bands", "blue,green,red,nir"]
+
+
+def gridded(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """The real CLI in its own process group (so a test can kill the whole group)."""
+    return subprocess.Popen([sys.executable, "-m", "gridded.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def assert_consistent(out: Path) -> None:
+    """Every item has all its COGs and every file under a final name is whole (temporary names may
+    remain after a kill: the next run sweeps them)."""
+    for name, item in output_items(out).items():
+        folder = next(out.rglob(name)).parent
+        for asset in item["assets"].values():
+            path = folder / Path(asset["href"]).name
+            assert path.is_file(), f"{name} lacks {path.name}"
+    for tif in (p for p in out.rglob("*.tif") if TEMP_MARK not in p.name):
+        with rasterio.open(tif) as src:
+            assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+            src.read(1)
+
+
+def temp_files(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if TEMP_MARK in p.name]
+
+
+def wait_for_items(out: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(out.rglob("*.stac-item.json"))) < n:
+        assert proc.poll() is None, f"finished before {n} items: {proc.communicate()}"
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.05)
+
+
+def test_sigkill_of_the_whole_group_then_rerun_resumes_pixel_exact(demo_catalog, tmp_path):
+    run = ["run", "--source", str(demo_catalog), *SELECT, "--tiles-per-worker", "1", "--workers", "2"]
+    out = tmp_path / "out"
+    proc = gridded(*run, "--output", str(out))
+    wait_for_items(out, 3, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert_consistent(out)
+    assert len(output_items(out)) < 18
+    code, _, err = finish(gridded(*run, "--output", str(out)))
+    assert code == 0, err
+    assert check_pixels(out, demo_catalog)["tasks"] == 18
+    assert temp_files(out) == []
+    assert_consistent(out)
+    # an all-skip rerun costs a small fraction of a full run
+    started = time.monotonic()
+    code, _, err = finish(gridded(*run, "--output", str(tmp_path / "fresh")))
+    full_s = time.monotonic() - started
+    assert code == 0, err
+    started = time.monotonic()
+    code, _, err = finish(gridded(*run, "--output", str(out)))
+    rerun_s = time.monotonic() - started
+    assert code == 0
+    assert json.loads((out / "run-report.json").read_text())["counts"] == {"done": 0, "skipped": 18, "failed": 0}
+    assert rerun_s < 0.6 * full_s, (rerun_s, full_s)
+
+
+@pytest.fixture(scope="module")
+def one_cell_artifact(demo_catalog, tmp_path_factory):
+    cells = tmp_path_factory.mktemp("cells") / "cells.pickle"
+    code, out, err = finish(gridded("-q", "tiles", "generate", "--source", str(demo_catalog), *SELECT,
+                                    "--tiles-per-worker", "1", "--cells", str(cells)))
+    assert code == 0, err
+    assert len(json.loads(out)) == 6
+    return cells
+
+
+@pytest.mark.parametrize("phase", ["cog-written", "cogs-committed", "item-committed"])
+def test_a_crash_at_each_write_phase_leaves_nothing_half_written(phase, one_cell_artifact, demo_catalog, tmp_path):
+    out = tmp_path / "out"
+    args = ["-q", "tiles", "process", "--cells", str(one_cell_artifact), "--batch", "4", "--output", str(out)]
+    code, _, err = finish(gridded(*args, env={"GRIDDED_CRASH_AT": phase}))
+    assert code == 137, err
+    assert_consistent(out)
+    if phase == "item-committed":
+        assert len(output_items(out)) >= 1
+    else:
+        assert output_items(out) == {}
+    code, _, err = finish(gridded(*args))
+    assert code == 0, err
+    assert temp_files(out) == []
+    assert_consistent(out)
+    assert check_pixels(out, demo_catalog)["tasks"] == 3  # one cell, three months
+
+
+def test_two_processors_on_one_batch_leave_one_valid_item_per_cell(one_cell_artifact, demo_catalog, tmp_path):
+    out = tmp_path / "out"
+    args = ["-q", "tiles", "process", "--cells", str(one_cell_artifact), "--batch", "1", "--output", str(out)]
+    first, second = gridded(*args), gridded(*args)
+    for proc in (first, second):
+        code, _, err = finish(proc)
+        assert code == 0, err
+    items = output_items(out)
+    assert len(items) == 3
+    assert len(list(out.rglob("*.tif"))) == 3 * 5
+    assert temp_files(out) == []
+    assert check_pixels(out, demo_catalog)["tasks"] == 3
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_the_run_and_its_workers_and_keeps_what_finished(workers, demo_catalog, tmp_path):
+    out = tmp_path / "out"
+    run = ["run", "--source", str(demo_catalog), *SELECT, "--tiles-per-worker", "1", "--workers", workers]
+    proc = gridded(*run, "--output", str(out))
+    wait_for_items(out, 2, proc)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children or workers == "1"
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc, timeout=60)
+    assert code == 143, err
+    assert time.monotonic() - started < 30
+    assert "rerun to resume" in err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    time.sleep(0.5)
+    assert [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+    assert_consistent(out)
+    code, _, err = finish(gridded(*run, "--output", str(out)))
+    assert code == 0, err
+    assert check_pixels(out, demo_catalog)["tasks"] == 18
+    assert temp_files(out) == []
+
+
+# --- hostile input -----------------------------------------------------------------------------
+
+def _first_item(catalog: Path) -> Path:
+    return sorted((catalog.parent / "sentinel-2-l2a-demo").glob("*/*_L2A.json"))[0]
+
+
+def test_an_href_outside_the_catalog_is_refused(catalog_copy, tmp_path):
+    item_path = _first_item(catalog_copy)
+    item = json.loads(item_path.read_text())
+    item["assets"]["red"]["href"] = "file:///etc/passwd"
+    item_path.write_text(json.dumps(item))
+    proc = gridded("run", "--source", str(catalog_copy), *SELECT, "--output", str(tmp_path / "out"))
+    code, _, err = finish(proc)
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("gridded: error: ") and item["id"] in line and "/etc/passwd" in line
+    assert "allowed roots" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_vrt_named_tif_and_an_absurd_header_are_refused(catalog_copy, tmp_path):
+    items = sorted((catalog_copy.parent / "sentinel-2-l2a-demo").glob("*/*_L2A.json"))
+    vrt_item, huge_item = json.loads(items[0].read_text()), json.loads(items[7].read_text())
+    vrt_target = items[0].parent / "red.tif"
+    vrt_target.write_text(
+        '<VRTDataset rasterXSize="480" rasterYSize="360"><VRTRasterBand dataType="UInt16" band="1">'
+        '<SimpleSource><SourceFilename relativeToVRT="0">/etc/hostname</SourceFilename></SimpleSource>'
+        '</VRTRasterBand></VRTDataset>')
+    huge = items[7].parent / "red.tif"
+    with rasterio.open(huge, "w", driver="GTiff", width=200_000, height=200_000, count=1, dtype="uint16",
+                       crs="EPSG:32755", transform=rasterio.transform.from_origin(601200, 6001800, 10, 10),
+                       tiled=True, SPARSE_OK=True) as dst:
+        pass
+    assert huge.stat().st_size < 10_000_000
+    out = tmp_path / "out"
+    code, stdout, err = finish(gridded("run", "--source", str(catalog_copy), *SELECT, "--output", str(out)))
+    assert code == 1, err
+    failed = [line for line in stdout.splitlines() if line.startswith("FAILED")]
+    assert any(vrt_item["id"] in line and "red" in line for line in failed)
+    assert any(huge_item["id"] in line and "refusing" in line for line in failed)
+    for name, item in output_items(out).items():
+        assert vrt_item["id"] not in item["properties"]["gridded:inputs"]
+        assert huge_item["id"] not in item["properties"]["gridded:inputs"]
+    assert_consistent(out)
+
+
+def test_ids_with_path_separators_never_write_outside_the_output(catalog_copy, tmp_path):
+    item_path = _first_item(catalog_copy)
+    item = json.loads(item_path.read_text())
+    item["id"] = "../../../../escaped/../x"
+    item_path.write_text(json.dumps(item))
+    out = tmp_path / "deep" / "out"
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    code, _, err = finish(gridded("run", "--source", str(catalog_copy), *SELECT, "--output", str(out)))
+    assert code == 0, err
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - before - {p for p in out.rglob("*")}
+    assert written == set()
+    assert any("../../../../escaped/../x" in i["properties"]["gridded:inputs"] for i in output_items(out).values())
