@@ -32,7 +32,8 @@ GDAL_DEFAULTS = {
 }
 READ_ATTEMPTS = 4
 RETRY_DELAY_S = 0.5
-MAX_SOURCE_PIXELS = 1 << 34  # a header claiming more is corrupt or hostile
+MAX_SOURCE_PIXELS = 1 << 34
+_GAVE_UP: dict[str, str] = {}  # remote files this process gave up on, and why  # a header claiming more is corrupt or hostile
 READ_THREADS = 4
 
 
@@ -96,11 +97,20 @@ def read_window(href: str, geobox: GeoBox, *, fill, what: str) -> tuple[np.ndarr
     short. Refusals (403, 404) are not retried."""
     remote = "://" in href and not href.startswith("file:")
     attempts = READ_ATTEMPTS if remote else 1
+    path = gdal_path(href)
+    if path in _GAVE_UP:  # failed every attempt for an earlier cell: fail this one without a retry storm
+        raise SourceError(f"{what}: {_GAVE_UP[path]}")
     for attempt in range(1, attempts + 1):
         try:
-            return _read_window_once(gdal_path(href), geobox, fill=fill, what=what)
+            if attempt == 1:
+                return _read_window_once(path, geobox, fill=fill, what=what)
+            # GDAL keeps what it fetched of a file, a body cut short included: read past its cache
+            with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):
+                return _read_window_once(path, geobox, fill=fill, what=what)
         except SourceError as err:
             if attempt == attempts or not _retryable(err):
+                if remote:
+                    _GAVE_UP[path] = str(err).split(": ", 1)[-1]
                 raise
             log.info("%s: read failed (%s), retry %d of %d", what, err, attempt, attempts - 1)
             time.sleep(RETRY_DELAY_S * 2 ** (attempt - 1))

@@ -30,8 +30,16 @@ BLOCKS_PER_THREAD = 4
 # Weiszfeld: a point this close to the estimate (relative to the estimate's norm) counts as the
 # estimate sitting on it, and the iteration takes Vardi and Zhang's step rather than dividing by ~0
 COINCIDENT = 1e-12
-# Pixels of a row a kernel copies out of the (time, y, x) stacks at once (see median_rows)
+# Weiszfeld: every this many iterations, test whether the data point nearest the estimate is the
+# optimum (the iteration converges on such a point only sublinearly)
+CHECK_EVERY = 8
+# Pixels of a row a kernel copies out of the (time, y, x) stacks at once: the layers of a stack
+# lie a power of two apart in memory, so reading one pixel's time series at a time would evict
+# each cache line before the neighbouring pixel came to use it
 SPAN = 64
+# The geomedian pads each pixel's observations to a multiple of this (float64 SIMD lanes), so its
+# loops run over whole vectors without a remainder or a branch
+LANES = 8
 
 
 def kernel_threads() -> int:
@@ -113,48 +121,84 @@ def _is_float(dtype) -> bool:
     return np.issubdtype(dtype, np.floating)
 
 
+def _band_tuple(stacks: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The stacks as C-contiguous arrays of one dtype (numba takes a tuple of like arrays);
+    bands of differing dtypes are cast to their common type (that copy is the only one)."""
+    arrays = [np.ascontiguousarray(s) for s in stacks.values()]
+    common = np.result_type(*arrays)
+    return tuple(a if a.dtype == common else a.astype(common) for a in arrays)
+
+
+def _sentinels(stacks: dict[str, np.ndarray], nodata: dict[str, float], dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per band (sentinel as float64, whether it marks anything), for the multi-band kernels."""
+    pairs = [_sentinel(dtype, nodata[b]) for b in stacks]
+    return (np.array([float(v) for v, _ in pairs], dtype=np.float64),
+            np.array([use for _, use in pairs], dtype=np.bool_))
+
+
 # --- median ----------------------------------------------------------------------------------
+
+
+@cache
+def sorting_network(n: int) -> np.ndarray:
+    """Batcher's odd-even merge sort for n keys as (m, 2) compare-exchange pairs (i < j)."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
 @cache
 def _median_kernel():
     import numba
 
-    @numba.njit(nogil=True, cache=True)
-    def median_rows(stack, sentinel, use_sentinel, is_float, r0, r1, out):
-        # insertion sort of each pixel's clear values, in the stack's own dtype: for the few dozen
-        # observations of a period far cheaper than a partition of a NaN-padded float copy, and
-        # exactly numpy's rule (the mean of the two middle values for an even count)
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def median_rows(stack, sentinel, use_sentinel, is_float, last, pairs, r0, r1, out):
+        # SPAN pixels at a time: their missing values become `last` (the dtype's largest value),
+        # then one sorting network sorts every pixel's series at once, each compare-exchange a
+        # SIMD min/max across the pixels. A real value equal to `last` sorts among the missing
+        # ones, which is harmless: the first k keys are the k clear values in order, whatever the
+        # ties. The median is numpy's: the middle one, or the mean of the two middle ones.
         t, _, nx = stack.shape
-        chunk = np.empty((SPAN, t), dtype=stack.dtype)
-        buf = np.empty(t, dtype=stack.dtype)
+        keys = np.empty((t, SPAN), dtype=stack.dtype)
+        count = np.empty(SPAN, dtype=np.int64)
         for y in range(r0, r1):
             for x0 in range(0, nx, SPAN):
-                x1 = min(x0 + SPAN, nx)
-                # one pass along each layer's row: layers lie a power of two apart in memory, so
-                # reading a pixel's time series directly would evict each cache line before its
-                # neighbour pixel came to use it
+                width = min(SPAN, nx - x0)
+                for c in range(SPAN):
+                    count[c] = 0
                 for j in range(t):
-                    for x in range(x0, x1):
-                        chunk[x - x0, j] = stack[j, y, x]
-                for x in range(x0, x1):
-                    k = 0
-                    for j in range(t):
-                        v = chunk[x - x0, j]
-                        if (use_sentinel and v == sentinel) or (is_float and v != v):
-                            continue
-                        i = k
-                        while i > 0 and buf[i - 1] > v:
-                            buf[i] = buf[i - 1]
-                            i -= 1
-                        buf[i] = v
-                        k += 1
+                    for c in range(width):
+                        v = stack[j, y, x0 + c]
+                        missing = (use_sentinel and v == sentinel) or (is_float and v != v)
+                        keys[j, c] = last if missing else v
+                        count[c] += 0 if missing else 1
+                    for c in range(width, SPAN):
+                        keys[j, c] = last
+                for p in range(pairs.shape[0]):
+                    a = pairs[p, 0]
+                    b = pairs[p, 1]
+                    for c in range(SPAN):
+                        lo = keys[a, c]
+                        hi = keys[b, c]
+                        keys[a, c] = min(lo, hi)
+                        keys[b, c] = max(lo, hi)
+                for c in range(width):
+                    k = count[c]
                     if k == 0:
-                        out[y, x] = np.nan
+                        out[y, x0 + c] = np.nan
                     elif k % 2 == 1:
-                        out[y, x] = np.float64(buf[k // 2])
+                        out[y, x0 + c] = np.float64(keys[k // 2, c])
                     else:
-                        out[y, x] = (np.float64(buf[k // 2 - 1]) + np.float64(buf[k // 2])) / 2.0
+                        out[y, x0 + c] = (np.float64(keys[k // 2 - 1, c]) + np.float64(keys[k // 2, c])) / 2.0
 
     return median_rows
 
@@ -162,13 +206,18 @@ def _median_kernel():
 def median_of_stack(stack: np.ndarray, nodata, *, threads: int | None = None) -> np.ndarray:
     """float64 (y, x): numpy.nanmedian over time of the values that are not `nodata` (nor NaN)."""
     stack = np.ascontiguousarray(stack)
+    if stack.dtype == np.bool_:
+        stack = stack.view(np.uint8)
     out = np.empty(stack.shape[1:], dtype=np.float64)
     if stack.shape[0] == 0:
         out[...] = np.nan
         return out
     sentinel, use = _sentinel(stack.dtype, nodata)
+    is_float = _is_float(stack.dtype)
+    last = stack.dtype.type(np.inf) if is_float else np.iinfo(stack.dtype).max
+    pairs = sorting_network(stack.shape[0])
     kernel = _median_kernel()
-    run_in_row_blocks(lambda r0, r1: kernel(stack, sentinel, use, _is_float(stack.dtype), r0, r1, out),
+    run_in_row_blocks(lambda r0, r1: kernel(stack, sentinel, use, is_float, last, pairs, r0, r1, out),
                       stack.shape[1], threads)
     return out
 
@@ -186,75 +235,14 @@ def reduce_median(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, th
 def _geomedian_kernel():
     import numba
 
-    fast = {"reassoc", "contract", "arcp", "nsz"}  # lets LLVM vectorise sums; no `nnan`: NaN checks stay exact
+    # reassociation lets LLVM vectorise the sums over observations; no `nnan`, so NaN tests stay
+    # exact; numpy's error model, so that a division is not a branch (which stops vectorisation)
+    fast = {"reassoc", "contract", "arcp", "nsz"}
 
-    @numba.njit(nogil=True, cache=True, fastmath=fast, inline="always")
-    def weiszfeld(pts, k, est, w, num, max_iter, tol, relax, check_every):
-        # Weiszfeld's iteration (Roberts et al. 2017) from est over pts[:, :k], with Vardi and
-        # Zhang's step when the estimate sits on a data point; returns the iterations taken
-        nb = pts.shape[0]
-        n_iter = 0
-        while n_iter < max_iter:
-            n_iter += 1
-            norm2 = 0.0
-            for b in range(nb):
-                norm2 += est[b] * est[b]
-            near2 = COINCIDENT * COINCIDENT * max(norm2, 1.0)
-            for i in range(k):
-                w[i] = 0.0
-            for b in range(nb):
-                e = est[b]
-                for i in range(k):
-                    d = pts[b, i] - e
-                    w[i] += d * d
-            den = 0.0
-            eta = 0
-            closest = 0
-            closest2 = np.inf
-            for i in range(k):
-                d2 = w[i]
-                if d2 < closest2:
-                    closest = i
-                    closest2 = d2
-                if d2 > near2:
-                    w[i] = 1.0 / np.sqrt(d2)
-                    den += w[i]
-                else:
-                    w[i] = 0.0
-                    eta += 1
-            if den == 0.0:  # every clear observation is where the estimate is
-                break
-            r2 = 0.0
-            for b in range(nb):
-                s = 0.0
-                for i in range(k):
-                    s += pts[b, i] * w[i]
-                num[b] = s / den
-                rb = s - den * est[b]  # the pull of the other points, sum of w_i (x_i - y)
-                r2 += rb * rb
-            keep = 0.0
-            if eta > 0:  # Vardi-Zhang: y sits on eta points; move only as far as their weight allows
-                r = np.sqrt(r2)
-                keep = min(1.0, eta / r) if r > 0.0 else 1.0
-            step2 = 0.0
-            new2 = 0.0
-            for b in range(nb):
-                new = est[b] + relax * (1.0 - keep) * (num[b] - est[b])
-                step2 += (new - est[b]) ** 2
-                new2 += new * new
-                est[b] = new
-            if step2 <= tol * tol * max(new2, 1.0):
-                break
-            if check_every > 0 and n_iter % check_every == 0 and data_point_is_optimal(pts, k, closest, w):
-                for b in range(nb):  # converging (sublinearly) on a data point that is the optimum
-                    est[b] = pts[b, closest]
-                break
-        return n_iter
-
-    @numba.njit(nogil=True, cache=True, fastmath=fast, inline="always")
+    @numba.njit(nogil=True, cache=True, fastmath=fast, error_model="numpy")
     def data_point_is_optimal(pts, k, m, w):
-        # Vardi-Zhang: x_m minimises the sum of distances iff the unit vectors from it to the other
-        # points sum to a vector no longer than the number of points at x_m
+        # Vardi and Zhang: x_m minimises the sum of distances iff the unit vectors from it to the
+        # other points add up to a vector no longer than the number of points at x_m
         nb = pts.shape[0]
         for i in range(k):
             w[i] = 0.0
@@ -278,22 +266,85 @@ def _geomedian_kernel():
             r2 += s * s
         return r2 <= eta * eta
 
-    @numba.njit(nogil=True, cache=True)
-    def geomedian_rows(bands, sentinels, use_sentinel, is_float, r0, r1, max_iter, tol, relax, check_every,
-                       start_median, out, iters):
+    @numba.njit(nogil=True, cache=True, fastmath=fast, error_model="numpy")
+    def weiszfeld(pts, valid, k, kp, est, d2, w, num, max_iter, tol):
+        # Weiszfeld's iteration from est over the points pts[:, :k], with Vardi and Zhang's step
+        # where the estimate sits on data points. Columns k..kp of pts are padding with valid 0,
+        # so that the loops run over whole SIMD vectors without a branch. Returns the iterations.
+        nb = pts.shape[0]
+        n_iter = 0
+        while n_iter < max_iter:
+            n_iter += 1
+            norm2 = 0.0
+            for b in range(nb):
+                norm2 += est[b] * est[b]
+            near2 = COINCIDENT * COINCIDENT * max(norm2, 1.0)
+            for i in range(kp):
+                d2[i] = 0.0
+            for b in range(nb):
+                e = est[b]
+                for i in range(kp):
+                    d = pts[b, i] - e
+                    d2[i] += d * d
+            den = 0.0
+            eta = 0.0
+            for i in range(kp):
+                far = 1.0 if d2[i] > near2 else 0.0
+                wi = valid[i] * far / np.sqrt(max(d2[i], near2))
+                eta += valid[i] * (1.0 - far)
+                w[i] = wi
+                den += wi
+            if den == 0.0:  # every clear observation is where the estimate is
+                break
+            r2 = 0.0
+            for b in range(nb):
+                s = 0.0
+                for i in range(kp):
+                    s += pts[b, i] * w[i]
+                num[b] = s / den
+                rb = s - den * est[b]  # the pull of the other points: sum of w_i (x_i - y)
+                r2 += rb * rb
+            keep = 0.0
+            if eta > 0.0:  # on eta data points: move only as far as the others' pull exceeds them
+                r = np.sqrt(r2)
+                keep = min(1.0, eta / r) if r > 0.0 else 1.0
+            step2 = 0.0
+            new2 = 0.0
+            for b in range(nb):
+                new = (1.0 - keep) * num[b] + keep * est[b]
+                step2 += (new - est[b]) ** 2
+                new2 += new * new
+                est[b] = new
+            if step2 <= tol * tol * max(new2, 1.0):
+                break
+            if n_iter % CHECK_EVERY == 0:
+                closest = 0
+                for i in range(1, k):
+                    if d2[i] < d2[closest]:
+                        closest = i
+                if data_point_is_optimal(pts, k, closest, w):
+                    for b in range(nb):
+                        est[b] = pts[b, closest]
+                    break
+        return n_iter
+
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def geomedian_rows(bands, sentinels, use_sentinel, is_float, r0, r1, max_iter, tol, out, iters):
+        # Roberts et al. (2017): over the observations clear in every band, from their mean
         nb = len(bands)
         t, _, nx = bands[0].shape
-        t1 = max(t, 1)
-        chunk = np.empty((nb, SPAN, t1))
-        pts = np.empty((nb, t1))
-        w = np.empty(t1)
-        buf = np.empty(t1)
+        width = LANES * max(1, (t + LANES - 1) // LANES)
+        chunk = np.empty((nb, SPAN, max(t, 1)))
+        pts = np.zeros((nb, width))
+        valid = np.zeros(width)
+        d2 = np.empty(width)
+        w = np.empty(width)
         est = np.empty(nb)
         num = np.empty(nb)
         for y in range(r0, r1):
             for x0 in range(0, nx, SPAN):
                 x1 = min(x0 + SPAN, nx)
-                for b in range(nb):  # one pass along each layer's row (see median_rows)
+                for b in range(nb):
                     band = bands[b]
                     for j in range(t):
                         for x in range(x0, x1):
@@ -317,27 +368,22 @@ def _geomedian_kernel():
                             out[b, y, x] = np.nan
                         iters[y, x] = 0
                         continue
+                    kp = LANES * ((k + LANES - 1) // LANES)
+                    for i in range(kp):
+                        valid[i] = 1.0 if i < k else 0.0
                     for b in range(nb):
-                        if start_median:
-                            for i in range(k):
-                                v = pts[b, i]
-                                j = i
-                                while j > 0 and buf[j - 1] > v:
-                                    buf[j] = buf[j - 1]
-                                    j -= 1
-                                buf[j] = v
-                            est[b] = buf[k // 2] if k % 2 == 1 else (buf[k // 2 - 1] + buf[k // 2]) / 2.0
-                        else:
-                            total = 0.0
-                            for i in range(k):
-                                total += pts[b, i]
-                            est[b] = total / k
+                        total = 0.0
+                        for i in range(k):
+                            total += pts[b, i]
+                        est[b] = total / k
+                        for i in range(k, kp):
+                            pts[b, i] = 0.0
                     n_iter = 0
                     if k == 1:  # the one clear observation, exactly
                         for b in range(nb):
                             est[b] = pts[b, 0]
                     else:
-                        n_iter = weiszfeld(pts, k, est, w, num, max_iter, tol, relax, check_every)
+                        n_iter = weiszfeld(pts, valid, k, kp, est, d2, w, num, max_iter, tol)
                     for b in range(nb):
                         out[b, y, x] = est[b]
                     iters[y, x] = n_iter
@@ -345,35 +391,21 @@ def _geomedian_kernel():
     return geomedian_rows
 
 
-def _band_tuple(stacks: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """The stacks as C-contiguous arrays of one dtype (numba takes a tuple of like arrays);
-    bands of differing dtypes are cast to their common type (that copy is the only one)."""
-    arrays = [np.ascontiguousarray(s) for s in stacks.values()]
-    common = np.result_type(*arrays)
-    return tuple(a if a.dtype == common else a.astype(common) for a in arrays)
-
-
 def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, float], *,
                               max_iterations: int = 1000, tolerance: float = 1e-7,
-                              threads: int | None = None, relax=1.0, check_every=0, start_median=False) -> tuple[np.ndarray, np.ndarray]:
+                              threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """((band, y, x) float64 geometric median, (y, x) int32 iterations taken) over the observations
     clear in every band; NaN and 0 iterations where none is. Iterations stop once a step is at most
-    `tolerance` x the estimate's norm (or 1, if smaller), or after `max_iterations`."""
-    bands = list(stacks)
+    `tolerance` x the estimate's norm (or x 1 if the norm is smaller), or after `max_iterations`."""
     arrays = _band_tuple(stacks)
-    sentinels, use = zip(*(_sentinel(stacks[b].dtype, nodata[b]) for b in bands))
-    sentinel_arr = np.array([float(s) for s in sentinels], dtype=np.float64)
-    use_arr = np.array(use, dtype=np.bool_)
+    sentinels, use = _sentinels(stacks, nodata, arrays[0].dtype)
     t, ny, nx = arrays[0].shape
-    out = np.empty((len(bands), ny, nx), dtype=np.float64)
+    out = np.empty((len(arrays), ny, nx), dtype=np.float64)
     iters = np.zeros((ny, nx), dtype=np.int32)
     is_float = _is_float(arrays[0].dtype)
     kernel = _geomedian_kernel()
-    run_in_row_blocks(
-        lambda r0, r1: kernel(arrays, sentinel_arr, use_arr, is_float, r0, r1, int(max_iterations),
-                              float(tolerance), float(relax), int(check_every), bool(start_median), out, iters),
-        ny, threads,
-    )
+    run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinels, use, is_float, r0, r1, int(max_iterations),
+                                            float(tolerance), out, iters), ny, threads)
     return out, iters
 
 
@@ -395,7 +427,7 @@ MADS = ("smad", "emad", "bcmad")
 def _mads_kernel():
     import numba
 
-    @numba.njit(nogil=True, cache=True)
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
     def _median(buf, k):
         for i in range(1, k):  # insertion sort: k is a period's count of clear observations
             v = buf[i]
@@ -408,75 +440,81 @@ def _mads_kernel():
             return buf[k // 2]
         return (buf[k // 2 - 1] + buf[k // 2]) / 2.0
 
-    @numba.njit(nogil=True, cache=True)
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
     def mads_rows(bands, sentinels, use_sentinel, is_float, gm, r0, r1, out):
         nb = len(bands)
         t, _, nx = bands[0].shape
+        chunk = np.empty((nb, SPAN, max(t, 1)))
         spectral = np.empty(max(t, 1))
         euclid = np.empty(max(t, 1))
         bray = np.empty(max(t, 1))
         for y in range(r0, r1):
-            for x in range(nx):
-                gnorm2 = 0.0
+            for x0 in range(0, nx, SPAN):
+                x1 = min(x0 + SPAN, nx)
                 for b in range(nb):
-                    gnorm2 += gm[b, y, x] * gm[b, y, x]
-                k = 0
-                for j in range(t):
-                    ok = True
+                    band = bands[b]
+                    for j in range(t):
+                        for x in range(x0, x1):
+                            chunk[b, x - x0, j] = band[j, y, x]
+                for x in range(x0, x1):
+                    c = x - x0
+                    gnorm2 = 0.0
                     for b in range(nb):
-                        v = bands[b][j, y, x]
-                        if (use_sentinel[b] and v == sentinels[b]) or (is_float and v != v):
-                            ok = False
-                            break
-                    if not ok:
+                        gnorm2 += gm[b, y, x] * gm[b, y, x]
+                    k = 0
+                    for j in range(t):
+                        ok = True
+                        for b in range(nb):
+                            v = chunk[b, c, j]
+                            if (use_sentinel[b] and v == sentinels[b]) or (is_float and v != v):
+                                ok = False
+                                break
+                        if not ok:
+                            continue
+                        dot = 0.0
+                        norm2 = 0.0
+                        d2 = 0.0
+                        diff = 0.0
+                        total = 0.0
+                        for b in range(nb):
+                            v = chunk[b, c, j]
+                            g = gm[b, y, x]
+                            dot += v * g
+                            norm2 += v * v
+                            d2 += (v - g) ** 2
+                            diff += abs(v - g)
+                            total += abs(v + g)
+                        denom = np.sqrt(norm2 * gnorm2)
+                        spectral[k] = 1.0 - dot / denom if denom > 0.0 else 0.0
+                        euclid[k] = np.sqrt(d2)
+                        bray[k] = diff / total if total > 0.0 else 0.0
+                        k += 1
+                    if k == 0 or gnorm2 != gnorm2:
+                        out[0, y, x] = np.nan
+                        out[1, y, x] = np.nan
+                        out[2, y, x] = np.nan
                         continue
-                    dot = 0.0
-                    norm2 = 0.0
-                    d2 = 0.0
-                    diff = 0.0
-                    total = 0.0
-                    for b in range(nb):
-                        v = np.float64(bands[b][j, y, x])
-                        g = gm[b, y, x]
-                        dot += v * g
-                        norm2 += v * v
-                        d2 += (v - g) ** 2
-                        diff += abs(v - g)
-                        total += abs(v + g)
-                    denom = np.sqrt(norm2 * gnorm2)
-                    spectral[k] = 1.0 - dot / denom if denom > 0.0 else 0.0
-                    euclid[k] = np.sqrt(d2)
-                    bray[k] = diff / total if total > 0.0 else 0.0
-                    k += 1
-                if k == 0 or gnorm2 != gnorm2:
-                    out[0, y, x] = np.nan
-                    out[1, y, x] = np.nan
-                    out[2, y, x] = np.nan
-                    continue
-                out[0, y, x] = _median(spectral, k)
-                out[1, y, x] = _median(euclid, k)
-                out[2, y, x] = _median(bray, k)
+                    out[0, y, x] = _median(spectral, k)
+                    out[1, y, x] = _median(euclid, k)
+                    out[2, y, x] = _median(bray, k)
 
     return mads_rows
 
 
 def geomedian_mads(stacks: dict[str, np.ndarray], nodata: dict[str, float], geomedian: dict[str, np.ndarray], *,
                    threads: int | None = None) -> dict[str, np.ndarray]:
-    """The median absolute deviations from the geomedian (odc-stats' `smad`, `emad`, `bcmad`), per pixel
-    float64 with NaN where no observation is clear in every band: the median over those observations of
+    """The median absolute deviations from the geomedian (odc-stats' `smad`, `emad`, `bcmad`): per pixel,
+    float64, NaN where no observation is clear in every band, the median over those observations of
     the spectral (cosine) distance 1 - x.g / (|x| |g|), the Euclidean distance |x - g| (in the data's
-    units) and the Bray-Curtis dissimilarity sum|x - g| / sum|x + g|."""
-    bands = list(stacks)
+    units, not rescaled to reflectance) and the Bray-Curtis dissimilarity sum|x - g| / sum|x + g|."""
     arrays = _band_tuple(stacks)
-    sentinels, use = zip(*(_sentinel(stacks[b].dtype, nodata[b]) for b in bands))
-    sentinel_arr = np.array([float(s) for s in sentinels], dtype=np.float64)
-    use_arr = np.array(use, dtype=np.bool_)
-    gm = np.ascontiguousarray(np.stack([np.asarray(geomedian[b], dtype=np.float64) for b in bands]))
+    sentinels, use = _sentinels(stacks, nodata, arrays[0].dtype)
+    gm = np.ascontiguousarray(np.stack([np.asarray(geomedian[b], dtype=np.float64) for b in stacks]))
     t, ny, nx = arrays[0].shape
     out = np.empty((len(MADS), ny, nx), dtype=np.float64)
-    kernel = _mads_kernel()
     is_float = _is_float(arrays[0].dtype)
-    run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinel_arr, use_arr, is_float, gm, r0, r1, out), ny, threads)
+    kernel = _mads_kernel()
+    run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinels, use, is_float, gm, r0, r1, out), ny, threads)
     return {name: out[i] for i, name in enumerate(MADS)}
 
 

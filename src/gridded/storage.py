@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from http.client import HTTPException
+
 from botocore.exceptions import BotoCoreError, ClientError
+from urllib3.exceptions import ProtocolError
 
 from .errors import ConfigError, OutputError, SourceError
 from .s3 import requester_pays, s3_client, split_s3, translate_error, unsigned_requested
@@ -39,6 +42,7 @@ class Storage(Protocol):
 
 TEMP_MARK = ".gridded-tmp-"
 TEMP_MAX_AGE_S = 24 * 3600
+BODY_ATTEMPTS = 4
 HOST = socket.gethostname()
 
 
@@ -243,20 +247,32 @@ class S3Storage:
                 return False
             raise translate_error(err, self._uri(name), source=self.source) from err
 
+    def _read(self, name: str, **kwargs) -> bytes:
+        """GET an object's body; botocore retries the request but not a body cut short, so we do."""
+        for attempt in range(1, BODY_ATTEMPTS + 1):
+            resp = self._call(name, "get_object", Key=self._key(name), **kwargs, **self._extra())
+            try:
+                return resp["Body"].read()
+            except (BotoCoreError, OSError, HTTPException, ProtocolError) as err:
+                if attempt == BODY_ATTEMPTS:
+                    raise SourceError(f"{self._uri(name)}: the body was cut short {attempt} times "
+                                      f"({err.__class__.__name__}); retry later") from err
+                time.sleep(0.2 * 2 ** attempt)
+        raise AssertionError("unreachable")
+
     def get_bytes(self, name: str) -> bytes:
-        return self._call(name, "get_object", Key=self._key(name), **self._extra())["Body"].read()
+        return self._read(name)
 
     def get_range(self, name: str, start: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        rng = f"bytes={start}-{start + length - 1}"
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(name), Range=rng, **self._extra())
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") == "InvalidRange":
+            return self._read(name, Range=f"bytes={start}-{start + length - 1}")
+        except (ConfigError, SourceError, OutputError) as err:
+            if isinstance(err.__cause__, ClientError) and \
+                    err.__cause__.response.get("Error", {}).get("Code") == "InvalidRange":
                 return b""
-            raise translate_error(err, self._uri(name), source=self.source) from err
-        return resp["Body"].read()
+            raise
 
     def put_bytes(self, name: str, data: bytes) -> None:
         self._call(name, "put_object", Key=self._key(name), Body=data, ContentType=_content_type(name))
