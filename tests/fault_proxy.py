@@ -1,7 +1,7 @@
 """An HTTP proxy on loopback in front of the S3-protocol server that injects faults on request.
 
 Rules say which requests to break (method, a substring of the path, which occurrence) and how:
-`503` (SlowDown), `500`, `reset` (close before answering), `truncate` (send half the body, then
+`503` (SlowDown), `500`, `403` (AccessDenied), `reset` (close before answering), `truncate` (send half the body, then
 close), `lost` (forward the request, then close before the answer reaches the client: a PUT that
 happened although the client never heard so).
 """
@@ -52,10 +52,11 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 fault = proxy.fault_for(self.command, self.path)
-                if fault in ("503", "500"):
+                if fault in ("503", "500", "403"):
                     code = int(fault)
-                    text = (b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
-                            if code == 503 else b"<Error><Code>InternalError</Code><Message>oops</Message></Error>")
+                    text = {503: b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>",
+                            500: b"<Error><Code>InternalError</Code><Message>oops</Message></Error>",
+                            403: b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"}[code]
                     self.send_response(code)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(text)))

@@ -67,7 +67,7 @@ def test_transient_faults_leave_outputs_identical_to_a_clean_run(faulty, demo_ca
     assert report["counts"] == {"done": 6, "skipped": 0, "failed": 0}
 
 
-def test_a_persistent_fault_fails_its_cells_by_name_and_403_is_not_retried(faulty, demo_catalog, tmp_path):
+def test_a_persistent_fault_fails_its_cells_by_name_without_a_retry_storm(faulty, demo_catalog, tmp_path):
     proxy, s3 = faulty
     s3.create_bucket(Bucket="faulty-out2")
     bad = "S2B_55HFA_20240107_0_L2A"
@@ -84,3 +84,15 @@ def test_a_persistent_fault_fails_its_cells_by_name_and_403_is_not_retried(fault
     # bounded, not one storm per cell: at most the reads in flight when it gives up (2 threads)
     # x 4 attempts x (1 + 2 GDAL retries) x 2 requests per open; then later cells fail at once
     assert len(proxy.injected) <= 2 * 4 * 3 * 2
+
+
+def test_access_denied_is_one_line_exit_2_and_not_retried(faulty, tmp_path):
+    proxy, s3 = faulty
+    proxy.injected.clear()
+    proxy.rules = [Rule("GET", "/faulty-imagery/stac/catalog.json", "403", times=-1)]
+    proc = run_through(proxy, "plan", *SELECT)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("gridded: error: ") and "s3://faulty-imagery/stac/catalog.json" in line
+    assert "access denied" in line and "Traceback" not in proc.stderr
+    assert len(proxy.injected) == 1
