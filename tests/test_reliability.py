@@ -213,3 +213,59 @@ def test_ids_with_path_separators_never_write_outside_the_output(catalog_copy, t
     written = {p for p in tmp_path.rglob("*") if p.is_file()} - before - {p for p in out.rglob("*")}
     assert written == set()
     assert any("../../../../escaped/../x" in i["properties"]["gridded:inputs"] for i in output_items(out).values())
+
+
+def test_a_worker_killed_by_the_kernel_fails_only_its_batch(demo_catalog, tmp_path):
+    """As the OOM killer would: SIGKILL one worker process; the others finish, the run exits 1
+    naming the lost tasks, and a rerun completes them."""
+    out = tmp_path / "out"
+    run = ["run", "--source", str(demo_catalog), *SELECT, "--tiles-per-worker", "1", "--workers", "2"]
+    proc = gridded(*run, "--output", str(out))
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        for child in psutil.Process(proc.pid).children():
+            if "multiprocessing" in " ".join(child.cmdline()) and "resource_tracker" not in " ".join(child.cmdline()):
+                victim = child
+                break
+        time.sleep(0.05)
+    assert victim is not None
+    victim.kill()
+    code, stdout, err = finish(proc)
+    assert code == 1, err
+    failed = [line for line in stdout.splitlines() if line.startswith("FAILED")]
+    assert failed and all("worker process died (killed by SIGKILL)" in line for line in failed)
+    report = json.loads((out / "run-report.json").read_text())
+    assert report["counts"]["done"] + report["counts"]["failed"] == 18 and report["counts"]["done"] >= 12
+    assert_consistent(out)
+    code, _, err = finish(gridded(*run, "--output", str(out)))
+    assert code == 0, err
+    assert check_pixels(out, demo_catalog)["tasks"] == 18
+
+
+def test_no_credential_in_anything_written_with_debug_logging(s3, demo_catalog, tmp_path):
+    from conftest import CANARY_KEY_ID, CANARY_SECRET, download_tree, upload_tree
+
+    s3.create_bucket(Bucket="canary-src")
+    s3.create_bucket(Bucket="canary-out")
+    upload_tree(s3, demo_catalog.parent, "canary-src", "stac")
+    select = ["--source", "s3://canary-src/stac/catalog.json", "--extent", DEMO_EXTENT, "--time", "2024-02",
+              "--grid", str(DEMO_GRID), "--bands", "red", "--tiles-per-worker", "3"]
+    cells = "s3://canary-out/runs/cells.pickle"
+    outputs = []
+    for args in (["-vv", "run", *select, "--output", "s3://canary-out/a", "--workers", "2"],
+                 ["-vv", "tiles", "generate", *select, "--cells", cells],
+                 ["-vv", "tiles", "process", "--cells", cells, "--batch", "0", "--output", "s3://canary-out/b"],
+                 ["-vv", "stac", "ingest", "s3://canary-src/stac/catalog.json", "--index",
+                  f"sqlite:///{tmp_path / 'i.db'}"]):
+        code, out, err = finish(gridded(*args))
+        assert code == 0, err[-2000:]
+        assert "DEBUG" in err  # debug logging really was on
+        outputs.append(out + err)
+    download_tree(s3, "canary-out", "a", tmp_path / "a")
+    download_tree(s3, "canary-out", "b", tmp_path / "b")
+    download_tree(s3, "canary-out", "runs", tmp_path / "runs")
+    blobs = [text.encode() for text in outputs]
+    blobs += [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    for blob in blobs:
+        assert CANARY_SECRET.encode() not in blob and CANARY_KEY_ID.encode() not in blob
