@@ -14,7 +14,7 @@ import time
 
 import click
 
-from .errors import ConfigError, GriddedError, Interrupted
+from .errors import ConfigError, GriddedError
 from .stats import STATISTICS
 
 MAX_STDOUT_BYTES = 200 * 1024  # Argo keeps only the last 256 KiB of a step's output

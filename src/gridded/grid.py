@@ -10,7 +10,6 @@ from pathlib import Path
 
 import shapely
 import shapely.wkt
-import yaml
 from odc.geo import XY
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import BoundingBox, Geometry
@@ -18,7 +17,7 @@ from odc.geo.gridspec import GridSpec
 from shapely.geometry import box, shape
 
 from .errors import ConfigError
-from .resources import data_dir
+from .resources import load_recipe_yaml
 
 UTM_NAME = re.compile(r"^utm(?P<zone>\d{1,2})(?P<hemi>[ns])-10m$")
 UTM_TILE_M = 20480
@@ -70,9 +69,6 @@ class Grid:
         return self.gridspec.tile_geobox(key)
 
 
-def builtin_grid_names() -> list[str]:
-    return sorted(p.stem for p in data_dir("grids").glob("*.yaml")) + ["utm<zone><n|s>-10m"]
-
 
 def load_grid(name_or_path: str) -> Grid:
     """A built-in grid name, a `utmNNs-10m` name or a YAML file -> Grid."""
@@ -83,21 +79,7 @@ def load_grid(name_or_path: str) -> Grid:
             raise ConfigError(f"--grid {name_or_path}: UTM zone must be 1..60, got {zone}")
         epsg = (32600 if m["hemi"] == "n" else 32700) + zone
         return Grid(name=name_or_path, crs=f"EPSG:{epsg}", resolution=10, tile_size=(UTM_TILE_M, UTM_TILE_M))
-    path = Path(name_or_path)
-    if not path.suffix:
-        builtin = data_dir("grids") / f"{name_or_path}.yaml"
-        if not builtin.exists():
-            raise ConfigError(
-                f"--grid {name_or_path}: no such built-in grid; use one of "
-                f"{', '.join(builtin_grid_names())} or a YAML file"
-            )
-        path = builtin
-    if not path.is_file():
-        raise ConfigError(f"--grid {name_or_path}: file not found; give a grid YAML file or a built-in name")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__}); fix the file") from err
+    path, doc = load_recipe_yaml("grids", name_or_path, flag="--grid")
     return grid_from_mapping(doc, where=str(path))
 
 

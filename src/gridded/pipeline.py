@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
-import yaml
 
 from .errors import ConfigError
 from .masks import MaskRule, parse_mask
 from .period import PERIOD
-from .resources import data_dir
+from .resources import load_recipe_yaml
 from .stats import STATISTICS
 
 INFER = "infer"  # the mask rule comes from the items' assets
@@ -84,26 +82,10 @@ class Pipeline:
         return params
 
 
-def pipeline_names() -> list[str]:
-    return sorted(p.stem for p in data_dir("pipelines").glob("*.yaml"))
-
 
 def load_pipeline(name_or_path: str) -> Pipeline:
     """A built-in recipe name or a YAML file -> Pipeline."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = data_dir("pipelines") / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise ConfigError(
-                f"--pipeline {name_or_path}: no such pipeline; use one of {', '.join(pipeline_names())} or a YAML file"
-            )
-    if not path.is_file():
-        raise ConfigError(f"--pipeline {name_or_path}: file not found; give a recipe YAML file or one of "
-                          f"{', '.join(pipeline_names())}")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML; fix the file") from err
+    path, doc = load_recipe_yaml("pipelines", name_or_path, flag="--pipeline")
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a pipeline is a mapping (name, bands, statistic, period, ...)")
     allowed = {f for f in Pipeline.__dataclass_fields__}

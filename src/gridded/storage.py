@@ -108,52 +108,34 @@ class LocalStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path.with_name(temp_name(path.name))
 
-    def put_bytes(self, name: str, data: bytes) -> None:
+    def _commit(self, name: str, fill, commit) -> bool:
+        """Fill a temporary file beside `name`, then commit it there (rename or exclusive link)."""
         path = self._path(name)
         try:
             tmp = self._temp_for(path)
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
+                fill(tmp)
+                return commit(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
         except OSError as err:
             raise OutputError(f"{path}: cannot write there ({err.strerror or err}); choose a writable location") from err
 
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self._commit(name, lambda tmp: _write_synced(tmp, data), _replace)
+
     def put_file(self, name: str, local_path: Path) -> None:
-        path = self._path(name)
-        try:
-            tmp = self._temp_for(path)
-            try:
-                if _same_fs(local_path, tmp.parent):
-                    os.replace(local_path, tmp)
-                else:
-                    shutil.copyfile(local_path, tmp)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-        except OSError as err:
-            raise OutputError(f"{path}: cannot write there ({err.strerror or err}); choose a writable location") from err
+        def fill(tmp: Path) -> None:
+            if _same_fs(local_path, tmp.parent):
+                os.replace(local_path, tmp)
+            else:
+                shutil.copyfile(local_path, tmp)
+
+        self._commit(name, fill, _replace)
 
     def create_only(self, name: str, data: bytes) -> bool:
         """Write `name` only if absent; False if it already exists (someone committed first)."""
-        path = self._path(name)
-        tmp = self._temp_for(path)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            return True
-        finally:
-            tmp.unlink(missing_ok=True)
+        return self._commit(name, lambda tmp: _write_synced(tmp, data), _link_if_absent)
 
     def list(self, suffix: str) -> list[str]:
         if not self.root.is_dir():
@@ -197,6 +179,26 @@ class LocalStorage:
             raise ConfigError(f"--output {self.root}: {probe} is a file, not a directory; choose a directory")
         if not os.access(probe, os.W_OK | os.X_OK):
             raise ConfigError(f"--output {self.root}: {probe} is not writable; choose a writable directory")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace(tmp: Path, path: Path) -> bool:
+    os.replace(tmp, path)
+    return True
+
+
+def _link_if_absent(tmp: Path, path: Path) -> bool:
+    try:
+        os.link(tmp, path)  # fails if `path` exists: the exclusive commit
+    except FileExistsError:
+        return False
+    return True
 
 
 def _same_fs(a: Path, b: Path) -> bool:
