@@ -180,11 +180,13 @@ def test_tiles_generate_then_process_each_batch(tmp_path, demo_args, demo_catalo
     assert len(list(pystac.read_file(str(out / "catalog.json")).get_items(recursive=True))) == 18
 
 
-def test_demo_command_with_two_workers(tmp_path):
-    """What the README's first command runs: the demo through two worker processes."""
-    result = run_cli(["demo", "--dir", str(tmp_path / "demo"), "--workers", "2"])
-    out = tmp_path / "demo" / "output"
+def test_demo_command_with_two_workers(tmp_path, monkeypatch):
+    """What the README's first command runs: the demo, in its default relative folder, through
+    two worker processes."""
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(["demo", "--workers", "2"])
+    demo = tmp_path / "gridded-demo"
+    out = demo / "output"
     assert report_counts(out) == {"done": 18, "skipped": 0, "failed": 0}
-    assert str(out / "catalog.json") in result.output
-    stats = check_pixels(out, tmp_path / "demo" / "catalog" / "catalog.json")
-    assert stats["tasks"] == 18
+    assert "gridded-demo/output/catalog.json" in result.output
+    assert check_pixels(out, demo / "catalog" / "catalog.json")["tasks"] == 18
