@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from .errors import ConfigError, GriddedError
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 PLURALS = {"Workflow": "workflows", "WorkflowTemplate": "workflowtemplates", "CronWorkflow": "cronworkflows"}
 DONE_PHASES = ("Succeeded", "Failed", "Error")
+WATCH_POLL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,7 +33,8 @@ def _api():
         config.load_incluster_config()
     except config.ConfigException:
         try:
-            config.load_kube_config()
+            # KUBECONFIG read now, not when the kubernetes package was imported
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
         except (config.ConfigException, OSError, TypeError) as err:
             raise ConfigError(f"no Kubernetes configuration ({str(err).splitlines()[0]}); "
                               f"set KUBECONFIG or run inside the cluster") from err
@@ -42,7 +45,7 @@ def _default_namespace() -> str:
     from kubernetes import config
 
     try:
-        _, active = config.list_kube_config_contexts()
+        _, active = config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG") or None)
         return active.get("context", {}).get("namespace") or "default"
     except (config.ConfigException, OSError, TypeError):
         return "default"
@@ -76,7 +79,7 @@ def submit_manifest(path: str, *, namespace: str | None = None) -> Created:
     return Created(kind=kind, namespace=ns, name=created["metadata"]["name"])
 
 
-def watch_workflow(created: Created, *, progress: Callable[[str], None], poll_s: float = 5.0,
+def watch_workflow(created: Created, *, progress: Callable[[str], None], poll_s: float | None = None,
                    timeout_s: float | None = None) -> str:
     """Poll the workflow until it ends; report its phase and `status.progress` as they change."""
     api = _api()
@@ -93,4 +96,4 @@ def watch_workflow(created: Created, *, progress: Callable[[str], None], poll_s:
             return phase
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             return phase
-        time.sleep(poll_s)
+        time.sleep(WATCH_POLL_S if poll_s is None else poll_s)
