@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 import rasterio
@@ -186,7 +185,7 @@ def test_a_vrt_named_tif_and_an_absurd_header_are_refused(catalog_copy, tmp_path
     huge = items[7].parent / "red.tif"
     with rasterio.open(huge, "w", driver="GTiff", width=200_000, height=200_000, count=1, dtype="uint16",
                        crs="EPSG:32755", transform=rasterio.transform.from_origin(601200, 6001800, 10, 10),
-                       tiled=True, SPARSE_OK=True) as dst:
+                       tiled=True, SPARSE_OK=True):
         pass
     assert huge.stat().st_size < 10_000_000
     out = tmp_path / "out"

@@ -11,7 +11,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gridded.stats import STATISTICS, clear_count, reduce_geomedian, reduce_median, to_output
+from gridded.stats import (
+    MADS,
+    STATISTICS,
+    clear_count,
+    geomedian_mads,
+    geomedian_with_iterations,
+    median_of_stack,
+    reduce_geomedian,
+    reduce_median,
+    run_in_row_blocks,
+    sorting_network,
+    to_output,
+    warm_kernels,
+)
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -308,3 +321,194 @@ def test_every_reducer_has_the_one_signature(name):
     # pixel 0: three collinear observations, so both statistics give the middle one; pixel 1: one clear
     np.testing.assert_allclose(result["red"][0], [7, 3], atol=1e-6)
     np.testing.assert_allclose(result["nir"][0], [8, 4], atol=1e-6)
+
+
+# --- the fast paths: sorting networks, row blocks on threads, long series ---------------------
+
+
+@pytest.mark.parametrize("n", range(1, 15))
+def test_sorting_network_sorts_every_zero_one_input(n):
+    # the 0-1 principle: a comparator network that sorts every 0/1 sequence sorts everything
+    pairs = sorting_network(n)
+    assert (pairs[:, 0] < pairs[:, 1]).all() and pairs.max(initial=0) < max(n, 1)
+    inputs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).T.copy()  # (n, 2**n)
+    for i, j in pairs:
+        lo, hi = np.minimum(inputs[i], inputs[j]), np.maximum(inputs[i], inputs[j])
+        inputs[i], inputs[j] = lo, hi
+    assert (np.diff(inputs, axis=0) >= 0).all()
+
+
+@pytest.mark.parametrize("n", [15, 31, 32, 33, 36, 64, 73, 130])
+def test_sorting_network_sorts_long_series(n):
+    values = np.random.default_rng(n).integers(0, 7, (n, 500))
+    for i, j in sorting_network(n):
+        lo, hi = np.minimum(values[i], values[j]), np.maximum(values[i], values[j])
+        values[i], values[j] = lo, hi
+    assert (np.diff(values, axis=0) >= 0).all()
+
+
+@pytest.mark.parametrize("dtype, sentinel", [(np.uint16, 0), (np.uint16, 65535), (np.int16, -32768), (np.uint8, 255),
+                                             (np.int32, 0), (np.float32, -9999.0), (np.float64, float("nan"))])
+@pytest.mark.parametrize("t", [1, 2, 3, 36, 70])
+def test_median_of_long_and_short_series_is_nanmedian(dtype, sentinel, t):
+    rng = np.random.default_rng(t)
+    # values that reach the dtype's largest value too: it is also what missing values sort as
+    top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1e6
+    stack = rng.choice(np.array([1, 2, 3, 50, top], dtype=dtype), size=(t, 9, 70))
+    stack[rng.random(stack.shape) < 0.4] = sentinel
+    stack[:, 0, :5] = sentinel  # all masked
+    stack[:, 1, :5] = sentinel
+    stack[0, 1, :5] = 7  # one clear observation
+    if t > 1:
+        stack[:, 2, :5] = sentinel
+        stack[:2, 2, :5] = [[3], [8]]  # two clear: their mean
+    got = median_of_stack(stack, sentinel, threads=2)
+    np.testing.assert_array_equal(got, nanmedian_of_clear(stack, sentinel))
+    assert np.isnan(got[0, :5]).all() and (got[1, :5] == 7).all()
+    if t > 1:
+        assert (got[2, :5] == 5.5).all()
+
+
+def test_median_with_a_sentinel_the_dtype_cannot_hold_uses_every_value():
+    stack = np.array([0, 4, 65535, 1], dtype=np.uint16).reshape(4, 1, 1)
+    assert reduce_median({"b": stack}, {"b": -9999})["b"][0, 0] == 2.5
+    assert reduce_median({"b": stack}, {"b": 0.5})["b"][0, 0] == 2.5
+
+
+def test_median_of_an_empty_series_is_nan():
+    assert np.isnan(median_of_stack(np.zeros((0, 2, 3), dtype=np.uint16), 0)).all()
+
+
+@pytest.mark.parametrize("ny", [1, 2, 7, 64, 130])
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_row_blocks_cover_every_row_once(ny, threads):
+    seen = np.zeros(ny, dtype=int)
+    lock = __import__("threading").Lock()
+
+    def work(r0, r1):
+        with lock:
+            seen[r0:r1] += 1
+
+    run_in_row_blocks(work, ny, threads)
+    assert (seen == 1).all()
+
+
+def test_row_blocks_raise_a_block_failure():
+    def work(r0, r1):
+        if r0 > 0:
+            raise ValueError(f"block at row {r0}")
+
+    with pytest.raises(ValueError, match="block at row"):
+        run_in_row_blocks(work, 64, threads=4)
+
+
+def realistic_stacks(t=36, ny=40, nx=70, seed=3):
+    """uint16 (time, y, x) bands: a seasonal surface with noise, bright clouds and holes (sentinel 0)."""
+    rng = np.random.default_rng(seed)
+    season = 1 + 0.3 * np.sin(np.linspace(0, 2 * np.pi, t))[:, None, None]
+    stacks = {}
+    holes = rng.random((t, ny, nx)) < 0.45
+    cloud = rng.random((t, ny, nx)) < 0.1
+    for b, base in enumerate((500, 800, 700, 3000)):
+        v = base * season ** (1 if b == 3 else -1) + rng.normal(0, 40, (t, ny, nx))
+        v = np.where(cloud, 6000 + rng.normal(0, 300, (t, ny, nx)), v)
+        v = np.clip(np.rint(v), 1, 10000).astype(np.uint16)
+        v[holes] = 0
+        stacks[("blue", "green", "red", "nir")[b]] = v
+    for s in stacks.values():  # pixels with none, one and two clear observations
+        s[:, 0, :3] = 0
+        s[1:, 1, :3] = 0
+        s[2:, 2, :3] = 0
+    return stacks, {b: 0 for b in stacks}
+
+
+def test_reducers_give_the_same_from_many_threads_at_once():
+    """Dask runs several tasks' reductions at once in one process: every thread must get exactly the
+    serial answer (numba's own parallel layer would abort the process here)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [realistic_stacks(t=t, seed=s) for t, s in ((36, 1), (12, 2), (5, 3), (36, 4))]
+    expected = [(reduce_median(*c, threads=1), reduce_geomedian(*c, threads=1)) for c in cases]
+
+    def run(i):
+        stacks, nodata = cases[i % len(cases)]
+        return reduce_median(stacks, nodata, threads=3), reduce_geomedian(stacks, nodata, threads=3)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(run, range(12)))
+    for i, (median, geomedian) in enumerate(results):
+        want_median, want_geomedian = expected[i % len(cases)]
+        for band in median:
+            np.testing.assert_array_equal(median[band], want_median[band])
+            np.testing.assert_array_equal(geomedian[band], want_geomedian[band])
+
+
+def test_geomedian_of_a_long_series_is_within_the_target_of_the_optimum():
+    stacks, nodata = realistic_stacks()
+    result, iterations = geomedian_with_iterations(stacks, nodata, threads=2)
+    bands = list(stacks)
+    points, valid = as_points(stacks, nodata)
+    got = result.reshape(len(bands), -1).T
+    n_clear = valid.sum(axis=1)
+    assert np.isnan(got[n_clear == 0]).all() and (iterations.ravel()[n_clear == 0] == 0).all()
+    np.testing.assert_array_equal(got[n_clear == 1], points[n_clear == 1][valid[n_clear == 1]])
+    some = n_clear > 0
+    mine = objective(points[some], valid[some], got[some])
+    best, _ = reference_geomedian(points[some], valid[some])
+    assert np.all(mine <= best * 1.002 + 1e-9)
+    assert mine.sum() <= best.sum() * (1 + 1e-6)
+    assert (iterations <= 1000).all() and iterations.max() > 1
+
+
+def test_geomedian_respects_the_iteration_cap_and_tolerance():
+    stacks, nodata = realistic_stacks(seed=5)
+    _, capped = geomedian_with_iterations(stacks, nodata, max_iterations=3)
+    assert capped.max() == 3
+    _, loose = geomedian_with_iterations(stacks, nodata, tolerance=1e-3)
+    _, tight = geomedian_with_iterations(stacks, nodata, tolerance=1e-9)
+    assert loose.sum() < tight.sum()
+
+
+def test_geomedian_of_mixed_dtypes_and_float_bands_with_nan():
+    stacks, nodata = realistic_stacks(t=8, ny=6, nx=9)
+    as_float = {b: np.where(s == 0, np.nan, s).astype(np.float32) for b, s in stacks.items()}
+    want = reduce_geomedian(stacks, nodata)
+    got = reduce_geomedian(as_float, {b: None for b in stacks})
+    mixed = dict(stacks, nir=stacks["nir"].astype(np.int32))
+    got_mixed = reduce_geomedian(mixed, nodata)
+    for b in stacks:
+        np.testing.assert_allclose(got[b], want[b], rtol=1e-9)
+        np.testing.assert_array_equal(got_mixed[b], want[b])
+
+
+def test_geomedian_lands_exactly_on_an_optimal_data_point():
+    # five copies of one point and two far away: the repeated point is the geometric median, which
+    # plain Weiszfeld only approaches; the data-point test lands on it
+    a = np.array([100, 100, 100, 100, 100, 900, 120], dtype=np.uint16).reshape(7, 1, 1)
+    b = np.array([200, 200, 200, 200, 200, 250, 990], dtype=np.uint16).reshape(7, 1, 1)
+    result = reduce_geomedian({"a": a, "b": b}, {"a": 0, "b": 0})
+    assert (result["a"][0, 0], result["b"][0, 0]) == (100.0, 200.0)
+
+
+def test_mads_against_numpy():
+    stacks, nodata = realistic_stacks(t=20, ny=5, nx=8)
+    gm = reduce_geomedian(stacks, nodata)
+    mads = geomedian_mads(stacks, nodata, gm)
+    assert set(mads) == set(MADS)
+    points, valid = as_points(stacks, nodata)
+    g = np.stack([gm[b] for b in stacks], axis=-1).reshape(-1, len(stacks))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cosine = 1 - (points * g[:, None]).sum(-1) / (np.linalg.norm(points, axis=-1) * np.linalg.norm(g, axis=-1)[:, None])
+        euclid = np.linalg.norm(points - g[:, None], axis=-1)
+        bray = np.abs(points - g[:, None]).sum(-1) / np.abs(points + g[:, None]).sum(-1)
+        for name, dist in (("smad", cosine), ("emad", euclid), ("bcmad", bray)):
+            want = np.nanmedian(np.where(valid, dist, np.nan), axis=1)
+            np.testing.assert_allclose(mads[name].ravel(), want, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_warm_kernels_loads_in_the_background():
+    for name in STATISTICS:
+        thread = warm_kernels(name)
+        thread.join(timeout=120)
+        assert not thread.is_alive()

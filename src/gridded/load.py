@@ -74,19 +74,26 @@ def _zoom_factor(src, geobox: GeoBox) -> int | None:
 
 
 def _read_zoomed(src, geobox: GeoBox, k: int, out: np.ndarray) -> None:
-    """Copy the source pixels under the geobox into out (k x k target pixels per source pixel)."""
+    """Copy the source pixels under the geobox into out (k x k target pixels per source pixel):
+    one windowed read straight into out when k is 1, else of the coarse window, repeated k times."""
     ny, nx = out.shape
     d, a = geobox.affine, src.transform
-    cols = (round((d.c - a.c) / d.a) + np.arange(nx)) // k
-    rows = (round((d.f - a.f) / d.e) + np.arange(ny)) // k
-    col_ok = (cols >= 0) & (cols < src.width)
-    row_ok = (rows >= 0) & (rows < src.height)
-    if not col_ok.any() or not row_ok.any():
+    col0 = round((d.c - a.c) / d.a)  # the geobox's first column and row, in target pixels of the source grid
+    row0 = round((d.f - a.f) / d.e)
+    r_lo, r_hi = max(0, -row0), min(ny, src.height * k - row0)
+    c_lo, c_hi = max(0, -col0), min(nx, src.width * k - col0)
+    if r_lo >= r_hi or c_lo >= c_hi:
         return
-    c0, c1 = cols[col_ok].min(), cols[col_ok].max() + 1
-    r0, r1 = rows[row_ok].min(), rows[row_ok].max() + 1
-    data = src.read(1, window=Window(int(c0), int(r0), int(c1 - c0), int(r1 - r0)))
-    out[np.ix_(row_ok, col_ok)] = data[np.ix_(rows[row_ok] - r0, cols[col_ok] - c0)]
+    sr0, sr1 = (row0 + r_lo) // k, (row0 + r_hi - 1) // k + 1
+    sc0, sc1 = (col0 + c_lo) // k, (col0 + c_hi - 1) // k + 1
+    window = Window(sc0, sr0, sc1 - sc0, sr1 - sr0)
+    target = out[r_lo:r_hi, c_lo:c_hi]
+    if k == 1:
+        src.read(1, window=window, out=target)
+        return
+    fine = src.read(1, window=window).repeat(k, axis=0).repeat(k, axis=1)
+    fr, fc = row0 + r_lo - sr0 * k, col0 + c_lo - sc0 * k
+    target[...] = fine[fr:fr + target.shape[0], fc:fc + target.shape[1]]
 
 
 def read_window(href: str, geobox: GeoBox, *, fill, what: str) -> tuple[np.ndarray, float | None]:
@@ -172,23 +179,28 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
     for i, obs in enumerate(task.observations):
         groups.setdefault((obs.platform, obs.solar_day), []).append(i)
     reads = [first] + rest
+    unclear = [None if r[2] is None else ~r[2] for r in reads]  # once per observation, not per band
     stacks = {}
     for band in bands:
         stack = np.empty((len(groups),) + tuple(geobox.shape), dtype=dtypes[band])
         sentinel = sentinels[band]
+        fill = _as(sentinel, dtypes[band])
         for g, members in enumerate(groups.values()):
             layer = stack[g]
             for n, i in enumerate(members):
-                values, nodata, clear = reads[i][0][band], reads[i][1][band], reads[i][2]
-                bad = _missing(values, nodata)
-                if clear is not None:
-                    bad |= ~clear
-                values = np.where(bad, _as(sentinel, values.dtype), values).astype(dtypes[band], copy=False)
-                if n == 0:
-                    layer[...] = values
+                values, nodata, bad = reads[i][0][band], reads[i][1][band], unclear[i]
+                if not _is_sentinel(nodata, sentinel, values.dtype):  # else a missing value is the sentinel already
+                    missing = _missing(values, nodata)
+                    bad = missing if bad is None else missing | bad
+                if n == 0:  # in place: no masked copy of each band of each observation
+                    np.copyto(layer, values, casting="unsafe")
+                    if bad is not None:
+                        np.copyto(layer, fill, where=bad)
                 else:  # mosaic: keep what earlier scenes of the day gave, fill the rest
                     hole = _missing(layer, sentinel)
-                    layer[hole] = values[hole]
+                    if bad is not None:
+                        hole &= ~bad
+                    np.copyto(layer, values, where=hole, casting="unsafe")
         stacks[band] = stack
     return Stacks(bands=stacks, sentinel=sentinels, source_dtype=dtypes, source_nodata=src_nodata)
 
@@ -201,6 +213,12 @@ def _sentinel(dtype: np.dtype, src_nodata, out_nodata):
     if out_nodata is not None:
         return out_nodata
     return np.iinfo(dtype).max
+
+
+def _is_sentinel(nodata, sentinel, dtype) -> bool:
+    """True when an integer band's nodata value is its sentinel (so its missing values need no masking)."""
+    return (nodata is not None and np.issubdtype(dtype, np.integer) and not np.isnan(nodata)
+            and not np.isnan(sentinel) and nodata == sentinel)
 
 
 def _as(value, dtype):

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import ClusterError, GriddedError
 from .pipeline import Pipeline
 from .plan import Batch, Task
-from .stats import STATISTICS, clear_count, to_output
+from .stats import STATISTICS, clear_count, to_output, warm_kernels
 from .storage import Storage, open_storage
 from .write import COUNT_ASSET, COUNT_NODATA, commit_outputs, item_name
 
@@ -146,6 +146,7 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
                                f"check the address and that the scheduler is running") from err
     else:
         client = _local_client(*worker_resources(workers_on_machine))
+        warm_kernels(pipeline.statistic)  # the tasks run in this process: load numba's code during the first reads
     try:
         futures = [client.submit(process_task, t, pipeline, output, overwrite, pure=False) for t in batch.tasks]
         for future in as_completed(futures):

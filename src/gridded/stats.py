@@ -38,7 +38,7 @@ CHECK_EVERY = 8
 # each cache line before the neighbouring pixel came to use it
 SPAN = 64
 # The geomedian pads each pixel's observations to a multiple of this (float64 SIMD lanes), so its
-# loops run over whole vectors without a remainder or a branch
+# elementwise loops run over whole vectors without a remainder or a branch
 LANES = 8
 
 
@@ -235,9 +235,11 @@ def reduce_median(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, th
 def _geomedian_kernel():
     import numba
 
-    # reassociation lets LLVM vectorise the sums over observations; no `nnan`, so NaN tests stay
-    # exact; numpy's error model, so that a division is not a branch (which stops vectorisation)
-    fast = {"reassoc", "contract", "arcp", "nsz"}
+    # no `reassoc`: LLVM would vectorise the sums over observations, but their rounding then varied
+    # between builds of the kernel for other dtypes and between threads, and a pixel's result must
+    # not depend on those; no `nnan`, so NaN tests stay exact. numpy's error model, so that a
+    # division is not a branch (which stops LLVM vectorising the elementwise loops)
+    fast = {"contract", "arcp", "nsz"}
 
     @numba.njit(nogil=True, cache=True, fastmath=fast, error_model="numpy")
     def data_point_is_optimal(pts, k, m, w):
@@ -286,14 +288,14 @@ def _geomedian_kernel():
                 for i in range(kp):
                     d = pts[b, i] - e
                     d2[i] += d * d
+            for i in range(kp):
+                far = 1.0 if d2[i] > near2 else 0.0
+                w[i] = valid[i] * far / np.sqrt(max(d2[i], near2))
             den = 0.0
             eta = 0.0
             for i in range(kp):
-                far = 1.0 if d2[i] > near2 else 0.0
-                wi = valid[i] * far / np.sqrt(max(d2[i], near2))
-                eta += valid[i] * (1.0 - far)
-                w[i] = wi
-                den += wi
+                den += w[i]
+                eta += valid[i] if d2[i] <= near2 else 0.0
             if den == 0.0:  # every clear observation is where the estimate is
                 break
             r2 = 0.0

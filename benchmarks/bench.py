@@ -1,0 +1,600 @@
+"""gridded against what users run today, on one synthetic Sentinel-2 year: one table.
+
+    python benchmarks/bench.py                      # sizes 1024 and 2048 px, 2 rounds (~9 min on 2 CPUs)
+    python benchmarks/bench.py --sizes 1024 --repeats 2 --data /tmp/gridded-bench
+
+End to end (each run in its own process; wall time, CPU time and peak RSS of that process):
+  gridded      `gridded run` of the s2-monthly-median pipeline (monthly medians + count, COGs, items)
+  odc-stac     the script users write today: odc.stac.load(...), .where(clear), .resample(time="1MS")
+               .median() under Dask's threaded scheduler, COGs written with odc-geo
+  numpy        rasterio reads, np.nanmedian per month, COGs written with rasterio (one thread)
+  decode floor every band and mask file of the year read once, on as many threads as CPUs
+Kernels (on the year's masked uint16 stacks, 36 dates x 4 bands, in their own processes):
+  median       gridded's kernel vs numpy.nanmedian and bottleneck.nanmedian (on float32 + NaN copies)
+  geomedian    gridded's vs odc-algo's (geomad), both stopping at a step of at most 0.1 DN (odc-algo's
+               own default for integer data, `geomedian_with_mads`), objective gap against the optimum
+
+Runs are interleaved (every contender once per round, the order rotated each round), so load from
+other processes on the machine falls on all of them alike; the table gives the median over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import synthetic  # noqa: E402
+
+BANDS = list(synthetic.BANDS)
+TILE_PX = 1024  # the benchmark grid's tiles: 10,240 m, one Dask chunk of the odc-stac script
+GEOMEDIAN_STEP_DN = 0.1  # odc-algo's default stopping step for integer data (eps = 0.1 x scale)
+GEOMEDIAN_SAMPLE = 4000  # pixels on which the objective gap is measured
+COG = dict(driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE", LEVEL=6, PREDICTOR="YES", OVERVIEW_RESAMPLING="NEAREST")
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def prepare(data: Path, size: int, n_dates: int) -> dict:
+    """The synthetic year at `size` px (written once, then reused), with a grid of TILE_PX tiles."""
+    root = data / f"s{size}-t{n_dates}"
+    layout_path = root / "layout.json"
+    if not layout_path.exists():
+        print(f"writing the synthetic year: {size} x {size} px, {n_dates} dates -> {root}", file=sys.stderr)
+        synthetic.write_catalog(root, size, n_dates=n_dates)
+    layout = json.loads(layout_path.read_text())
+    grid = root / "grid-bench.yaml"
+    grid.write_text(f"crs: {synthetic.CRS}\nresolution: {synthetic.RESOLUTION_M}\n"
+                    f"tile_size: {TILE_PX * synthetic.RESOLUTION_M}\norigin: [0, 0]\n")
+    layout["grid"] = str(grid)
+    layout["root"] = str(root)
+    return layout
+
+
+def stacks_for(layout: dict) -> dict[str, np.ndarray]:
+    """The year's (time, y, x) uint16 stacks with every unclear value set to 0, as gridded loads
+    them (cached as .npy beside the catalog)."""
+    import rasterio
+
+    root = Path(layout["root"])
+    paths = {b: root / f"stack_{b}.npy" for b in BANDS}
+    if not all(p.exists() for p in paths.values()):
+        scenes = layout["scenes"]
+        ny, nx = layout["shape_yx"]
+        out = {b: np.empty((len(scenes), ny, nx), dtype=np.uint16) for b in BANDS}
+        for i, scene in enumerate(scenes):
+            with rasterio.open(scene["assets"]["scl"]) as src:
+                scl = src.read(1)
+            bad = np.isin(np.repeat(np.repeat(scl, 2, 0), 2, 1), synthetic.SCL_EXCLUDED)
+            for b in BANDS:
+                with rasterio.open(scene["assets"][b]) as src:
+                    v = src.read(1)
+                v[bad] = 0
+                out[b][i] = v
+        for b in BANDS:
+            np.save(paths[b], out[b])
+    return {b: np.load(paths[b], mmap_mode="r") for b in BANDS}
+
+
+def sample_pixels(shape_yx, n: int, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, shape_yx[0], n), rng.integers(0, shape_yx[1], n)
+
+
+# --- contenders, each run as `bench.py --child NAME ...` in a process of its own ------------------
+
+
+def child_gridded(layout: dict, out: Path) -> dict:
+    """`gridded run`, in this process (so its RSS is this process's)."""
+    from gridded.cli import main
+
+    ny, nx = layout["shape_yx"]
+    cells = -(-ny // TILE_PX) * -(-nx // TILE_PX)
+    sys.argv = ["gridded", "-q", "run", "--source", layout["catalog"], "--extent", layout["extent"],
+                "--time", layout["time"], "--grid", layout["grid"], "--pipeline", "s2-monthly-median",
+                "--tiles-per-worker", str(cells), "--workers", "1", "--output", str(out)]
+    try:
+        main()
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            raise RuntimeError(f"gridded run exited with {exit_.code}") from None
+    report = json.loads((out / "run-report.json").read_text())
+    if report["counts"]["failed"]:
+        raise RuntimeError(f"gridded run: {report['counts']['failed']} tasks failed: "
+                           f"{next(t['reason'] for t in report['tasks'] if t['status'] == 'failed')}")
+    return {}
+
+
+def child_odc_stac(layout: dict, out: Path) -> dict:
+    """What a user writes today with odc-stac + xarray + Dask: load, mask, resample, median, COGs."""
+    import dask
+    import odc.stac
+    import pystac
+    from odc.geo.cog import write_cog
+    from odc.geo.geobox import GeoBox
+
+    items = list(pystac.Catalog.from_file(layout["catalog"]).get_items(recursive=True))
+    ny, nx = layout["shape_yx"]
+    x0, y0 = layout["origin_xy"]
+    res = layout["resolution_m"]
+    geobox = GeoBox.from_bbox((x0, y0 - ny * res, x0 + nx * res, y0), crs=layout["crs"], resolution=res)
+    ds = odc.stac.load(items, bands=BANDS + ["scl"], geobox=geobox, chunks={"x": TILE_PX, "y": TILE_PX},
+                       groupby="solar_day", resampling="nearest")
+    clear = ~ds.scl.isin(list(synthetic.SCL_EXCLUDED))
+    refl = ds[BANDS]
+    refl = refl.where(clear & (refl != 0))
+    median = refl.resample(time="1MS").median()
+    count = clear.resample(time="1MS").sum()
+    with dask.config.set(scheduler="threads"):
+        median, count = dask.compute(median, count)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, when in enumerate(median.time.values):
+        month = str(when)[:7]
+        for band in BANDS:
+            layer = median[band].isel(time=i).round().fillna(0).astype("uint16")
+            write_cog(layer, out / f"{month}_{band}.tif", overwrite=True, nodata=0)
+        write_cog(count.isel(time=i).astype("uint16"), out / f"{month}_count.tif", overwrite=True, nodata=0)
+    return {}
+
+
+def child_numpy(layout: dict, out: Path) -> dict:
+    """Plain numpy: per month, read every scene whole, NaN where unclear, np.nanmedian, one thread."""
+    import warnings
+
+    import rasterio
+    from rasterio.transform import from_origin
+
+    out.mkdir(parents=True, exist_ok=True)
+    ny, nx = layout["shape_yx"]
+    x0, y0 = layout["origin_xy"]
+    transform = from_origin(x0, y0, layout["resolution_m"], layout["resolution_m"])
+    months: dict[str, list[dict]] = {}
+    for scene in layout["scenes"]:
+        months.setdefault(scene["datetime"][:7], []).append(scene)
+    for month, scenes in months.items():
+        values = np.full((len(BANDS), len(scenes), ny, nx), np.nan, dtype=np.float32)
+        for i, scene in enumerate(scenes):
+            with rasterio.open(scene["assets"]["scl"]) as src:
+                scl = src.read(1)
+            clear = ~np.isin(np.repeat(np.repeat(scl, 2, 0), 2, 1), synthetic.SCL_EXCLUDED)
+            for b, band in enumerate(BANDS):
+                with rasterio.open(scene["assets"][band]) as src:
+                    v = src.read(1)
+                ok = clear & (v != 0)
+                values[b, i][ok] = v[ok]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            medians = np.nanmedian(values, axis=1)
+        count = np.isfinite(values).all(axis=0).sum(axis=0).astype(np.uint16)
+        layers = {band: np.where(np.isnan(medians[b]), 0, np.rint(medians[b])).astype(np.uint16)
+                  for b, band in enumerate(BANDS)}
+        layers["count"] = count
+        for name, layer in layers.items():
+            with rasterio.open(out / f"{month}_{name}.tif", "w", width=nx, height=ny, count=1, dtype="uint16",
+                               crs=layout["crs"], transform=transform, nodata=0, **COG) as dst:
+                dst.write(layer, 1)
+    return {}
+
+
+def child_floor(layout: dict, out: Path) -> dict:
+    """The decode floor: every band and mask file read whole, once, on as many threads as CPUs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import rasterio
+
+    paths = [scene["assets"][key] for scene in layout["scenes"] for key in BANDS + ["scl"]]
+
+    def read(path: str) -> int:
+        with rasterio.open(path) as src:
+            return int(src.read(1).sum(dtype=np.uint64) > 0)
+
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        list(pool.map(read, paths))
+    return {}
+
+
+def _kernel_inputs(layout: dict, rows: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    stacks = {b: np.array(s[:, :rows]) for b, s in stacks_for(layout).items()}  # in memory, not the mmap
+    return stacks, {b: 0 for b in BANDS}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _timed(fn) -> dict:
+    with open("/proc/self/clear_refs", "w") as f:  # restart VmHWM here: loading the inputs peaked higher
+        f.write("5")
+    before = _rss_mb()
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    return {"kernel_s": seconds, "kernel_cpu_s": cpu, "kernel_extra_mb": max(0.0, _peak_rss_mb() - before),
+            "result": result}
+
+
+def child_median_kernel(layout: dict, out: Path, rows: int, which: str) -> dict:
+    import warnings
+
+    stacks, nodata = _kernel_inputs(layout, rows)
+    if which == "gridded":
+        from gridded.stats import reduce_median
+
+        reduce_median({b: s[:, :2] for b, s in stacks.items()}, nodata)  # compiled (or loaded from cache)
+        run = lambda: reduce_median(stacks, nodata)  # noqa: E731
+    else:
+        import bottleneck
+
+        nanmedian = bottleneck.nanmedian if which == "bottleneck" else np.nanmedian
+
+        def run():
+            result = {}
+            for b, s in stacks.items():
+                values = s.astype(np.float32)
+                values[s == 0] = np.nan
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    result[b] = nanmedian(values, axis=0)
+            return result
+
+    timed = _timed(run)
+    ys, xs = sample_pixels(stacks[BANDS[0]].shape[1:], GEOMEDIAN_SAMPLE)
+    result = timed.pop("result")
+    np.save(out, np.stack([np.asarray(result[b], dtype=np.float64)[ys, xs] for b in BANDS]))
+    return timed
+
+
+def child_geomedian_kernel(layout: dict, out: Path, rows: int, which: str) -> dict:
+    stacks, nodata = _kernel_inputs(layout, rows)
+    if which == "gridded":
+        from gridded.stats import reduce_geomedian
+
+        tolerance = geomedian_tolerance(stacks)
+        reduce_geomedian({b: s[:, :2] for b, s in stacks.items()}, nodata)
+        run = lambda: reduce_geomedian(stacks, nodata, tolerance=tolerance)  # noqa: E731
+    else:
+        from geomad import nangeomedian_pcm
+        from odc.algo._masking import to_float_np
+
+        scale = 1e-4  # odc-stats' reflectance scale for Sentinel-2 L2A
+
+        def run():
+            # what odc-algo's int_geomedian_np / geomedian_with_mads do: a float32 (y, x, band, time)
+            # copy scaled to reflectance, then geomad's Weiszfeld on all CPUs
+            t, ny, nx = stacks[BANDS[0]].shape
+            cube = np.empty((ny, nx, len(BANDS), t), dtype=np.float32)
+            for i, b in enumerate(BANDS):
+                for j in range(t):
+                    cube[:, :, i, j] = to_float_np(stacks[b][j], nodata=0, scale=scale, offset=0, dtype="float32")
+            gm = nangeomedian_pcm(cube, maxiters=1000, eps=GEOMEDIAN_STEP_DN * scale,
+                                  num_threads=len(os.sched_getaffinity(0)), nocheck=True)
+            return {b: gm[:, :, i].astype(np.float64) / scale for i, b in enumerate(BANDS)}
+
+    timed = _timed(run)
+    ys, xs = sample_pixels(stacks[BANDS[0]].shape[1:], GEOMEDIAN_SAMPLE)
+    result = timed.pop("result")
+    np.save(out, np.stack([result[b][ys, xs] for b in BANDS]))
+    return timed
+
+
+def geomedian_tolerance(stacks: dict[str, np.ndarray]) -> float:
+    """gridded's tolerance is relative to the estimate's norm: GEOMEDIAN_STEP_DN over the largest norm
+    any point has makes its stopping step at most GEOMEDIAN_STEP_DN DN everywhere, as odc-algo's."""
+    norm2 = sum(float(np.max(s)) ** 2 for s in stacks.values())
+    return GEOMEDIAN_STEP_DN / np.sqrt(norm2)
+
+
+CHILDREN = {
+    "gridded": child_gridded, "odc-stac": child_odc_stac, "numpy": child_numpy, "floor": child_floor,
+}
+
+
+def child_main(args) -> None:
+    layout = json.loads(Path(args.layout).read_text())
+    out = Path(args.out)
+    if args.child in CHILDREN:
+        info = CHILDREN[args.child](layout, out)
+    else:
+        kind, which = args.child.split(":")
+        fn = child_median_kernel if kind == "median" else child_geomedian_kernel
+        info = fn(layout, out, args.rows, which)
+    info["peak_mb"] = _peak_rss_mb()
+    Path(args.info).write_text(json.dumps(info))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS since its exec (VmHWM). Not getrusage's ru_maxrss: Linux carries the
+    parent's peak over into a child across fork and exec, so that would report the driver's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+def measure(cmd: list[str], env: dict) -> dict:
+    """Run `cmd`; wall time and CPU time (user + sys) of that process and of any it waited for
+    (its peak RSS comes from the child itself: see _peak_rss_mb)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    stderr = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
+
+
+def _monthly_mosaics(layout: dict, out: Path) -> dict[tuple[str, str], np.ndarray]:
+    """{(YYYY-MM, band): the whole scene} from a contender's COGs: gridded's tiles (period folders)
+    or the scripts' `YYYY-MM_band.tif`, each placed by its transform."""
+    import rasterio
+
+    ny, nx = layout["shape_yx"]
+    x0, y0 = layout["origin_xy"]
+    res = layout["resolution_m"]
+    mosaics: dict[tuple[str, str], np.ndarray] = {}
+    for tif in out.rglob("*.tif"):
+        head, band = tif.stem.rsplit("_", 1)
+        month = head[:7] if head[:4].isdigit() else tif.parent.name[:7]
+        layer = mosaics.setdefault((month, band), np.zeros((ny, nx), dtype=np.uint16))
+        with rasterio.open(tif) as src:
+            t = src.transform
+            r0, c0 = round((y0 - t.f) / res), round((t.c - x0) / res)
+            data = src.read(1)
+        h, w = min(data.shape[0], ny - r0), min(data.shape[1], nx - c0)
+        layer[r0:r0 + h, c0:c0 + w] = data[:h, :w]
+    return mosaics
+
+
+def median_tifs_equal(layout: dict, out: Path, numpy_out: Path) -> str:
+    """Whether a contender's monthly medians equal plain numpy's, pixel for pixel, every band and month."""
+    mine, reference = _monthly_mosaics(layout, out), _monthly_mosaics(layout, numpy_out)
+    keys = [k for k in reference if k[1] != "count"]
+    if not keys or any(k not in mine for k in keys):
+        return "missing outputs"
+    differing = sum(int((mine[k] != reference[k]).sum()) for k in keys)
+    total = sum(reference[k].size for k in keys)
+    return "= numpy" if differing == 0 else f"{differing} of {total} px differ from numpy"
+
+
+def objective_gaps(layout: dict, rows: int, results: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Per contender (sum of objectives / sum of the best known, worst pixel's ratio) - 1, over the sample:
+    the best known is the least of an independent numpy Weiszfeld (Vardi-Zhang steps, 500 iterations
+    from the coordinate-wise median), gridded's kernel run to a step of 1e-13 relative, and every
+    contender's answer."""
+    import warnings
+
+    stacks = {b: s[:, :rows] for b, s in stacks_for(layout).items()}
+    ys, xs = sample_pixels(stacks[BANDS[0]].shape[1:], GEOMEDIAN_SAMPLE)
+    points = np.stack([np.asarray(stacks[b][:, ys, xs], dtype=np.float64) for b in BANDS], axis=-1)  # (T, P, B)
+    points = points.transpose(1, 0, 2)  # (P, T, B)
+    valid = (points != 0).all(axis=2)
+    some = valid.any(axis=1)
+    points, valid = points[some], valid[some]
+
+    def objective(at):
+        return np.where(valid, np.linalg.norm(points - at[:, None, :], axis=2), 0.0).sum(axis=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        y = np.nanmedian(np.where(valid[..., None], points, np.nan), axis=1)
+        for _ in range(500):
+            diff = points - y[:, None, :]
+            d = np.linalg.norm(diff, axis=2)
+            on = valid & (d < 1e-9)
+            w = np.where(valid & ~on, 1.0 / np.where(d > 0, d, 1.0), 0.0)
+            wsum = w.sum(axis=1)
+            target = (w[..., None] * points).sum(axis=1) / wsum[:, None]
+            r = np.linalg.norm((w[..., None] * diff).sum(axis=1), axis=1)
+            gamma = np.where(on.any(axis=1), np.minimum(1.0, on.sum(axis=1) / np.maximum(r, 1e-300)), 0.0)[:, None]
+            step = (1 - gamma) * target + gamma * y
+            y = np.where((wsum > 0)[:, None] & np.isfinite(step), step, y)
+    best = objective(y)
+    from gridded.stats import geomedian_with_iterations
+
+    sample = {b: np.ascontiguousarray(stacks[b][:, ys, xs][:, None, :]) for b in BANDS}
+    tight, _ = geomedian_with_iterations(sample, {b: 0 for b in BANDS}, max_iterations=100_000, tolerance=1e-13)
+    best = np.minimum(best, objective(tight[:, 0, :].T[some]))
+    answers = {name: res.T[some] for name, res in results.items()}
+    for ans in answers.values():
+        best = np.minimum(best, objective(ans))
+    gaps = {}
+    for name, ans in answers.items():
+        mine = objective(ans)
+        positive = best > 0
+        gaps[name] = (mine.sum() / best.sum() - 1, float(np.max(mine[positive] / best[positive] - 1)))
+    return gaps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1024,2048", help="scene sizes in pixels (square), comma-separated")
+    parser.add_argument("--dates", type=int, default=36)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds; each runs every contender once")
+    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "gridded-bench"),
+                        help="where the synthetic years are written (kept and reused)")
+    parser.add_argument("--kernel-rows", default="512,1024",
+                        help="rows of the first size's 1024-px-wide stacks for the two kernel sizes")
+    parser.add_argument("--skip", default="", help="contenders to leave out, comma-separated: e2e, kernels, "
+                        "median, geomedian, or a name (odc-stac, numpy, floor, median:bottleneck, ...)")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=SRC",
+                        help="also run `gridded run` with the package from another source tree (SRC on "
+                             "PYTHONPATH, e.g. a checkout with proposed changes: SRC=/path/to/checkout/src)")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--layout", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--info", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(args)
+        return
+
+    started = time.perf_counter()
+    data = Path(args.data)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    layouts = {size: prepare(data, size, args.dates) for size in sizes}
+    skip = set(filter(None, args.skip.split(",")))
+    kernel_layout = layouts[sizes[0]]
+    stacks_for(kernel_layout)  # written once before any timing
+    kernel_rows = [min(int(r), sizes[0]) for r in args.kernel_rows.split(",")]
+    scratch = Path(tempfile.mkdtemp(prefix="gridded-bench-run-", dir=data))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+
+    variants = dict(v.split("=", 1) for v in args.variant)
+    runs: list[tuple[str, object, list[str], Path, dict]] = []  # (contender, size, command, output, env)
+    for size, layout in layouts.items():
+        layout_file = Path(layout["root"]) / "layout-bench.json"
+        layout_file.write_text(json.dumps(layout))
+        for name in ("gridded", *variants, "odc-stac", "numpy", "floor"):
+            if skip & {name, "e2e"}:
+                continue
+            out = scratch / f"{name}-{size}"
+            child = "gridded" if name in variants else name
+            extra = {"PYTHONPATH": str(Path(variants[name]).resolve())} if name in variants else {}
+            runs.append((name, size, [sys.executable, __file__, "--child", child, "--layout", str(layout_file),
+                                      "--out", str(out)], out, extra))
+    kernel_layout_file = Path(kernel_layout["root"]) / "layout-bench.json"
+    for rows in kernel_rows:
+        for kind, contenders in (("median", ("gridded", "numpy", "bottleneck")), ("geomedian", ("gridded", "odc-algo"))):
+            for which in contenders:
+                name = f"{kind}:{which}"
+                if skip & {name, kind, "kernels"}:
+                    continue
+                out = scratch / f"{kind}-{which}-{rows}.npy"
+                runs.append((name, rows, [sys.executable, __file__, "--child", name, "--layout", str(kernel_layout_file),
+                                          "--out", str(out), "--rows", str(rows)], out, {}))
+
+    measured: dict[tuple[str, object], list[dict]] = {}
+    for rnd in range(args.repeats):
+        order = runs[rnd % len(runs):] + runs[:rnd % len(runs)]
+        for name, size, cmd, out, extra in order:
+            if out.exists() and out.is_dir():
+                shutil.rmtree(out)
+            info = scratch / "info.json"
+            cmd = cmd + ["--info", str(info)]
+            m = measure(cmd, {**env, **extra})
+            m.update(json.loads(info.read_text()))
+            measured.setdefault((name, size), []).append(m)
+            print(f"round {rnd + 1}/{args.repeats} {name:<20} {size!s:>5}: {m['wall_s']:7.2f} s wall, "
+                  f"{m['cpu_s']:7.2f} s CPU, {m['peak_mb']:7.0f} MB", file=sys.stderr)
+
+    checks = {}
+    for size in sizes:
+        numpy_out = scratch / f"numpy-{size}"
+        for name in ("gridded", *variants, "odc-stac"):
+            if (name, size) in measured and ("numpy", size) in measured:
+                checks[(name, size)] = "medians " + median_tifs_equal(layouts[size], scratch / f"{name}-{size}", numpy_out)
+    for rows in kernel_rows:
+        ref = scratch / f"median-gridded-{rows}.npy"
+        for which in ("numpy", "bottleneck"):
+            other = scratch / f"median-{which}-{rows}.npy"
+            if ref.exists() and other.exists():
+                checks[(f"median:{which}", rows)] = "equal" if np.array_equal(np.load(ref), np.load(other), equal_nan=True) \
+                    else "differs"
+        results = {w: np.load(scratch / f"geomedian-{w}-{rows}.npy") for w in ("gridded", "odc-algo")
+                   if (scratch / f"geomedian-{w}-{rows}.npy").exists()}
+        if results:
+            for which, (total, worst) in objective_gaps(kernel_layout, rows, results).items():
+                checks[(f"geomedian:{which}", rows)] = f"gap {100 * total:.5f} % (worst px {100 * worst:.4f} %)"
+
+    table = render(measured, checks, layouts, kernel_layout, kernel_rows, args)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"bench.py took {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def render(measured, checks, layouts, kernel_layout, kernel_rows, args) -> str:
+    def med(name, size, key):
+        values = [m[key] for m in measured.get((name, size), []) if key in m]
+        return statistics.median(values) if values else None
+
+    import platform
+
+    cpus = len(os.sched_getaffinity(0))
+    lines = [
+        f"gridded benchmark, {datetime.now():%Y-%m-%d}: {platform.machine()}, {cpus} CPUs, "
+        f"median of {args.repeats} interleaved rounds; {args.dates} dates, 4 bands uint16 + SCL at half resolution",
+        "",
+        "| what | size | wall s | CPU s | peak MB | vs gridded | check |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    variants = dict(v.split("=", 1) for v in args.variant)
+    labels = {
+        "gridded": "`gridded run` monthly median (12 months x 4 bands + count, COGs + items)",
+        **{v: f"`gridded run`, {v}" for v in variants},
+        "odc-stac": "odc-stac + xarray + dask script, same outputs (odc-geo COGs)",
+        "numpy": "plain numpy: rasterio reads, np.nanmedian, rasterio COGs",
+        "floor": "decode floor: every input file read once, all CPUs",
+    }
+    for size in layouts:
+        cells_obs = size * size * args.dates
+        base = med("gridded", size, "wall_s")
+        for name in ("gridded", *variants, "odc-stac", "numpy", "floor"):
+            wall = med(name, size, "wall_s")
+            if wall is None:
+                continue
+            rel = f"{wall / base:.2f}x" if base and name != "gridded" else ""
+            check = checks.get((name, size), "")
+            if name == "gridded" or name in variants:
+                check = f"{check}; {1e9 * wall / cells_obs:.1f} ns per px x date".lstrip("; ")
+            lines.append(f"| {labels[name]} | {size}² px | {wall:.2f} | {med(name, size, 'cpu_s'):.2f} | "
+                         f"{med(name, size, 'peak_mb'):.0f} | {rel} | {check} |")
+    t = len(kernel_layout["scenes"])
+    nx = kernel_layout["shape_yx"][1]
+    klabels = {
+        "median:gridded": "median kernel: gridded (uint16, sentinel 0, all CPUs)",
+        "median:numpy": "median kernel: numpy.nanmedian (float32 + NaN copy)",
+        "median:bottleneck": "median kernel: bottleneck.nanmedian (float32 + NaN copy)",
+        "geomedian:gridded": f"geomedian kernel: gridded (step <= {GEOMEDIAN_STEP_DN} DN, all CPUs)",
+        "geomedian:odc-algo": f"geomedian kernel: odc-algo / geomad (eps = {GEOMEDIAN_STEP_DN} DN, all CPUs)",
+    }
+    for rows in kernel_rows:
+        for kind in ("median", "geomedian"):
+            base = med(f"{kind}:gridded", rows, "kernel_s")
+            for which in (("gridded", "numpy", "bottleneck") if kind == "median" else ("gridded", "odc-algo")):
+                name = f"{kind}:{which}"
+                secs = med(name, rows, "kernel_s")
+                if secs is None:
+                    continue
+                rel = f"{secs / base:.1f}x" if base and which != "gridded" else ""
+                check = checks.get((name, rows), "")
+                if which == "gridded":
+                    per = f"{1e9 * secs / (rows * nx * t):.2f} ns per px x date"
+                    check = f"{check}; {per}" if check else per
+                lines.append(f"| {klabels[name]} | {rows}x{nx} px x {t} | {secs:.2f} | {med(name, rows, 'kernel_cpu_s'):.2f} "
+                             f"| +{med(name, rows, 'kernel_extra_mb'):.0f} | {rel} | {check} |")
+    lines.append("")
+    lines.append("wall s / CPU s / peak MB: end to end, the whole process (interpreter start included); kernels, "
+                 "the call alone and the memory it added. `vs gridded`: time over gridded's (higher is slower).")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
