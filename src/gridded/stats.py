@@ -232,8 +232,35 @@ def reduce_median(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, th
 
 
 @cache
+def _chunk_helpers():
+    """The gather and clear test that the geomedian and MAD kernels share."""
+    import numba
+
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def gather(bands, y, x0, x1, chunk):
+        # a span of one row, transposed to (band, pixel, time): each pixel's series contiguous
+        for b in range(len(bands)):
+            band = bands[b]
+            for j in range(band.shape[0]):
+                for x in range(x0, x1):
+                    chunk[b, x - x0, j] = band[j, y, x]
+
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def clear_at(chunk, c, j, sentinels, use_sentinel, is_float):
+        # observation j of pixel c is clear in every band
+        for b in range(chunk.shape[0]):
+            v = chunk[b, c, j]
+            if (use_sentinel[b] and v == sentinels[b]) or (is_float and v != v):
+                return False
+        return True
+
+    return gather, clear_at
+
+
+@cache
 def _geomedian_kernel():
     import numba
+    gather, clear_at = _chunk_helpers()
 
     # no `reassoc`: LLVM would vectorise the sums over observations, but their rounding then varied
     # between builds of the kernel for other dtypes and between threads, and a pixel's result must
@@ -346,22 +373,12 @@ def _geomedian_kernel():
         for y in range(r0, r1):
             for x0 in range(0, nx, SPAN):
                 x1 = min(x0 + SPAN, nx)
-                for b in range(nb):
-                    band = bands[b]
-                    for j in range(t):
-                        for x in range(x0, x1):
-                            chunk[b, x - x0, j] = band[j, y, x]
+                gather(bands, y, x0, x1, chunk)
                 for x in range(x0, x1):
                     c = x - x0
                     k = 0
                     for j in range(t):
-                        ok = True
-                        for b in range(nb):
-                            v = chunk[b, c, j]
-                            if (use_sentinel[b] and v == sentinels[b]) or (is_float and v != v):
-                                ok = False
-                                break
-                        if ok:
+                        if clear_at(chunk, c, j, sentinels, use_sentinel, is_float):
                             for b in range(nb):
                                 pts[b, k] = chunk[b, c, j]
                             k += 1
@@ -428,6 +445,7 @@ MADS = ("smad", "emad", "bcmad")
 @cache
 def _mads_kernel():
     import numba
+    gather, clear_at = _chunk_helpers()
 
     @numba.njit(nogil=True, cache=True, error_model="numpy")
     def _median(buf, k):
@@ -453,11 +471,7 @@ def _mads_kernel():
         for y in range(r0, r1):
             for x0 in range(0, nx, SPAN):
                 x1 = min(x0 + SPAN, nx)
-                for b in range(nb):
-                    band = bands[b]
-                    for j in range(t):
-                        for x in range(x0, x1):
-                            chunk[b, x - x0, j] = band[j, y, x]
+                gather(bands, y, x0, x1, chunk)
                 for x in range(x0, x1):
                     c = x - x0
                     gnorm2 = 0.0
@@ -465,13 +479,7 @@ def _mads_kernel():
                         gnorm2 += gm[b, y, x] * gm[b, y, x]
                     k = 0
                     for j in range(t):
-                        ok = True
-                        for b in range(nb):
-                            v = chunk[b, c, j]
-                            if (use_sentinel[b] and v == sentinels[b]) or (is_float and v != v):
-                                ok = False
-                                break
-                        if not ok:
+                        if not clear_at(chunk, c, j, sentinels, use_sentinel, is_float):
                             continue
                         dot = 0.0
                         norm2 = 0.0
