@@ -138,6 +138,25 @@ def test_to_output_uint16_matches_rint(values):
             assert o == min(max(int(nearest), 0), 65535)
 
 
+@SETTINGS
+@given(masked_stacks(bands=("red", "nir")), st.sampled_from([("uint16", 0), ("uint16", 65535), ("int16", -32768),
+                                                              ("uint8", None), ("float32", -9999.0), ("float32", None)]))
+def test_reducers_write_into_out_as_to_output_converts(data, output):
+    # the fused path (results written straight into the output dtype) equals the float results
+    # converted by to_output: rounding half to even, clipping (uint8), nodata where none is clear
+    stacks, nodata = data
+    dtype, out_nodata = output
+    shape = stacks["red"].shape[1:]
+    for name, reducer in STATISTICS.items():
+        floats = reducer(stacks, nodata)
+        out = {b: np.empty(shape, dtype=dtype) for b in stacks}
+        got = reducer(stacks, nodata, out=out, out_nodata={b: out_nodata for b in stacks})
+        for band in stacks:
+            assert got[band] is out[band], name
+            np.testing.assert_array_equal(got[band], to_output(floats[band], np.dtype(dtype), out_nodata),
+                                          err_msg=f"{name} {band} {dtype}")
+
+
 # --- clear_count -----------------------------------------------------------------------------
 
 

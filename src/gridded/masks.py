@@ -44,6 +44,15 @@ class MaskRule:
             bits |= 1 << b
         return (mask.astype(np.uint32, copy=False) & np.uint32(bits)) == 0
 
+    def lookup(self, dtype: np.dtype) -> np.ndarray | None:
+        """For an 8- or 16-bit integer mask, the clear rule as a table indexed by the mask value
+        (a signed value indexes from the end, where its bit pattern's entry is); else None."""
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iu" or dtype.itemsize > 2:
+            return None
+        unsigned = np.dtype(f"u{dtype.itemsize}")
+        return self.clear(np.arange(1 << (8 * dtype.itemsize), dtype=unsigned).view(dtype))
+
     @property
     def fill_value(self) -> int:
         """A mask value that reads as not clear: where the mask raster has no pixel, nothing is clear."""

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import ClusterError, GriddedError
 from .pipeline import Pipeline
 from .plan import Batch, Task
-from .stats import STATISTICS, clear_count, to_output, warm_kernels
+from .stats import STATISTICS, clear_count, warm_kernels
 from .storage import Storage, open_storage
 from .write import COUNT_ASSET, COUNT_NODATA, commit_outputs, item_name
 
@@ -60,14 +60,13 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
         if exists and not overwrite and is_current(storage, name, fingerprint):
             return CellResult(status="skipped", reason="up to date", **common)
         stacks = load_task(task, pipeline.bands, pipeline.mask, pipeline.nodata)
-        reduced = STATISTICS[pipeline.statistic](
-            stacks.bands, stacks.sentinel, max_iterations=pipeline.max_iterations, tolerance=pipeline.tolerance
-        )
         arrays, nodata = {}, {}
         for band in pipeline.bands:
             dtype = np.dtype(pipeline.dtype) if pipeline.dtype else stacks.source_dtype[band]
             nodata[band] = _output_nodata(pipeline.nodata, stacks.source_nodata[band], dtype)
-            arrays[band] = to_output(reduced[band], dtype, nodata[band])
+            arrays[band] = np.empty(task.geobox.shape, dtype=dtype)
+        STATISTICS[pipeline.statistic](stacks.bands, stacks.sentinel, out=arrays, out_nodata=nodata,
+                                       max_iterations=pipeline.max_iterations, tolerance=pipeline.tolerance)
         arrays[COUNT_ASSET] = clear_count(stacks.bands, stacks.sentinel)
         nodata[COUNT_ASSET] = COUNT_NODATA
         extra = {}
@@ -145,8 +144,10 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
             raise ClusterError(f"--scheduler {scheduler}: cannot connect ({err.__class__.__name__}); "
                                f"check the address and that the scheduler is running") from err
     else:
+        tune_allocator()
         client = _local_client(*worker_resources(workers_on_machine))
-        warm_kernels(pipeline.statistic)  # the tasks run in this process: load numba's code during the first reads
+        # the tasks run in this process: load numba's code during the first reads
+        warm_kernels(pipeline.statistic, len(pipeline.bands))
     try:
         futures = [client.submit(process_task, t, pipeline, output, overwrite, pure=False) for t in batch.tasks]
         for future in as_completed(futures):
@@ -158,6 +159,28 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
         if scheduler:
             client.close()
     return sorted(results, key=lambda r: (r.key[1], r.key[0], r.period))
+
+
+# glibc's mallopt parameters, and the values a worker sets: every tile allocates and frees the same
+# few-megabyte arrays (stacks, GDAL's decoded blocks, COG buffers), which glibc would otherwise hand
+# back to the kernel and fault in afresh each time (a fifth of the worker's CPU time, in the kernel)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest
+TRIM_THRESHOLD_BYTES = 256 << 20
+
+
+@cache
+def tune_allocator() -> bool:
+    """Keep freed memory of up to 32 MB blocks in the process for reuse (glibc only; else nothing)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+                    and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
 
 
 @cache

@@ -161,12 +161,13 @@ def _median_kernel():
     import numba
 
     @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def median_rows(stack, sentinel, use_sentinel, is_float, last, pairs, r0, r1, out):
+    def median_rows(stack, sentinel, use_sentinel, is_float, last, pairs, r0, r1, out, fill, rounded, low, high):
         # SPAN pixels at a time: their missing values become `last` (the dtype's largest value),
         # then one sorting network sorts every pixel's series at once, each compare-exchange a
         # SIMD min/max across the pixels. A real value equal to `last` sorts among the missing
         # ones, which is harmless: the first k keys are the k clear values in order, whatever the
-        # ties. The median is numpy's: the middle one, or the mean of the two middle ones.
+        # ties. The median is numpy's: the middle one, or the mean of the two middle ones. It is
+        # stored as `out` holds it (float64 with NaN, or the output dtype, rounded, with `fill`).
         t, _, nx = stack.shape
         keys = np.empty((t, SPAN), dtype=stack.dtype)
         count = np.empty(SPAN, dtype=np.int64)
@@ -194,38 +195,51 @@ def _median_kernel():
                 for c in range(width):
                     k = count[c]
                     if k == 0:
-                        out[y, x0 + c] = np.nan
-                    elif k % 2 == 1:
-                        out[y, x0 + c] = np.float64(keys[k // 2, c])
+                        out[y, x0 + c] = fill
+                        continue
+                    if k % 2 == 1:
+                        m = np.float64(keys[k // 2, c])
                     else:
-                        out[y, x0 + c] = (np.float64(keys[k // 2 - 1, c]) + np.float64(keys[k // 2, c])) / 2.0
+                        m = (np.float64(keys[k // 2 - 1, c]) + np.float64(keys[k // 2, c])) / 2.0
+                    if rounded:  # an integer output: to_output's rounding and clipping, done here
+                        m = min(max(np.rint(m), low), high)
+                    out[y, x0 + c] = m
 
     return median_rows
 
 
-def median_of_stack(stack: np.ndarray, nodata, *, threads: int | None = None) -> np.ndarray:
-    """float64 (y, x): numpy.nanmedian over time of the values that are not `nodata` (nor NaN)."""
+def median_of_stack(stack: np.ndarray, nodata, *, threads: int | None = None, out: np.ndarray | None = None,
+                    out_nodata: float | None = None) -> np.ndarray:
+    """numpy.nanmedian over time of the values that are not `nodata` (nor NaN): float64 (y, x) with
+    NaN where none is, or, given `out`, written into it as `to_output(median, out.dtype, out_nodata)`
+    would (so the float image and its conversion are never made)."""
     stack = np.ascontiguousarray(stack)
     if stack.dtype == np.bool_:
         stack = stack.view(np.uint8)
-    out = np.empty(stack.shape[1:], dtype=np.float64)
+    if out is None:
+        out = np.empty(stack.shape[1:], dtype=np.float64)
+        out_nodata = np.nan
+    fill, rounded, lo, hi = _output_rule(out.dtype, out_nodata)
     if stack.shape[0] == 0:
-        out[...] = np.nan
+        out[...] = fill
         return out
     sentinel, use = _sentinel(stack.dtype, nodata)
     is_float = _is_float(stack.dtype)
     last = stack.dtype.type(np.inf) if is_float else np.iinfo(stack.dtype).max
     pairs = sorting_network(stack.shape[0])
     kernel = _median_kernel()
-    run_in_row_blocks(lambda r0, r1: kernel(stack, sentinel, use, is_float, last, pairs, r0, r1, out),
-                      stack.shape[1], threads)
+    run_in_row_blocks(lambda r0, r1: kernel(stack, sentinel, use, is_float, last, pairs, r0, r1, out,
+                                            fill, rounded, lo, hi), stack.shape[1], threads)
     return out
 
 
 def reduce_median(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None,
+                  out: dict[str, np.ndarray] | None = None, out_nodata: dict[str, float | None] | None = None,
                   **_) -> dict[str, np.ndarray]:
     """Per band: numpy.nanmedian over the clear values (mean of the two middle for an even count)."""
-    return {band: median_of_stack(stack, nodata[band], threads=threads) for band, stack in stacks.items()}
+    return {band: median_of_stack(stack, nodata[band], threads=threads, out=None if out is None else out[band],
+                                  out_nodata=None if out_nodata is None else out_nodata[band])
+            for band, stack in stacks.items()}
 
 
 # --- geomedian -------------------------------------------------------------------------------
@@ -429,11 +443,14 @@ def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, f
 
 
 def reduce_geomedian(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, max_iterations: int = 1000,
-                     tolerance: float = 1e-7, threads: int | None = None, **_) -> dict[str, np.ndarray]:
+                     tolerance: float = 1e-7, threads: int | None = None, out: dict[str, np.ndarray] | None = None,
+                     out_nodata: dict[str, float | None] | None = None, **_) -> dict[str, np.ndarray]:
     """Multi-band geometric median over observations clear in every band (Weiszfeld)."""
-    out, _ = geomedian_with_iterations(stacks, nodata, max_iterations=max_iterations, tolerance=tolerance,
-                                       threads=threads)
-    return {b: out[i] for i, b in enumerate(stacks)}
+    values, _ = geomedian_with_iterations(stacks, nodata, max_iterations=max_iterations, tolerance=tolerance,
+                                          threads=threads)
+    if out is None:
+        return {b: values[i] for i, b in enumerate(stacks)}
+    return {b: to_output(values[i], out[b].dtype, (out_nodata or {}).get(b), out=out[b]) for i, b in enumerate(stacks)}
 
 
 # --- median absolute deviations from the geomedian -------------------------------------------
@@ -531,6 +548,9 @@ def geomedian_mads(stacks: dict[str, np.ndarray], nodata: dict[str, float], geom
 # --- registry and outputs --------------------------------------------------------------------
 
 
+# A reducer: (stacks, sentinels, *, threads=None, out=None, out_nodata=None, **options) -> per band
+# (y, x): float64 with NaN where no observation is clear, or, given `out` (per band an array of
+# the output dtype), the results written into it as to_output would convert them.
 Reducer = Callable[..., dict[str, np.ndarray]]
 
 STATISTICS: dict[str, Reducer] = {
@@ -539,40 +559,82 @@ STATISTICS: dict[str, Reducer] = {
 }
 
 
-def warm_kernels(statistic: str) -> threading.Thread:
-    """Load a statistic's kernels (from numba's cache, or compile them) on a background thread, for
-    uint16 stacks: about half a second a worker process otherwise spends in its first tile's reduction,
-    which this overlaps with the first tiles' reads. Returns the (daemon) thread."""
+def warm_kernels(statistic: str, n_bands: int = 1) -> threading.Thread:
+    """Load the kernels a task of `n_bands` uint16 bands uses (from numba's cache, or compile them)
+    on a background thread: about half a second a worker process otherwise spends in its first
+    tile's reduction, which this overlaps with the first tiles' reads. Returns the (daemon) thread."""
     def warm() -> None:
-        tiny = np.zeros((2, 1, 1), dtype=np.uint16)
-        STATISTICS[statistic]({"band": tiny}, {"band": 0}, threads=1)
+        names = [f"b{i}" for i in range(max(1, n_bands))]
+        tiny = {b: np.zeros((2, 1, 1), dtype=np.uint16) for b in names}
+        zeros = {b: 0 for b in names}
+        out = {b: np.empty((1, 1), dtype=np.uint16) for b in names}
+        STATISTICS[statistic](tiny, zeros, threads=1, out=out, out_nodata=zeros)
+        clear_count(tiny, zeros, threads=1)
 
     thread = threading.Thread(target=warm, name="gridded-warm-kernels", daemon=True)
     thread.start()
     return thread
 
 
-def clear_count(stacks: dict[str, np.ndarray], nodata: dict[str, float]) -> np.ndarray:
+@cache
+def _count_kernel():
+    import numba
+
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def count_rows(bands, sentinels, use_sentinel, is_float, r0, r1, out):
+        nb = len(bands)
+        t, _, nx = bands[0].shape
+        for y in range(r0, r1):
+            for x in range(nx):
+                out[y, x] = 0
+            for j in range(t):
+                for x in range(nx):
+                    clear = True
+                    for b in range(nb):
+                        v = bands[b][j, y, x]
+                        if (use_sentinel[b] and v == sentinels[b]) or (is_float and v != v):
+                            clear = False
+                    if clear:
+                        out[y, x] += 1
+
+    return count_rows
+
+
+def clear_count(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None) -> np.ndarray:
     """Number of observations clear in every band, as uint16."""
-    valid = None
-    for band, stack in stacks.items():
-        ok = stack != nodata[band] if nodata[band] is not None else np.ones(stack.shape, bool)
-        if _is_float(stack.dtype):
-            ok &= ~np.isnan(stack)
-        valid = ok if valid is None else valid & ok
-    return valid.sum(axis=0, dtype=np.uint16)
+    arrays = _band_tuple(stacks)
+    sentinels, use = _sentinels(stacks, nodata, arrays[0].dtype)
+    if arrays[0].dtype == np.bool_:
+        arrays = tuple(a.view(np.uint8) for a in arrays)
+    out = np.empty(arrays[0].shape[1:], dtype=np.uint16)
+    kernel = _count_kernel()
+    is_float = _is_float(arrays[0].dtype)
+    run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinels, use, is_float, r0, r1, out), out.shape[0], threads)
+    return out
 
 
-def to_output(values: np.ndarray, dtype: np.dtype, nodata: float | None) -> np.ndarray:
+def _output_rule(dtype: np.dtype, nodata: float | None) -> tuple[float, bool, float, float]:
+    """How a float result is stored as `dtype`: (the value where there is none, whether it is
+    rounded half to even, and the range it is clipped to)."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return float(nodata if nodata is not None else 0), True, float(info.min), float(info.max)
+    return (np.nan if nodata is None else float(nodata)), False, -np.inf, np.inf
+
+
+def to_output(values: np.ndarray, dtype: np.dtype, nodata: float | None, *, out: np.ndarray | None = None) -> np.ndarray:
     """Float results -> the output dtype: rounded half to even (numpy.rint), nodata where NaN."""
     dtype = np.dtype(dtype)
     missing = np.isnan(values)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        filled = np.clip(np.rint(np.where(missing, 0, values)), info.min, info.max).astype(dtype)
-        filled[missing] = nodata if nodata is not None else 0
-        return filled
-    out = values.astype(dtype)
-    if nodata is not None:
-        out[missing] = nodata
+    fill, rounded, lo, hi = _output_rule(dtype, nodata)
+    if rounded:
+        converted = np.clip(np.rint(np.where(missing, 0, values)), lo, hi)
+    else:
+        converted = values
+    if out is None:
+        out = np.empty(values.shape, dtype=dtype)
+    np.copyto(out, converted, casting="unsafe")
+    if nodata is not None or rounded:
+        out[missing] = fill
     return out

