@@ -98,25 +98,27 @@ def sample_pixels(shape_yx, n: int, seed: int = 11) -> tuple[np.ndarray, np.ndar
 # --- contenders, each run as `bench.py --child NAME ...` in a process of its own ------------------
 
 
-def child_gridded(layout: dict, out: Path) -> dict:
-    """`gridded run`, in this process (so its RSS is this process's)."""
+def child_gridded(layout: dict, out: Path, info: Path) -> None:
+    """`gridded run`, in this process (so its RSS is this process's) and through the command's own
+    entry point, which leaves the process as soon as the run is done: this child's report is
+    written by an exit handler."""
+    import atexit
+
     from gridded.cli import main
+
+    def report() -> None:
+        run = json.loads((out / "run-report.json").read_text())
+        failed = [t["reason"] for t in run["tasks"] if t["status"] == "failed"]
+        result = {"peak_mb": _peak_rss_mb()} if not failed else {"error": f"{len(failed)} tasks failed: {failed[0]}"}
+        info.write_text(json.dumps(result))
 
     ny, nx = layout["shape_yx"]
     cells = -(-ny // TILE_PX) * -(-nx // TILE_PX)
     sys.argv = ["gridded", "-q", "run", "--source", layout["catalog"], "--extent", layout["extent"],
                 "--time", layout["time"], "--grid", layout["grid"], "--pipeline", "s2-monthly-median",
                 "--tiles-per-worker", str(cells), "--workers", "1", "--output", str(out)]
-    try:
-        main()
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            raise RuntimeError(f"gridded run exited with {exit_.code}") from None
-    report = json.loads((out / "run-report.json").read_text())
-    if report["counts"]["failed"]:
-        raise RuntimeError(f"gridded run: {report['counts']['failed']} tasks failed: "
-                           f"{next(t['reason'] for t in report['tasks'] if t['status'] == 'failed')}")
-    return {}
+    atexit.register(report)
+    main()
 
 
 def child_odc_stac(layout: dict, out: Path) -> dict:
@@ -302,13 +304,15 @@ def geomedian_tolerance(stacks: dict[str, np.ndarray]) -> float:
 
 
 CHILDREN = {
-    "gridded": child_gridded, "odc-stac": child_odc_stac, "numpy": child_numpy, "floor": child_floor,
+    "odc-stac": child_odc_stac, "numpy": child_numpy, "floor": child_floor,
 }
 
 
 def child_main(args) -> None:
     layout = json.loads(Path(args.layout).read_text())
     out = Path(args.out)
+    if args.child == "gridded":
+        child_gridded(layout, out, Path(args.info))  # does not return
     if args.child in CHILDREN:
         info = CHILDREN[args.child](layout, out)
     else:
@@ -497,8 +501,11 @@ def main() -> None:
                 shutil.rmtree(out)
             info = scratch / "info.json"
             cmd = cmd + ["--info", str(info)]
+            info.unlink(missing_ok=True)
             m = measure(cmd, {**env, **extra})
             m.update(json.loads(info.read_text()))
+            if "error" in m:
+                raise RuntimeError(f"{name} {size}: {m['error']}")
             measured.setdefault((name, size), []).append(m)
             print(f"round {rnd + 1}/{args.repeats} {name:<20} {size!s:>5}: {m['wall_s']:7.2f} s wall, "
                   f"{m['cpu_s']:7.2f} s CPU, {m['peak_mb']:7.0f} MB", file=sys.stderr)

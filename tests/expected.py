@@ -57,6 +57,29 @@ def _read_on(href: str, transform, shape_yx, fill) -> np.ndarray:
 def expected_composite(items: list[dict], bands: list[str], transform, shape_yx, start: datetime, end: datetime,
                        *, mask_asset="scl", clear_fn=None, nodata=0):
     """(medians per band as uint16 with nodata, count as uint16) for the items in [start, end]."""
+    layers = expected_layers(items, bands, transform, shape_yx, start, end, mask_asset=mask_asset, clear_fn=clear_fn,
+                             nodata=nodata)
+    medians, valid_all = {}, None
+    for b in bands:
+        stack = np.stack(layers[b]) if layers[b] else np.full((1,) + tuple(shape_yx), np.nan)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                med = np.nanmedian(stack, axis=0)
+        out = np.where(np.isnan(med), nodata, np.rint(np.nan_to_num(med))).astype(np.uint16)
+        medians[b] = out
+        ok = ~np.isnan(stack)
+        valid_all = ok if valid_all is None else valid_all & ok
+    count = valid_all.sum(axis=0).astype(np.uint16)
+    return medians, count, len(layers[bands[0]])
+
+
+def expected_layers(items: list[dict], bands: list[str], transform, shape_yx, start: datetime, end: datetime,
+                    *, mask_asset="scl", clear_fn=None, nodata=0) -> dict[str, list[np.ndarray]]:
+    """Per band, one float layer per same-day group in [start, end]: the clear values (the first
+    scene of the day where it is clear, later scenes filling the rest), NaN elsewhere."""
     clear_fn = clear_fn or (lambda m: ~np.isin(m, S2_EXCLUDED))
     chosen = sorted((it for it in items if start <= _when(it) <= end), key=lambda it: (_when(it), it["id"]))
     groups: dict[tuple, list[dict]] = {}
@@ -76,21 +99,7 @@ def expected_composite(items: list[dict], bands: list[str], transform, shape_yx,
                 mosaic[b][take] = values[take]
         for b in bands:
             layers[b].append(mosaic[b])
-    medians, valid_all = {}, None
-    for b in bands:
-        stack = np.stack(layers[b]) if layers[b] else np.full((1,) + tuple(shape_yx), np.nan)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                med = np.nanmedian(stack, axis=0)
-        out = np.where(np.isnan(med), nodata, np.rint(np.nan_to_num(med))).astype(np.uint16)
-        medians[b] = out
-        ok = ~np.isnan(stack)
-        valid_all = ok if valid_all is None else valid_all & ok
-    count = valid_all.sum(axis=0).astype(np.uint16)
-    return medians, count, len(groups)
+    return layers
 
 
 BANDS = ["blue", "green", "red", "nir"]

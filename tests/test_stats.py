@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gridded.stats import (
+    EXTRA_ASSETS,
     MADS,
     STATISTICS,
     clear_count,
@@ -317,7 +318,7 @@ def test_statistics_registry_is_the_cli_choice():
 
     (option,) = [p for p in run.params if p.name == "statistic"]
     assert isinstance(option.type, click.Choice)
-    assert set(option.type.choices) == set(STATISTICS) == {"median", "geomedian"}
+    assert set(option.type.choices) == set(STATISTICS) == {"median", "geomedian", "geomad"}
 
     def commands(group):
         for command in group.commands.values():
@@ -335,7 +336,7 @@ def test_statistics_registry_is_the_cli_choice():
 def test_every_reducer_has_the_one_signature(name):
     stack = np.array([[[5, 0]], [[7, 3]], [[9, 0]]], dtype=np.uint16)
     result = STATISTICS[name]({"red": stack, "nir": stack + 1}, {"red": 0, "nir": 1})
-    assert set(result) == {"red", "nir"}
+    assert set(result) == {"red", "nir", *EXTRA_ASSETS.get(name, ())}
     assert result["red"].shape == (1, 2) and result["red"].dtype == np.float64
     # pixel 0: three collinear observations, so both statistics give the middle one; pixel 1: one clear
     np.testing.assert_allclose(result["red"][0], [7, 3], atol=1e-6)
@@ -531,3 +532,81 @@ def test_warm_kernels_loads_in_the_background():
         thread = warm_kernels(name)
         thread.join(timeout=120)
         assert not thread.is_alive()
+
+
+# --- geomad end to end, on a held-out catalog --------------------------------------------------
+
+
+def test_geomad_run_on_a_held_out_catalog_is_optimal_and_its_mads_match_numpy(tmp_path):
+    # a demo catalog from a seed no other test or benchmark uses: the quarter's geomedian, read back
+    # from the COGs (4,000 pixels of each cell), against the optimum of an independent Weiszfeld loop over the
+    # clear observations the test reads itself (objective within 0.2 %, plus what rounding to
+    # integers may add: at most |rounding| <= 0.5 x sqrt(bands) per observation); the MADs against
+    # numpy's, computed about the rounded geomedian (so within what that rounding can move them)
+    import rasterio
+    from click.testing import CliRunner
+    from expected import _dt, catalog_items, expected_layers, output_items
+
+    from gridded.cli import cli
+    from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME, write_demo_catalog
+
+    catalog = write_demo_catalog(tmp_path / "held-out" / "catalog", seed=977)
+    bands = ["blue", "green", "red", "nir"]
+    result = CliRunner().invoke(cli, [
+        "-q", "run", "--source", str(catalog), "--extent", DEMO_EXTENT, "--time", DEMO_TIME, "--grid",
+        str(DEMO_GRID), "--bands", ",".join(bands), "--statistic", "geomad", "--period", "P3M",
+        "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    items = catalog_items(catalog)
+    outputs = output_items(tmp_path / "out")
+    assert len(outputs) == 6
+    checked, checked_names = 0, []
+    for name, item in outputs.items():
+        props = item["properties"]
+        assert set(item["assets"]) == {*bands, "count", *MADS}
+        assert props["gridded:statistic"] == "geomad" and props["gridded:geomedian"]["tolerance"] == 1e-7
+        for mad in MADS:
+            assert item["assets"][mad]["raster:bands"][0] == {"data_type": "float32", "nodata": "nan",
+                                                              "spatial_resolution": 10.0}
+        files = {k: next((tmp_path / "out").rglob(a["href"][2:])) for k, a in item["assets"].items()}
+        read = {}
+        for key, path in files.items():
+            with rasterio.open(path) as src:
+                read[key], transform, shape = src.read(1), src.transform, src.shape
+        layers = expected_layers(items, bands, transform, shape, _dt(props["start_datetime"]),
+                                 _dt(props["end_datetime"]))
+        cube = np.stack([np.stack(layers[b]) for b in bands], axis=-1)  # (T, y, x, B), NaN where unclear
+        t = cube.shape[0]
+        points = cube.transpose(1, 2, 0, 3).reshape(-1, t, len(bands))
+        valid = ~np.isnan(points).any(axis=2)
+        points = np.nan_to_num(points)
+        k = valid.sum(axis=1)
+        np.testing.assert_array_equal(read["count"].ravel(), k, err_msg=name)
+        got = np.stack([read[b].ravel() for b in bands], axis=-1).astype(np.float64)
+        clear = k > 0
+        assert (got[~clear] == 0).all() and all(np.isnan(read[m].ravel()[~clear]).all() for m in MADS)
+        assert all(np.isfinite(read[m].ravel()[clear]).all() for m in MADS)
+        # the optimum by numpy costs seconds per thousand pixels: 4,000 of each output, at random
+        some = np.zeros_like(clear)
+        some[np.random.default_rng(len(checked_names)).choice(np.flatnonzero(clear), 4000, replace=False)] = True
+        checked_names.append(name)
+        best, _ = reference_geomedian(points[some], valid[some])
+        reached = objective(points[some], valid[some], got[some])
+        slack = k[some] * 0.5 * np.sqrt(len(bands)) + 1e-6
+        assert (reached <= best * 1.002 + slack).all(), name
+        # the MADs about the rounded geomedian, by numpy
+        g = got[some][:, None, :]
+        x = points[some]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cosine = 1 - (x * g).sum(-1) / (np.linalg.norm(x, axis=-1) * np.linalg.norm(g, axis=-1))
+            euclid = np.linalg.norm(x - g, axis=-1)
+            bray = np.abs(x - g).sum(-1) / np.abs(x + g).sum(-1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = {name_: np.nanmedian(np.where(valid[some], v, np.nan), axis=1)
+                    for name_, v in (("smad", cosine), ("emad", euclid), ("bcmad", bray))}
+        np.testing.assert_allclose(read["emad"].ravel()[some], want["emad"], atol=0.5 * np.sqrt(len(bands)) + 1e-3)
+        np.testing.assert_allclose(read["smad"].ravel()[some], want["smad"], atol=2e-3)
+        np.testing.assert_allclose(read["bcmad"].ravel()[some], want["bcmad"], atol=2e-3)
+        checked += int(some.sum())
+    assert checked == 6 * 4000

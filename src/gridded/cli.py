@@ -5,6 +5,7 @@ Heavy imports (dask, rasterio, numba) happen inside the commands so `gridded --h
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -349,7 +350,6 @@ def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler):
     """Process one batch of the cells artifact into the output."""
     from .artifact import read_batch
     from .catalog import write_catalog
-    from .load import configure_gdal
     from .process import process_batch
     from .run import Progress, interruptible, summary_table
     from .storage import open_storage
@@ -357,7 +357,6 @@ def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler):
     started = time.monotonic()
     check_scheduler(scheduler)
     check_output(output)
-    configure_gdal()
     _, pipeline, _, batch = read_batch(cells, batch_id)
     storage = open_storage(output)
     progress = Progress(len(batch.tasks), quiet=ctx.obj["quiet"])
@@ -618,7 +617,22 @@ def workflow_submit(ctx, manifest, namespace, watch):
 
 
 def main() -> None:
-    cli(prog_name="gridded")
+    """The `gridded` command. Once a command has finished (its outputs committed, its exit
+    handlers run, stdout and stderr flushed) the process leaves at once: tearing the interpreter
+    down object by object after a run (a worker's buffers, GDAL's and numba's state) takes longer
+    than many a tile."""
+    try:
+        cli(prog_name="gridded")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    if code is not None and not isinstance(code, int):
+        click.echo(code, err=True)
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

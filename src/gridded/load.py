@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -18,14 +21,17 @@ from rasterio.windows import Window
 
 from .errors import SourceError
 from .masks import MaskRule
-from .plan import Observation, Task
+from .plan import Task
 from .s3 import gdal_path
 
 log = logging.getLogger(__name__)
 
 # GDAL reads with these unless the user's environment says otherwise: no directory listing
-# on open (a HEAD storm on object stores), and retries on transient HTTP errors.
+# on open (a HEAD storm on object stores), retries on transient HTTP errors, and a block cache
+# of 32 MB (a window is decoded once, into its layer: caching what was read buys nothing, and
+# GDAL's default of 5 % of the machine's memory would keep the blocks of every open source)
 GDAL_DEFAULTS = {
+    "GDAL_CACHEMAX": "32",
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": "5",
     "GDAL_HTTP_RETRY_DELAY": "1",
@@ -33,19 +39,22 @@ GDAL_DEFAULTS = {
 }
 READ_ATTEMPTS = 4
 RETRY_DELAY_S = 0.5
-MAX_SOURCE_PIXELS = 1 << 34
-_GAVE_UP: dict[str, str] = {}  # remote files this process gave up on, and why  # a header claiming more is corrupt or hostile
+MAX_SOURCE_PIXELS = 1 << 34  # a header claiming more is corrupt or hostile
+_GAVE_UP: dict[str, str] = {}  # remote files this process gave up on, and why
 READ_THREADS = 4
+SOURCE_POOL_SIZE = 256  # open source datasets a batch keeps for its next tasks
 
 
-def configure_gdal() -> None:
-    """Set GDAL's defaults and its S3 endpoint settings in this process (every worker calls it)."""
-    from .s3 import gdal_s3_env
-
+def configure_gdal(s3: bool = True) -> None:
+    """Set GDAL's defaults in this process (every worker calls it) and, for reads from S3, its
+    endpoint settings (which cost a boto3 client the first time: skipped when nothing is on S3)."""
     for key, value in GDAL_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    # derived from boto3's endpoint, which is authoritative: set, not defaulted
-    os.environ.update(gdal_s3_env())
+    if s3:
+        from .s3 import gdal_s3_env
+
+        # derived from boto3's endpoint, which is authoritative: set, not defaulted
+        os.environ.update(gdal_s3_env())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,7 +196,7 @@ def _retrying(href: str, what: str, read):
                 return _read_once(path, what, read)
             # GDAL keeps what it fetched of a file, a body cut short included: read past its cache
             with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):
-                return _read_once(path, what, read)
+                return _read_once(path, what, read, reuse=False)
         except SourceError as err:
             if attempt == attempts or not _retryable(err):
                 if remote:
@@ -203,14 +212,95 @@ def _retryable(err: SourceError) -> bool:
     return not any(s in text for s in ("403", "404", "Access Denied", "does not exist", "not recognized", "refusing"))
 
 
-def _read_once(path: str, what: str, read):
+def _read_once(path: str, what: str, read, *, reuse: bool = True):
     try:
-        with rasterio.open(path, driver="GTiff") as src:
+        with _source(path, reuse=reuse) as src:
             if src.width * src.height > MAX_SOURCE_PIXELS:
                 raise SourceError(f"{what}: header claims {src.width}x{src.height} pixels; refusing to read it")
             return read(src)
     except rasterio.errors.RasterioError as err:
         raise SourceError(f"{what}: cannot be read ({str(err).splitlines()[0]})") from err
+
+
+class SourcePool:
+    """Source files a batch keeps open between its tasks: the cells of a batch share scenes, and
+    opening a file again costs its header again (a request on object stores, and half a
+    millisecond holding the GIL even on local disk). A dataset serves one read at a time: a read
+    takes an idle one or opens another, and gives it back unless the read failed. At most
+    `size` stay open, the least recently used closed first."""
+
+    def __init__(self, size: int = SOURCE_POOL_SIZE):
+        self.size = size
+        self._idle: OrderedDict[str, list] = OrderedDict()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def take(self, path: str):
+        with self._lock:
+            handles = self._idle.get(path)
+            if not handles:
+                return None
+            self._count -= 1
+            src = handles.pop()
+            if not handles:
+                del self._idle[path]
+            return src
+
+    def give(self, path: str, src) -> None:
+        evicted = []
+        with self._lock:
+            self._idle.setdefault(path, []).append(src)
+            self._idle.move_to_end(path)
+            self._count += 1
+            while self._count > self.size:
+                oldest, handles = next(iter(self._idle.items()))
+                evicted.append(handles.pop(0))
+                self._count -= 1
+                if not handles:
+                    del self._idle[oldest]
+        for old in evicted:
+            old.close()
+
+    def close(self) -> None:
+        with self._lock:
+            handles = [src for group in self._idle.values() for src in group]
+            self._idle.clear()
+            self._count = 0
+        for src in handles:
+            src.close()
+
+
+_POOL: SourcePool | None = None
+
+
+@contextmanager
+def pooled_sources(size: int = SOURCE_POOL_SIZE):
+    """Within this block, reads in this process share a SourcePool; it is closed at the end."""
+    global _POOL
+    pool, previous = SourcePool(size), _POOL
+    _POOL = pool
+    try:
+        yield pool
+    finally:
+        _POOL = previous
+        pool.close()
+
+
+@contextmanager
+def _source(path: str, *, reuse: bool):
+    pool = _POOL if reuse else None
+    src = pool.take(path) if pool is not None else None
+    if src is None:
+        src = rasterio.open(path, driver="GTiff")
+    ok = False
+    try:
+        yield src
+        ok = True
+    finally:
+        if ok and pool is not None:
+            pool.give(path, src)
+        else:
+            src.close()
 
 
 @cache

@@ -11,7 +11,7 @@ from .errors import ConfigError
 from .masks import MaskRule, parse_mask
 from .period import PERIOD
 from .resources import load_recipe_yaml
-from .stats import STATISTICS
+from .stats import EXTRA_ASSETS, ITERATIVE, STATISTICS
 
 INFER = "infer"  # the mask rule comes from the items' assets
 
@@ -47,6 +47,10 @@ class Pipeline:
             raise ConfigError(
                 f"--statistic {self.statistic}: unknown statistic; use one of {', '.join(STATISTICS)}"
             )
+        taken = set(self.bands) & set(EXTRA_ASSETS.get(self.statistic, ()))
+        if taken:
+            raise ConfigError(f"band name {sorted(taken)[0]!r} is the name of a --statistic {self.statistic} output; "
+                              f"rename the band in the recipe or pick another statistic")
         if not PERIOD.match(self.period):
             raise ConfigError(f"--period {self.period}: not an ISO 8601 period; use P1M, P3M, P1Y or P10D")
         if self.mask is not None and not isinstance(self.mask, MaskRule) and self.mask != INFER:
@@ -77,7 +81,7 @@ class Pipeline:
             "dtype": self.dtype,
             "nodata": self.nodata,
         }
-        if self.statistic == "geomedian":
+        if self.statistic in ITERATIVE:
             params.update(max_iterations=self.max_iterations, tolerance=self.tolerance)
         return params
 

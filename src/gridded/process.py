@@ -15,7 +15,7 @@ import numpy as np
 from .errors import ClusterError, GriddedError
 from .pipeline import Pipeline
 from .plan import Batch, Task
-from .stats import STATISTICS, clear_count, warm_kernels
+from .stats import EXTRA_ASSETS, ITERATIVE, STATISTICS, clear_count, warm_kernels
 from .storage import Storage, open_storage
 from .write import COUNT_ASSET, COUNT_NODATA, commit_outputs, item_name
 
@@ -52,7 +52,7 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
     started = time.monotonic()
     common = dict(key=task.key, period=task.period.label, observations=len(task.observations))
     try:
-        configure_gdal()
+        configure_gdal(s3=any(href.startswith("s3://") for obs in task.observations for _, href in obs.hrefs))
         storage = open_storage(output)
         fingerprint = task.fingerprint(pipeline)
         name = item_name(pipeline, task)
@@ -65,12 +65,14 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
             dtype = np.dtype(pipeline.dtype) if pipeline.dtype else stacks.source_dtype[band]
             nodata[band] = _output_nodata(pipeline.nodata, stacks.source_nodata[band], dtype)
             arrays[band] = np.empty(task.geobox.shape, dtype=dtype)
-        STATISTICS[pipeline.statistic](stacks.bands, stacks.sentinel, out=arrays, out_nodata=nodata,
-                                       max_iterations=pipeline.max_iterations, tolerance=pipeline.tolerance)
+        reduced = STATISTICS[pipeline.statistic](stacks.bands, stacks.sentinel, out=arrays, out_nodata=nodata,
+                                                 max_iterations=pipeline.max_iterations, tolerance=pipeline.tolerance)
         arrays[COUNT_ASSET] = clear_count(stacks.bands, stacks.sentinel)
         nodata[COUNT_ASSET] = COUNT_NODATA
+        for name in EXTRA_ASSETS.get(pipeline.statistic, ()):
+            arrays[name], nodata[name] = reduced[name].astype(np.float32), float("nan")
         extra = {}
-        if pipeline.statistic == "geomedian":
+        if pipeline.statistic in ITERATIVE:
             extra = {"gridded:geomedian": {"tolerance": pipeline.tolerance, "max_iterations": pipeline.max_iterations}}
         commit_outputs(storage, pipeline=pipeline, task=task, arrays=arrays, nodata=nodata,
                        fingerprint=fingerprint, replace=exists, extra=extra)
@@ -136,6 +138,8 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
     """Every task of a batch on a Dask cluster: this worker's own LocalCluster, or `scheduler`."""
     from distributed import Client, as_completed
 
+    from .load import pooled_sources
+
     results = []
     if scheduler:
         try:
@@ -148,13 +152,16 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
         client = _local_client(*worker_resources(workers_on_machine))
         # the tasks run in this process: load numba's code during the first reads
         warm_kernels(pipeline.statistic, len(pipeline.bands))
+    # period by period: the cells of one period read the same scenes, which stay open between them
+    tasks = sorted(batch.tasks, key=lambda t: (t.period.label, t.key[1], t.key[0]))
     try:
-        futures = [client.submit(process_task, t, pipeline, output, overwrite, pure=False) for t in batch.tasks]
-        for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            if on_result:
-                on_result(result)
+        with pooled_sources():
+            futures = [client.submit(process_task, t, pipeline, output, overwrite, pure=False) for t in tasks]
+            for future in as_completed(futures):
+                result = future.result()
+                results.append(result)
+                if on_result:
+                    on_result(result)
     finally:
         if scheduler:
             client.close()

@@ -12,7 +12,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -108,17 +107,9 @@ class Progress:
         self.stream.flush()
 
 
-@cache
-def _configure_worker() -> None:
-    from .load import configure_gdal
-
-    configure_gdal()
-
-
 def _run_batch(artifact: str, batch_id: int, output: str, overwrite: bool, workers: int, results_q) -> None:
     """In a worker process: read one batch from the artifact (as `tiles process` does) and run it,
     sending each task's result as soon as it is known."""
-    _configure_worker()
     _, pipeline, _, batch = read_batch(artifact, batch_id)
     process_batch(batch, pipeline, output, overwrite=overwrite, workers_on_machine=workers, on_result=results_q.put)
 

@@ -550,13 +550,33 @@ def geomedian_mads(stacks: dict[str, np.ndarray], nodata: dict[str, float], geom
 
 # A reducer: (stacks, sentinels, *, threads=None, out=None, out_nodata=None, **options) -> per band
 # (y, x): float64 with NaN where no observation is clear, or, given `out` (per band an array of
-# the output dtype), the results written into it as to_output would convert them.
+# the output dtype), the results written into it as to_output would convert them; plus, for the
+# statistics in EXTRA_ASSETS, those further float64 layers.
 Reducer = Callable[..., dict[str, np.ndarray]]
+
+def reduce_geomad(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, max_iterations: int = 1000,
+                  tolerance: float = 1e-7, threads: int | None = None, out: dict[str, np.ndarray] | None = None,
+                  out_nodata: dict[str, float | None] | None = None, **_) -> dict[str, np.ndarray]:
+    """The geometric median per band, as reduce_geomedian, and the median absolute deviations from
+    it (`smad`, `emad`, `bcmad`: float64, NaN where no observation is clear), taken from the
+    unrounded geomedian, as odc-stats' geomad gives them."""
+    values, _ = geomedian_with_iterations(stacks, nodata, max_iterations=max_iterations, tolerance=tolerance,
+                                          threads=threads)
+    geomedian = {b: values[i] for i, b in enumerate(stacks)}
+    result = dict(geomedian) if out is None else {
+        b: to_output(values[i], out[b].dtype, (out_nodata or {}).get(b), out=out[b]) for i, b in enumerate(stacks)}
+    result.update(geomedian_mads(stacks, nodata, geomedian, threads=threads))
+    return result
+
 
 STATISTICS: dict[str, Reducer] = {
     "median": reduce_median,
     "geomedian": reduce_geomedian,
+    "geomad": reduce_geomad,
 }
+# what a statistic adds to the bands it reduces: float assets, NaN where no observation is clear
+EXTRA_ASSETS: dict[str, tuple[str, ...]] = {"geomad": MADS}
+ITERATIVE = ("geomedian", "geomad")  # statistics with a tolerance and an iteration cap
 
 
 def warm_kernels(statistic: str, n_bands: int = 1) -> threading.Thread:

@@ -1,0 +1,199 @@
+"""load.py: windows read into their layers and masked there, against a numpy reading of the same
+files (every source pixel repeated onto the 10 m grid, then masked and mosaicked by hand); the pool
+of open sources."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from gridded.load import SourcePool, load_task, pooled_sources, read_window
+from gridded.masks import MASK_RULES, MaskRule
+from gridded.period import Period
+from gridded.plan import Observation, Task
+
+CRS = "EPSG:32755"
+X0, Y0 = 500_000.0, 6_000_000.0  # the sources' top-left corner
+S2 = MASK_RULES["s2"]
+
+
+def write_tif(path, array, res, *, nodata=0, x0=X0, y0=Y0):
+    with rasterio.open(path, "w", driver="GTiff", width=array.shape[1], height=array.shape[0], count=1,
+                       dtype=array.dtype, crs=CRS, transform=from_origin(x0, y0, res, res), nodata=nodata,
+                       tiled=True, blockxsize=16, blockysize=16) as dst:
+        dst.write(array, 1)
+
+
+def scene(tmp_path, name, rng, *, shape=(40, 48), mask_dtype=np.uint8, x0=X0):
+    """A band pair at 10 m and a mask at 20 m (classes 0..11), nodata 0 in the bands."""
+    hrefs = []
+    for band in ("red", "nir"):
+        values = rng.integers(1, 4000, shape).astype(np.uint16)
+        values[rng.random(shape) < 0.1] = 0
+        write_tif(tmp_path / f"{name}_{band}.tif", values, 10, x0=x0)
+        hrefs.append((band, str(tmp_path / f"{name}_{band}.tif")))
+    scl = rng.integers(0, 12, (shape[0] // 2, shape[1] // 2)).astype(mask_dtype)
+    write_tif(tmp_path / f"{name}_scl.tif", scl, 20, nodata=None, x0=x0)
+    hrefs.append(("scl", str(tmp_path / f"{name}_scl.tif")))
+    return hrefs
+
+
+def observation(name, hrefs, day, platform="s2a"):
+    when = datetime(2024, 1, day, 0, 30, tzinfo=timezone.utc)
+    return Observation(item_id=name, time=when, platform=platform, updated="", solar_day=f"2024-01-{day:02d}",
+                       hrefs=tuple(hrefs))
+
+
+def task_for(observations, *, col, row, shape=(30, 34)):
+    """A cell whose first pixel is `col`, `row` 10 m pixels right of and below the sources' corner
+    (negative: outside them), so odd offsets fall inside a 20 m mask pixel."""
+    period = Period(start=datetime(2024, 1, 1, tzinfo=timezone.utc), end=datetime(2024, 1, 31, tzinfo=timezone.utc),
+                    label="2024-01--P1M")
+    return Task(key=(0, 0), crs=CRS, transform=(10.0, 0.0, X0 + 10 * col, 0.0, -10.0, Y0 - 10 * row),
+                shape_yx=shape, period=period, observations=tuple(observations))
+
+
+def on_grid(path, col, row, shape, fill, k=1):
+    """A file's pixels under the cell, each source pixel repeated k x k, `fill` outside the file."""
+    with rasterio.open(path) as src:
+        fine = src.read(1).repeat(k, 0).repeat(k, 1)
+    out = np.full(shape, np.array(fill).astype(fine.dtype), dtype=fine.dtype)
+    for y in range(shape[0]):
+        for x in range(shape[1]):
+            fy, fx = row + y, col + x
+            if 0 <= fy < fine.shape[0] and 0 <= fx < fine.shape[1]:
+                out[y, x] = fine[fy, fx]
+    return out
+
+
+def expected_layers(task, rule, *, col, row):
+    """Per band, per same-day group: the first scene where clear and not nodata, later scenes of
+    the day filling what is still missing; 0 (the sentinel) elsewhere."""
+    groups = {}
+    for obs in task.observations:
+        groups.setdefault((obs.platform, obs.solar_day), []).append(obs)
+    layers = {b: [] for b in ("red", "nir")}
+    for members in groups.values():
+        for band in layers:
+            layer = np.zeros(task.shape_yx, dtype=np.uint16)
+            for obs in members:
+                values = on_grid(obs.href(band), col, row, task.shape_yx, 0)
+                clear = rule.clear(on_grid(obs.href("scl"), col, row, task.shape_yx, rule.fill_value, k=2))
+                take = (layer == 0) & clear & (values != 0)
+                layer[take] = values[take]
+            layers[band].append(layer)
+    return {b: np.stack(v) for b, v in layers.items()}
+
+
+@pytest.mark.parametrize("col, row", [(0, 0), (1, 3), (-5, -7), (21, 17), (-3, 20)])
+def test_load_masks_at_the_mask_resolution_with_any_offset(tmp_path, col, row):
+    # odd offsets put a cell's first pixel in the second half of a 20 m mask pixel; negative ones
+    # and those past the far edge leave part of the cell outside every source
+    rng = np.random.default_rng(abs(1000 + col * 31 + row))
+    observations = [
+        observation("a", scene(tmp_path, "a", rng), 3),
+        observation("b", scene(tmp_path, "b", rng), 5),
+        observation("c", scene(tmp_path, "c", rng), 5),  # same day as b: a mosaic
+    ]
+    task = task_for(observations, col=col, row=row)
+    stacks = load_task(task, ("red", "nir"), S2, None)
+    want = expected_layers(task, S2, col=col, row=row)
+    assert stacks.sentinel == {"red": 0, "nir": 0}
+    for band in ("red", "nir"):
+        assert stacks.bands[band].shape == (2,) + task.shape_yx
+        np.testing.assert_array_equal(stacks.bands[band], want[band], err_msg=band)
+    assert (stacks.bands["red"] == 0).any() and (stacks.bands["red"] != 0).any()
+
+
+@pytest.mark.parametrize("rule", [MaskRule(asset="scl", kind="bits", values=(0, 3)),
+                                  MaskRule(asset="scl", kind="classes", values=(-1, 3, 300))])
+@pytest.mark.parametrize("mask_dtype", [np.int16, np.uint16, np.int32])
+def test_load_applies_rules_to_wide_and_signed_masks(tmp_path, rule, mask_dtype):
+    # 16-bit masks go through a lookup table (a negative class indexes it from the end), wider
+    # ones through the rule itself: the same result
+    rng = np.random.default_rng(3)
+    hrefs = scene(tmp_path, "a", rng, mask_dtype=mask_dtype)
+    with rasterio.open(hrefs[2][1], "r+") as dst:  # negative and large classes too
+        scl = dst.read(1)
+        scl[::3, ::5] = -1 if np.dtype(mask_dtype).kind == "i" else 300
+        dst.write(scl, 1)
+    task = task_for([observation("a", hrefs, 3)], col=1, row=1)
+    stacks = load_task(task, ("red", "nir"), rule, None)
+    want = expected_layers(task, rule, col=1, row=1)
+    np.testing.assert_array_equal(stacks.bands["red"], want["red"])
+
+
+def test_load_without_mask_keeps_every_value_but_nodata(tmp_path):
+    rng = np.random.default_rng(5)
+    task = task_for([observation("a", scene(tmp_path, "a", rng), 3)], col=2, row=2)
+    stacks = load_task(task, ("red",), None, None)
+    np.testing.assert_array_equal(stacks.bands["red"][0], on_grid(task.observations[0].href("red"), 2, 2,
+                                                                  task.shape_yx, 0))
+
+
+def test_read_window_reads_into_out_only_when_the_dtype_matches(tmp_path):
+    rng = np.random.default_rng(1)
+    hrefs = dict(scene(tmp_path, "a", rng))
+    geobox = task_for([], col=0, row=0).geobox
+    out = np.empty(geobox.shape, dtype=np.uint16)
+    got, nodata = read_window(hrefs["red"], geobox, fill=0, what="red", out=out)
+    assert got is out and nodata == 0
+    other = np.empty(geobox.shape, dtype=np.float32)
+    got, _ = read_window(hrefs["red"], geobox, fill=0, what="red", out=other)
+    assert got is not other and got.dtype == np.uint16
+    np.testing.assert_array_equal(got, out)
+
+
+# --- the pool of open sources ---------------------------------------------------------------
+
+
+class FakeDataset:
+    def __init__(self, name):
+        self.name, self.closed = name, False
+
+    def close(self):
+        self.closed = True
+
+
+def test_pool_gives_back_what_it_took_and_closes_the_least_recently_used():
+    pool = SourcePool(size=2)
+    a1, a2, b = FakeDataset("a"), FakeDataset("a"), FakeDataset("b")
+    pool.give("a", a1)
+    pool.give("a", a2)
+    assert pool.take("a") is a2 and pool.take("a") is a1 and pool.take("a") is None
+    pool.give("a", a1)
+    pool.give("b", b)
+    pool.give("a", a2)  # a third idle dataset: the least recently given back path loses its oldest
+    assert b.closed and not a1.closed and not a2.closed
+    assert pool.take("b") is None
+    pool.close()
+    assert a1.closed and a2.closed
+
+
+def test_batch_reads_reuse_open_sources_and_a_failed_read_closes_its_dataset(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    hrefs = dict(scene(tmp_path, "a", rng))
+    geobox = task_for([], col=0, row=0).geobox
+    opened = []
+    real_open = rasterio.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio, "open", counting_open)
+    with pooled_sources() as pool:
+        first, _ = read_window(hrefs["red"], geobox, fill=0, what="red")
+        again, _ = read_window(hrefs["red"], geobox, fill=0, what="red")
+        assert opened == [hrefs["red"]]  # the second read took the open dataset
+        np.testing.assert_array_equal(first, again)
+        with pytest.raises(ZeroDivisionError):
+            from gridded import load
+            load._read_once(hrefs["red"], "red", lambda src: 1 / 0)
+        assert pool.take(hrefs["red"]) is None  # the dataset of the failed read was not given back
+    read_window(hrefs["red"], geobox, fill=0, what="red")  # outside a batch: opened and closed
+    assert len(opened) == 2
