@@ -11,19 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from gridded.geomedian import MADS, geomedian_mads, geomedian_with_iterations, reduce_geomedian
+from gridded.kernels import run_in_row_blocks, to_output
 from gridded.stats import (
     EXTRA_ASSETS,
-    MADS,
     STATISTICS,
     clear_count,
-    geomedian_mads,
-    geomedian_with_iterations,
     median_of_stack,
-    reduce_geomedian,
     reduce_median,
-    run_in_row_blocks,
     sorting_network,
-    to_output,
     warm_kernels,
 )
 

@@ -149,9 +149,9 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
                                f"check the address and that the scheduler is running") from err
     else:
         tune_allocator()
-        client = _local_client(*worker_resources(workers_on_machine))
-        # the tasks run in this process: load numba's code during the first reads
+        # the tasks run in this process: load numba's code while Dask starts and the first reads run
         warm_kernels(pipeline.statistic, len(pipeline.bands))
+        client = _local_client(*worker_resources(workers_on_machine))
     # period by period: the cells of one period read the same scenes, which stay open between them
     tasks = sorted(batch.tasks, key=lambda t: (t.period.label, t.key[1], t.key[0]))
     try:
@@ -193,9 +193,14 @@ def tune_allocator() -> bool:
 @cache
 def _local_client(threads: int, memory: int):
     """This process's own LocalCluster, started once and kept for its later batches."""
+    import dask
     from distributed import Client, LocalCluster
 
-    # threads, not processes: the kernels release the GIL and so do GDAL's reads
-    cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
-                           memory_limit=memory, dashboard_address=":0")
+    # threads, not processes: the kernels release the GIL and so do GDAL's reads. Without the
+    # worker's statistical profiler, unless the user's Dask configuration asks for it: it samples
+    # every thread's stack a hundred times a second, holding the GIL the tasks' Python parts need
+    profile = dask.config.get("distributed.worker.profile.enabled") and "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED" in os.environ
+    with dask.config.set({"distributed.worker.profile.enabled": bool(profile)}):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
+                               memory_limit=memory, dashboard_address=":0")
     return Client(cluster)
