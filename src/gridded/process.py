@@ -47,7 +47,8 @@ def is_current(storage: Storage, name: str, fingerprint: str) -> bool:
 
 def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = False) -> CellResult:
     """Compute and commit one task, or skip it when its item is current. Never raises for the cell."""
-    from .load import configure_gdal, load_task
+    from .load import load_task
+    from .windows import configure_gdal
 
     started = time.monotonic()
     common = dict(key=task.key, period=task.period.label, observations=len(task.observations))
@@ -138,7 +139,7 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
     """Every task of a batch on a Dask cluster: this worker's own LocalCluster, or `scheduler`."""
     from distributed import Client, as_completed
 
-    from .load import pooled_sources
+    from .windows import pooled_sources
 
     results = []
     if scheduler:
