@@ -14,7 +14,10 @@ from .masks import MaskRule
 from .plan import Task
 from .windows import Coarse, as_dtype, read_mask_window, read_window
 
-READ_THREADS = 4  # same-day groups of a task read at once
+# Same-day groups of a task read at once from object stores or HTTP, where a read waits on the
+# network. Local files are read one group after another: decoding them is CPU work, and the
+# worker's Dask threads (one per CPU, each on its own task) already keep every CPU busy.
+REMOTE_READ_THREADS = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,9 +150,14 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
             _mask_into(layers, [r[0] for r in reads], n == 0, _clear_rule(coarse, mask, geobox),
                        [sentinels[b] for b in bands], [r[1] for r in reads])
 
-    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        for job in [pool.submit(load_group, g, members) for g, members in enumerate(groups.values())]:
-            job.result()
+    remote = any("://" in href and not href.startswith("file:") for obs in task.observations for _, href in obs.hrefs)
+    if not remote:
+        for g, members in enumerate(groups.values()):
+            load_group(g, members)
+    else:
+        with ThreadPoolExecutor(max_workers=REMOTE_READ_THREADS) as pool:
+            for job in [pool.submit(load_group, g, members) for g, members in enumerate(groups.values())]:
+                job.result()
     return Stacks(bands=stacks, sentinel=sentinels, source_dtype=dtypes, source_nodata=src_nodata)
 
 
