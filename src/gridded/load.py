@@ -123,8 +123,8 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
     fill only what the earlier left unclear."""
     geobox = task.geobox
     obs0 = task.observations[0]
-    # the first observation fixes each band's dtype and sentinel; then every same-day group is read
-    # in parallel, its scenes in order
+    # the first observation fixes each band's dtype and sentinel; then each same-day group is read,
+    # its scenes in order (several groups at once for remote sources)
     first = {b: read_window(obs0.href(b), geobox, fill=None, what=f"item {obs0.item_id} asset {b}") for b in bands}
     dtypes = {b: first[b][0].dtype for b in bands}
     src_nodata = {b: first[b][1] for b in bands}
