@@ -171,7 +171,7 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
 
 # glibc's mallopt parameters, and the values a worker sets: every tile allocates and frees the same
 # few-megabyte arrays (stacks, GDAL's decoded blocks, COG buffers), which glibc would otherwise hand
-# back to the kernel and fault in afresh each time (a fifth of the worker's CPU time, in the kernel)
+# back to the kernel and fault in afresh each time (up to a sixth of a worker's CPU time, in the kernel)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest
 TRIM_THRESHOLD_BYTES = 256 << 20
@@ -198,10 +198,11 @@ def _local_client(threads: int, memory: int):
     from distributed import Client, LocalCluster
 
     # threads, not processes: the kernels release the GIL and so do GDAL's reads. Without the
-    # worker's statistical profiler, unless the user's Dask configuration asks for it: it samples
-    # every thread's stack a hundred times a second, holding the GIL the tasks' Python parts need
-    profile = dask.config.get("distributed.worker.profile.enabled") and "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED" in os.environ
-    with dask.config.set({"distributed.worker.profile.enabled": bool(profile)}):
+    # worker's statistical profiler unless DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED asks for it:
+    # it samples every thread's stack a hundred times a second, holding the GIL the tasks need
+    asked = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED" in os.environ
+    profile = asked and bool(dask.config.get("distributed.worker.profile.enabled"))
+    with dask.config.set({"distributed.worker.profile.enabled": profile}):
         cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
                                memory_limit=memory, dashboard_address=":0")
     return Client(cluster)
