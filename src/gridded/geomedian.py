@@ -227,6 +227,13 @@ def reduce_geomedian(stacks: dict[str, np.ndarray], nodata: dict[str, float], *,
     """Multi-band geometric median over observations clear in every band (Weiszfeld)."""
     values, _ = geomedian_with_iterations(stacks, nodata, max_iterations=max_iterations, tolerance=tolerance,
                                           threads=threads)
+    return _band_results(stacks, values, out, out_nodata)
+
+
+def _band_results(stacks: dict[str, np.ndarray], values: np.ndarray, out: dict[str, np.ndarray] | None,
+                  out_nodata: dict[str, float | None] | None) -> dict[str, np.ndarray]:
+    """Per band, its layer of the (band, y, x) float results, or that layer written into `out` as
+    to_output converts it."""
     if out is None:
         return {b: values[i] for i, b in enumerate(stacks)}
     return {b: to_output(values[i], out[b].dtype, (out_nodata or {}).get(b), out=out[b]) for i, b in enumerate(stacks)}
@@ -332,8 +339,6 @@ def reduce_geomad(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, ma
     unrounded geomedian, as odc-stats' geomad gives them."""
     values, _ = geomedian_with_iterations(stacks, nodata, max_iterations=max_iterations, tolerance=tolerance,
                                           threads=threads)
-    geomedian = {b: values[i] for i, b in enumerate(stacks)}
-    result = dict(geomedian) if out is None else {
-        b: to_output(values[i], out[b].dtype, (out_nodata or {}).get(b), out=out[b]) for i, b in enumerate(stacks)}
-    result.update(geomedian_mads(stacks, nodata, geomedian, threads=threads))
+    result = _band_results(stacks, values, out, out_nodata)
+    result.update(geomedian_mads(stacks, nodata, {b: values[i] for i, b in enumerate(stacks)}, threads=threads))
     return result

@@ -12,6 +12,7 @@ from odc.geo.geobox import GeoBox
 
 from .masks import MaskRule
 from .plan import Task
+from .s3 import is_remote
 from .windows import Coarse, as_dtype, read_mask_window, read_window
 
 # Same-day groups of a task read at once from object stores or HTTP, where a read waits on the
@@ -150,8 +151,7 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
             _mask_into(layers, [r[0] for r in reads], n == 0, _clear_rule(coarse, mask, geobox),
                        [sentinels[b] for b in bands], [r[1] for r in reads])
 
-    remote = any("://" in href and not href.startswith("file:") for obs in task.observations for _, href in obs.hrefs)
-    if not remote:
+    if not any(is_remote(href) for obs in task.observations for _, href in obs.hrefs):
         for g, members in enumerate(groups.values()):
             load_group(g, members)
     else:

@@ -77,6 +77,11 @@ def gdal_s3_env() -> dict[str, str]:
     return env
 
 
+def is_remote(href: str) -> bool:
+    """True for an href on an object store or web server (s3://, https://), false for a local path or file:// URL."""
+    return "://" in href and not href.startswith("file:")
+
+
 def gdal_path(href: str) -> str:
     """A source href as GDAL opens it: /vsis3/ for s3://, /vsicurl/ for http(s), else the path."""
     parsed = urlparse(href)

@@ -20,7 +20,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from .errors import SourceError
-from .s3 import gdal_path
+from .s3 import gdal_path, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def _warp(src, geobox: GeoBox, value, out: np.ndarray) -> np.ndarray:
 
 
 def _retrying(href: str, what: str, read):
-    remote = "://" in href and not href.startswith("file:")
+    remote = is_remote(href)
     attempts = READ_ATTEMPTS if remote else 1
     path = gdal_path(href)
     if path in _GAVE_UP:  # failed every attempt for an earlier cell: fail this one without a retry storm

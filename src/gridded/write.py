@@ -17,6 +17,7 @@ from . import __version__
 from .errors import OutputError
 from .pipeline import Pipeline
 from .plan import Task
+from .s3 import is_remote
 from .storage import Storage
 
 # ZSTD level 1 with the predictor: as small as DEFLATE level 6 on composites (within 2 %), written
@@ -155,7 +156,7 @@ def build_item(*, pipeline: Pipeline, task: Task, assets: dict[str, tuple[np.dty
             extra_fields={"raster:bands": [band]},
         ))
     for obs in task.observations:
-        if obs.self_href and not obs.self_href.startswith("file:") and "://" in obs.self_href:
+        if obs.self_href and is_remote(obs.self_href):
             item.add_link(pystac.Link("derived_from", obs.self_href, media_type=pystac.MediaType.JSON))
         elif obs.self_href:
             item.add_link(pystac.Link("derived_from", Path(obs.self_href).as_uri(), media_type=pystac.MediaType.JSON))
