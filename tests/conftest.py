@@ -81,6 +81,13 @@ def upload_tree(s3, local: Path, bucket: str, prefix: str, **put_args) -> None:
             s3.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(local)}", Body=path.read_bytes(), **put_args)
 
 
+def demo_on_s3(s3, demo_catalog: Path, bucket: str, **put_args) -> str:
+    """A new bucket holding the demo catalog under stac/; returns the catalog's s3:// href."""
+    s3.create_bucket(Bucket=bucket)
+    upload_tree(s3, demo_catalog.parent, bucket, "stac", **put_args)
+    return f"s3://{bucket}/stac/catalog.json"
+
+
 def download_tree(s3, bucket: str, prefix: str, local: Path) -> list[str]:
     """Copy s3://bucket/prefix/ to a local folder; return the keys."""
     keys = []

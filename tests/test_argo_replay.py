@@ -8,7 +8,7 @@ import os
 import pytest
 from argo_replay import Replay
 from click.testing import CliRunner
-from conftest import CANARY_KEY_ID, CANARY_SECRET, download_tree, upload_tree
+from conftest import CANARY_KEY_ID, CANARY_SECRET, demo_on_s3, download_tree
 from expected import check_pixels
 
 from gridded.cli import cli
@@ -20,9 +20,7 @@ def replay_source(s3_server, demo_catalog):
     import boto3
 
     client = boto3.client("s3", endpoint_url=s3_server)
-    client.create_bucket(Bucket="replay-imagery")
-    upload_tree(client, demo_catalog.parent, "replay-imagery", "stac")
-    return "s3://replay-imagery/stac/catalog.json"
+    return demo_on_s3(client, demo_catalog, "replay-imagery")
 
 
 def render(*extra: str) -> str:

@@ -243,12 +243,11 @@ def test_a_worker_killed_by_the_kernel_fails_only_its_batch(demo_catalog, tmp_pa
 
 
 def test_no_credential_in_anything_written_with_debug_logging(s3, demo_catalog, tmp_path):
-    from conftest import CANARY_KEY_ID, CANARY_SECRET, download_tree, upload_tree
+    from conftest import CANARY_KEY_ID, CANARY_SECRET, demo_on_s3, download_tree
 
-    s3.create_bucket(Bucket="canary-src")
+    source = demo_on_s3(s3, demo_catalog, "canary-src")
     s3.create_bucket(Bucket="canary-out")
-    upload_tree(s3, demo_catalog.parent, "canary-src", "stac")
-    select = ["--source", "s3://canary-src/stac/catalog.json", "--extent", DEMO_EXTENT, "--time", "2024-02",
+    select = ["--source", source, "--extent", DEMO_EXTENT, "--time", "2024-02",
               "--grid", str(DEMO_GRID), "--bands", "red", "--tiles-per-worker", "3"]
     cells = "s3://canary-out/runs/cells.pickle"
     outputs = []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import CANARY_KEY_ID, CANARY_SECRET, download_tree, upload_tree
+from conftest import CANARY_KEY_ID, CANARY_SECRET, demo_on_s3, download_tree
 from expected import check_pixels
 
 from gridded.cli import cli
@@ -27,9 +27,7 @@ def s3_source(s3_server, demo_catalog):
     import boto3
 
     client = boto3.client("s3", endpoint_url=s3_server)
-    client.create_bucket(Bucket="imagery")
-    upload_tree(client, demo_catalog.parent, "imagery", "stac")
-    return "s3://imagery/stac/catalog.json"
+    return demo_on_s3(client, demo_catalog, "imagery")
 
 
 def gridded_cli(*args: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import download_tree, upload_tree
+from conftest import demo_on_s3, download_tree
 from expected import check_pixels
 from fault_proxy import FaultProxy, Rule
 
@@ -30,8 +30,7 @@ def faulty(s3_server, demo_catalog):
     import boto3
 
     client = boto3.client("s3", endpoint_url=s3_server)
-    client.create_bucket(Bucket="faulty-imagery")
-    upload_tree(client, demo_catalog.parent, "faulty-imagery", "stac")
+    demo_on_s3(client, demo_catalog, "faulty-imagery")
     with FaultProxy(s3_server) as proxy:
         yield proxy, client
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 from click.testing import CliRunner
-from conftest import upload_tree
+from conftest import demo_on_s3
 from expected import check_pixels
 
 from gridded.cli import cli
@@ -73,11 +73,10 @@ def test_unsigned_and_requester_pays_sources(s3, demo_catalog, tmp_path, flag, m
     monkeypatch.setenv("AWS_NO_SIGN_REQUEST", "NO")
     monkeypatch.setenv("AWS_REQUEST_PAYER", "")
     bucket = "public-imagery" if flag == "--unsigned" else "payer-imagery"
-    s3.create_bucket(Bucket=bucket)
     # a public bucket answers anonymous reads; the server refuses them elsewhere (403)
-    upload_tree(s3, demo_catalog.parent, bucket, "stac", **({"ACL": "public-read"} if flag == "--unsigned" else {}))
+    source = demo_on_s3(s3, demo_catalog, bucket, **({"ACL": "public-read"} if flag == "--unsigned" else {}))
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["run", "--source", f"s3://{bucket}/stac/catalog.json", flag, *SELECT,
+    result = CliRunner().invoke(cli, ["run", "--source", source, flag, *SELECT,
                                       "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert check_pixels(out, demo_catalog, bands=["red", "nir"])["tasks"] == 6
