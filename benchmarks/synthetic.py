@@ -162,6 +162,8 @@ def write_catalog(root: Path, size_px: int, n_dates: int = 36, step_days: int = 
     asset paths, also saved as `root/layout.json`."""
     import pystac
 
+    from gridded.demo import s2_item
+
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -185,16 +187,7 @@ def write_catalog(root: Path, size_px: int, n_dates: int = 36, step_days: int = 
         item_id = f"S2{'A' if i % 2 == 0 else 'B'}_55HFB_{when:%Y%m%d}_0_L2A"
         folder = root / "catalog" / COLLECTION / item_id
         folder.mkdir(parents=True)
-        item = pystac.Item(
-            id=item_id, geometry={"type": "Polygon", "coordinates": [[list(p) for p in ring]]}, bbox=bbox,
-            datetime=when,
-            properties={"platform": platform, "constellation": "sentinel-2", "instruments": ["msi"],
-                        "proj:code": CRS, "eo:cloud_cover": round(float(np.isin(scl, (8, 9, 10)).mean() * 100), 2),
-                        "updated": "2025-01-15T00:00:00Z"},
-            stac_extensions=["https://stac-extensions.github.io/eo/v1.1.0/schema.json",
-                             "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
-                             "https://stac-extensions.github.io/raster/v1.1.0/schema.json"],
-        )
+        item = s2_item(item_id, ring, when, platform, scl, crs=CRS, updated="2025-01-15T00:00:00Z")
         paths = {}
         for key, values in bands.items():
             path = folder / f"{key}.tif"

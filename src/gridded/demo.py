@@ -95,6 +95,23 @@ def scene_arrays(rng, index: int, when: datetime, shape_yx=SHAPE_YX):
     return bands, scl
 
 
+def s2_item(item_id: str, ring_lonlat, when: datetime, platform: str, scl: np.ndarray, *, crs: str,
+            updated: str) -> pystac.Item:
+    """A Sentinel-2 L2A-like item without assets: footprint, platform, projection and the cloud
+    cover its scene classes give (the demo's and the benchmark's synthetic catalogs)."""
+    lons, lats = zip(*ring_lonlat)
+    return pystac.Item(
+        id=item_id, geometry={"type": "Polygon", "coordinates": [[list(p) for p in ring_lonlat]]},
+        bbox=[min(lons), min(lats), max(lons), max(lats)], datetime=when,
+        properties={"platform": platform, "constellation": "sentinel-2", "instruments": ["msi"],
+                    "proj:code": crs, "eo:cloud_cover": round(float(np.isin(scl, (8, 9, 10)).mean() * 100), 2),
+                    "updated": updated},
+        stac_extensions=["https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+                         "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+                         "https://stac-extensions.github.io/raster/v1.1.0/schema.json"],
+    )
+
+
 def _item(root: Path, item_id: str, when: datetime, platform: str, bands, scl, keep_cols=None) -> pystac.Item:
     folder = root / COLLECTION / item_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,17 +130,7 @@ def _item(root: Path, item_id: str, when: datetime, platform: str, bands, scl, k
     xa, xb = x0 + cols[0] * 10, x0 + cols[1] * 10
     yb = y0 - SHAPE_YX[0] * 10
     ring = [to_ll.transform(x, y) for x, y in [(xa, y0), (xb, y0), (xb, yb), (xa, yb), (xa, y0)]]
-    lons, lats = zip(*ring)
-    item = pystac.Item(
-        id=item_id, geometry={"type": "Polygon", "coordinates": [[list(p) for p in ring]]},
-        bbox=[min(lons), min(lats), max(lons), max(lats)], datetime=when,
-        properties={"platform": platform, "constellation": "sentinel-2", "instruments": ["msi"],
-                    "proj:code": CRS, "eo:cloud_cover": round(float(np.isin(scl, (8, 9, 10)).mean() * 100), 2),
-                    "updated": "2024-04-01T00:00:00Z"},
-        stac_extensions=["https://stac-extensions.github.io/eo/v1.1.0/schema.json",
-                         "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
-                         "https://stac-extensions.github.io/raster/v1.1.0/schema.json"],
-    )
+    item = s2_item(item_id, ring, when, platform, scl, crs=CRS, updated="2024-04-01T00:00:00Z")
     for key, values in bands.items():
         path = folder / f"{key}.tif"
         _write_cog(path, values, 10, 0)
