@@ -212,6 +212,8 @@ CASES = [
     # --- recipe
     pytest.param(Case(lambda e: run_cmd(e, bands="red,bogus"), ("bogus", "--bands"), sub=True), id="band-unknown"),
     pytest.param(Case(lambda e: run_cmd(e, bands="red,count"), ("count",)), id="band-reserved-count"),
+    pytest.param(Case(lambda e: run_cmd(e, bands="red,smad", statistic="geomad"), ("smad", "geomad")),
+                 id="band-named-as-a-geomad-output"),
     pytest.param(Case(lambda e: run_cmd(e, statistic="mean"), usage="--statistic", sub=True), id="statistic-unknown"),
     pytest.param(Case(lambda e: run_cmd(e, period="monthly"), ("--period", "monthly")), id="period-unparsable"),
     pytest.param(Case(lambda e: run_cmd(e, mask="bogus"), ("--mask", "bogus")), id="mask-unparsable"),

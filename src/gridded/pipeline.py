@@ -50,7 +50,7 @@ class Pipeline:
         taken = set(self.bands) & set(EXTRA_ASSETS.get(self.statistic, ()))
         if taken:
             raise ConfigError(f"band name {sorted(taken)[0]!r} is the name of a --statistic {self.statistic} output; "
-                              f"rename the band in the recipe or pick another statistic")
+                              f"pass --bands without it or use another --statistic")
         if not PERIOD.match(self.period):
             raise ConfigError(f"--period {self.period}: not an ISO 8601 period; use P1M, P3M, P1Y or P10D")
         if self.mask is not None and not isinstance(self.mask, MaskRule) and self.mask != INFER:
