@@ -20,6 +20,7 @@ from .kernels import SPAN, band_tuple, is_float_dtype, output_rule, run_in_row_b
 
 # --- median ----------------------------------------------------------------------------------
 
+MAX_OBSERVATIONS = 65_535  # per pixel and period: the median kernel counts them in uint16
 
 @cache
 def sorting_network(n: int) -> np.ndarray:
@@ -42,50 +43,74 @@ def sorting_network(n: int) -> np.ndarray:
 def _median_kernel():
     import numba
 
+    # One function, no helpers: a kernel that calls other numba functions through its closure is
+    # never found in numba's cache (the closure pickles differently in every process).
     @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def median_rows(stack, sentinel, use_sentinel, is_float, last, pairs, r0, r1, out, fill, rounded, low, high):
-        # SPAN pixels at a time: their missing values become `last` (the dtype's largest value),
+    def median_rows(stack, sentinel, use_sentinel, unsigned, last, pairs, r0, r1, out, fill, rounded, low, high):
+        # SPAN pixels at a time. Their missing values become `last` (the dtype's largest value),
         # then one sorting network sorts every pixel's series at once, each compare-exchange a
         # SIMD min/max across the pixels. A real value equal to `last` sorts among the missing
         # ones, which is harmless: the first k keys are the k clear values in order, whatever the
-        # ties. The median is numpy's: the middle one, or the mean of the two middle ones. It is
-        # stored as `out` holds it (float64 with NaN, or the output dtype, rounded, with `fill`).
+        # ties. The median is numpy's: the middle key, or the mean of the two middle ones, stored
+        # as `out` holds it (float64 with NaN, or the output dtype, rounded and clipped as
+        # to_output would, with `fill`). Rows are taken as slices, so that LLVM sees unit strides
+        # and non-negative indices, and every test is bitwise: the loops vectorise.
         t, _, nx = stack.shape
         keys = np.empty((t, SPAN), dtype=stack.dtype)
-        count = np.empty(SPAN, dtype=np.int64)
+        count = np.empty(SPAN, dtype=np.uint16)  # observations per period: at most 65,535
+        lower = np.empty(SPAN, dtype=stack.dtype)
+        upper = np.empty(SPAN, dtype=stack.dtype)
+        rank_lo = np.empty(SPAN, dtype=np.uint16)
+        rank_hi = np.empty(SPAN, dtype=np.uint16)
         for y in range(r0, r1):
             for x0 in range(0, nx, SPAN):
                 width = min(SPAN, nx - x0)
-                for c in range(SPAN):
-                    count[c] = 0
+                count[:] = 0
                 for j in range(t):
+                    values = stack[j, y, x0:x0 + width]
+                    row = keys[j]
                     for c in range(width):
-                        v = stack[j, y, x0 + c]
-                        missing = (use_sentinel and v == sentinel) or (is_float and v != v)
-                        keys[j, c] = last if missing else v
-                        count[c] += 0 if missing else 1
+                        v = values[c]
+                        clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+                        row[c] = v if clear else last
+                        count[c] += clear
                     for c in range(width, SPAN):
-                        keys[j, c] = last
+                        row[c] = last
                 for p in range(pairs.shape[0]):
-                    a = pairs[p, 0]
-                    b = pairs[p, 1]
+                    a = keys[pairs[p, 0]]
+                    b = keys[pairs[p, 1]]
                     for c in range(SPAN):
-                        lo = keys[a, c]
-                        hi = keys[b, c]
-                        keys[a, c] = min(lo, hi)
-                        keys[b, c] = max(lo, hi)
-                for c in range(width):
+                        lo = a[c]
+                        hi = b[c]
+                        a[c] = min(lo, hi)
+                        b[c] = max(lo, hi)
+                # the keys of ranks (k - 1) // 2 and k // 2 (one and the same for an odd k)
+                for c in range(SPAN):
                     k = count[c]
-                    if k == 0:
-                        out[y, x0 + c] = fill
-                        continue
-                    if k % 2 == 1:
-                        m = np.float64(keys[k // 2, c])
-                    else:
-                        m = (np.float64(keys[k // 2 - 1, c]) + np.float64(keys[k // 2, c])) / 2.0
+                    rank_lo[c] = (k - (k > 0)) >> 1
+                    rank_hi[c] = k >> 1
+                    lower[c] = keys[0, c]
+                    upper[c] = keys[0, c]
+                if unsigned:
+                    # in a sorted column of unsigned keys the key of rank r is the largest of those
+                    # of rank <= r: a running max over the keys zeroed above the rank (no gather)
+                    for j in range(1, t):
+                        row = keys[j]
+                        rank = np.uint16(j)
+                        for c in range(SPAN):
+                            v = row[c]
+                            lower[c] = max(lower[c], v * lower.dtype.type(rank <= rank_lo[c]))
+                            upper[c] = max(upper[c], v * upper.dtype.type(rank <= rank_hi[c]))
+                else:
+                    for c in range(SPAN):
+                        lower[c] = keys[rank_lo[c], c]
+                        upper[c] = keys[rank_hi[c], c]
+                target = out[y, x0:x0 + width]
+                for c in range(width):
+                    m = (np.float64(lower[c]) + np.float64(upper[c])) / 2.0
                     if rounded:  # an integer output: to_output's rounding and clipping, done here
                         m = min(max(np.rint(m), low), high)
-                    out[y, x0 + c] = m
+                    target[c] = m if count[c] > 0 else fill
 
     return median_rows
 
@@ -105,12 +130,14 @@ def median_of_stack(stack: np.ndarray, nodata, *, threads: int | None = None, ou
     if stack.shape[0] == 0:
         out[...] = fill
         return out
+    if stack.shape[0] > MAX_OBSERVATIONS:
+        raise ValueError(f"{stack.shape[0]} observations in one period: at most {MAX_OBSERVATIONS}")
     sentinel, use = sentinel_for(stack.dtype, nodata)
-    is_float = is_float_dtype(stack.dtype)
-    last = stack.dtype.type(np.inf) if is_float else np.iinfo(stack.dtype).max
+    last = stack.dtype.type(np.inf) if is_float_dtype(stack.dtype) else np.iinfo(stack.dtype).max
     pairs = sorting_network(stack.shape[0])
     kernel = _median_kernel()
-    run_in_row_blocks(lambda r0, r1: kernel(stack, sentinel, use, is_float, last, pairs, r0, r1, out,
+    unsigned = np.issubdtype(stack.dtype, np.unsignedinteger)
+    run_in_row_blocks(lambda r0, r1: kernel(stack, sentinel, use, unsigned, last, pairs, r0, r1, out,
                                             fill, rounded, lo, hi), stack.shape[1], threads)
     return out
 
@@ -166,20 +193,25 @@ def _count_kernel():
 
     @numba.njit(nogil=True, cache=True, error_model="numpy")
     def count_rows(bands, sentinels, use_sentinel, is_float, r0, r1, out):
-        nb = len(bands)
+        # per row: for each observation, "clear in every band" built band by band over the whole
+        # row (bitwise, so each pass is a straight SIMD loop), then added to the row's counts
         t, _, nx = bands[0].shape
+        clear = np.empty(nx, dtype=np.bool_)
         for y in range(r0, r1):
             for x in range(nx):
                 out[y, x] = 0
             for j in range(t):
                 for x in range(nx):
-                    clear = True
-                    for b in range(nb):
-                        v = bands[b][j, y, x]
-                        if (use_sentinel[b] and v == sentinels[b]) or (is_float and v != v):
-                            clear = False
-                    if clear:
-                        out[y, x] += 1
+                    clear[x] = True
+                for b in range(len(bands)):
+                    row = bands[b][j, y]
+                    s = row.dtype.type(sentinels[b])
+                    ignore = not use_sentinel[b]
+                    for x in range(nx):
+                        v = row[x]
+                        clear[x] &= (ignore | (v != s)) & (v == v)
+                for x in range(nx):
+                    out[y, x] += clear[x]
 
     return count_rows
 
