@@ -530,6 +530,40 @@ def test_warm_kernels_loads_in_the_background():
         assert not thread.is_alive()
 
 
+
+WARM_AND_REPORT = """
+import json, sys
+import numpy as np
+from gridded.geomedian import _geomedian_kernel, _mads_kernel
+from gridded.load import _mask_kernel
+from gridded.stats import _count_kernel, _median_kernel, warm_kernels
+for name in ("median", "geomad"):
+    warm_kernels(name, 4).join()
+mask = _mask_kernel()
+layers = tuple(np.zeros((4, 4), np.uint16) for _ in range(4))
+mask(layers, layers, np.ones(4, bool), True, np.zeros((2, 2), np.uint8), 2, 0, 0, np.ones(256, bool),
+     np.zeros(4, np.uint16), np.ones(4, bool), np.zeros(4, np.uint16), np.ones(4, bool), np.empty(4, bool))
+kernels = {"median": _median_kernel(), "count": _count_kernel(), "geomedian": _geomedian_kernel(),
+           "mads": _mads_kernel(), "mask": mask}
+json.dump({k: [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())] for k, f in kernels.items()},
+          sys.stdout)
+"""
+
+
+def test_every_kernel_is_found_in_numbas_cache_by_the_next_process(tmp_path):
+    # a worker process that compiled a kernel leaves it in numba's cache; the next one must load it
+    # (a kernel reaching its helpers through a closure is never found, and costs seconds per process)
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [json.loads(subprocess.run([sys.executable, "-c", WARM_AND_REPORT], env=env, check=True,
+                                      capture_output=True, text=True).stdout) for _ in range(2)]
+    assert all(misses >= 1 for _, misses in runs[0].values())  # a fresh cache: each compiled once
+    assert runs[1] == {name: [1, 0] for name in runs[0]}
+
 # --- geomad end to end, on a held-out catalog --------------------------------------------------
 
 
