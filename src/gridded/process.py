@@ -163,6 +163,9 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
                 results.append(result)
                 if on_result:
                     on_result(result)
+            # released now, not whenever the scheduler hears of it: a cluster closed at exit with
+            # results still held warns that the worker's removal lost them
+            client.cancel(futures)
     finally:
         if scheduler:
             client.close()
