@@ -10,17 +10,6 @@ import numpy as np
 
 from .kernels import band_tuple, is_float_dtype, run_in_row_blocks, sentinels_for, to_output
 
-# Weiszfeld: a point this close to the estimate (relative to the estimate's norm) counts as the
-# estimate sitting on it, and the iteration takes Vardi and Zhang's step rather than dividing by ~0
-COINCIDENT = 1e-12
-# Weiszfeld: every this many iterations, test whether the data point nearest the estimate is the
-# optimum (the iteration converges on such a point only sublinearly)
-CHECK_EVERY = 8
-# The geomedian pads each pixel's observations to a multiple of this (float64 SIMD lanes), so its
-# elementwise loops run over whole vectors without a remainder or a branch
-LANES = 8
-
-
 # --- geomedian -------------------------------------------------------------------------------
 
 

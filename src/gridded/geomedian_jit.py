@@ -1,13 +1,23 @@
-"""The numba kernels of geomedian.py, compiled when a geomedian is first asked for (this module
+"""The numba kernels of geomedian.py, imported when a geomedian is first asked for (this module
 imports numba). They live at module level, calling one another as globals: numba's cache does
-not find a kernel that reaches its helpers through a closure, which would be compiled afresh in
-every worker process."""
+not find a kernel that reaches its helpers through a closure, which would then be compiled
+afresh, for seconds, in every worker process. Their constants are here too, since numba's cache
+is invalidated by a change to this file only."""
 
 import numba
 import numpy as np
 
-from .geomedian import CHECK_EVERY, COINCIDENT, LANES
 from .kernels import SPAN
+
+# Weiszfeld: a point this close to the estimate (relative to the estimate's norm) counts as the
+# estimate sitting on it, and the iteration takes Vardi and Zhang's step rather than dividing by ~0
+COINCIDENT = 1e-12
+# Weiszfeld: every this many iterations, test whether the data point nearest the estimate is the
+# optimum (the iteration converges on such a point only sublinearly)
+CHECK_EVERY = 8
+# The geomedian pads each pixel's observations to a multiple of this (float64 SIMD lanes), so its
+# elementwise loops run over whole vectors without a remainder or a branch
+LANES = 8
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -30,15 +40,14 @@ def clear_at(chunk, c, j, sentinels, use_sentinel, is_float):
     return True
 
 
-
 # no `reassoc`: LLVM would vectorise the sums over observations, but their rounding then varied
 # between builds of the kernel for other dtypes and between threads, and a pixel's result must
 # not depend on those; no `nnan`, so NaN tests stay exact. numpy's error model, so that a
 # division is not a branch (which stops LLVM vectorising the elementwise loops)
-fast = {"contract", "arcp", "nsz"}
+FAST = {"contract", "arcp", "nsz"}
 
 
-@numba.njit(nogil=True, cache=True, fastmath=fast, error_model="numpy")
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
 def data_point_is_optimal(pts, k, m, w):
     # Vardi and Zhang: x_m minimises the sum of distances iff the unit vectors from it to the
     # other points add up to a vector no longer than the number of points at x_m
@@ -66,7 +75,7 @@ def data_point_is_optimal(pts, k, m, w):
     return r2 <= eta * eta
 
 
-@numba.njit(nogil=True, cache=True, fastmath=fast, error_model="numpy")
+@numba.njit(nogil=True, cache=True, fastmath=FAST, error_model="numpy")
 def weiszfeld(pts, valid, k, kp, est, d2, w, num, max_iter, tol):
     # Weiszfeld's iteration from est over the points pts[:, :k], with Vardi and Zhang's step
     # where the estimate sits on data points. Columns k..kp of pts are padding with valid 0,

@@ -25,7 +25,9 @@ import numpy as np
 BLOCKS_PER_THREAD = 4
 # Pixels of a row a kernel copies out of the (time, y, x) stacks at once: the layers of a stack
 # lie a power of two apart in memory, so reading one pixel's time series at a time would evict
-# each cache line before the neighbouring pixel came to use it
+# each cache line before the neighbouring pixel came to use it. The kernels compile it in as a
+# constant, and numba's cache looks only at the kernel's own file: after changing it, delete the
+# package's __pycache__/*.nbi files
 SPAN = 64
 
 
