@@ -364,8 +364,9 @@ def test_sorting_network_sorts_long_series(n):
 
 
 @pytest.mark.parametrize("dtype, sentinel", [(np.uint16, 0), (np.uint16, 65535), (np.int16, -32768), (np.uint8, 255),
-                                             (np.int32, 0), (np.float32, -9999.0), (np.float64, float("nan"))])
-@pytest.mark.parametrize("t", [1, 2, 3, 36, 70])
+                                             (np.uint32, 0), (np.int32, 0), (np.float32, -9999.0),
+                                             (np.float64, float("nan"))])
+@pytest.mark.parametrize("t", [1, 2, 3, 36, 70, 300])  # 300: ranks past what a uint8 holds
 def test_median_of_long_and_short_series_is_nanmedian(dtype, sentinel, t):
     rng = np.random.default_rng(t)
     # values that reach the dtype's largest value too: it is also what missing values sort as
