@@ -386,6 +386,16 @@ def test_median_of_long_and_short_series_is_nanmedian(dtype, sentinel, t):
         assert (got[2, :5] == 5.5).all()
 
 
+@pytest.mark.parametrize("dtype, nodata", [(np.int16, -1), (np.uint16, 0), (np.float32, -9999.0), (np.float32, None)])
+def test_median_of_plus_and_minus_infinity_is_no_value_in_any_output(dtype, nodata):
+    # numpy's median of +inf and -inf is NaN: stored as nodata, as to_output stores NaN
+    stack = np.array([[np.inf, 1.0], [-np.inf, 3.0]], dtype=np.float32).reshape(2, 1, 2)
+    out = np.empty((1, 2), dtype=dtype)
+    median_of_stack(stack, None, out=out, out_nodata=nodata)
+    expected = to_output(np.array([[np.nan, 2.0]]), dtype, nodata)
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_median_with_a_sentinel_the_dtype_cannot_hold_uses_every_value():
     stack = np.array([0, 4, 65535, 1], dtype=np.uint16).reshape(4, 1, 1)
     assert reduce_median({"b": stack}, {"b": -9999})["b"][0, 0] == 2.5

@@ -110,7 +110,8 @@ def _median_kernel():
                     m = (np.float64(lower[c]) + np.float64(upper[c])) / 2.0
                     if rounded:  # an integer output: to_output's rounding and clipping, done here
                         m = min(max(np.rint(m), low), high)
-                    target[c] = m if count[c] > 0 else fill
+                    # NaN only from +inf and -inf together: no value, as to_output has it
+                    target[c] = m if (count[c] > 0) & (m == m) else fill
 
     return median_rows
 
