@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -100,17 +102,24 @@ def check_cog(path: Path) -> None:
             raise OutputError(f"{path.name}: GDAL did not write a valid COG (layout {layout}); check GDAL >= 3.1")
 
 
+@lru_cache(maxsize=4096)
+def _footprint(geobox: GeoBox) -> tuple[dict, tuple[float, float, float, float]]:
+    """A cell's outline in lon/lat (densified, so it follows the projection's curves) and its bbox:
+    the same for every period of the cell, and most of an item's cost, so made once per cell."""
+    outline = geobox.extent.to_crs("EPSG:4326", resolution=abs(geobox.resolution.x) * 16)
+    return outline.json, tuple(outline.boundingbox)
+
+
 def build_item(*, pipeline: Pipeline, task: Task, assets: dict[str, tuple[np.dtype, float | None]],
                fingerprint: str, extra: dict | None = None) -> dict:
     """The STAC item of a task's outputs: times, proj:*, raster:bands, provenance, input links."""
     geobox = task.geobox
-    footprint = geobox.extent.to_crs("EPSG:4326", resolution=abs(geobox.resolution.x) * 16)
-    minx, miny, maxx, maxy = footprint.boundingbox
+    geometry, bbox = _footprint(geobox)
     epsg = geobox.crs.epsg
     item = pystac.Item(
         id=item_id(pipeline, task),
-        geometry=footprint.json,
-        bbox=[minx, miny, maxx, maxy],
+        geometry=copy.deepcopy(geometry),
+        bbox=list(bbox),
         datetime=None,
         start_datetime=task.period.start,
         end_datetime=task.period.end,
