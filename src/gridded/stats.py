@@ -22,6 +22,7 @@ from .kernels import SPAN, band_tuple, is_float_dtype, output_rule, run_in_row_b
 
 MAX_OBSERVATIONS = 65_535  # per pixel and period: the median kernel counts them in uint16
 
+
 @cache
 def sorting_network(n: int) -> np.ndarray:
     """Batcher's odd-even merge sort for n keys as (m, 2) compare-exchange pairs (i < j)."""
