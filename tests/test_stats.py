@@ -108,6 +108,9 @@ def test_median_without_nodata_uses_every_value():
         ([2.5, -2.5, -3.5, 40000.0, -40000.0, np.nan], "int16", -32768, [2, -2, -4, 32767, -32768, -32768]),
         ([254.5, 255.5, 300.0, np.nan], "uint8", None, [254, 255, 255, 0]),
         ([0.25, np.nan, 1e6], "float32", -9999.0, [0.25, -9999.0, 1e6]),
+        # the 64-bit maxima are not floats: clipped to the largest float below them, not wrapped
+        ([1e30, -1e30, 5.0], "int64", 0, [2**63 - 1024, -2**63, 5]),
+        ([1e30, -1e30, 5.0], "uint64", 0, [2**64 - 2048, 0, 5]),
     ],
 )
 def test_to_output_rounds_half_to_even_clips_and_fills(values, dtype, nodata, expected):

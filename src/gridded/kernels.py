@@ -131,7 +131,11 @@ def output_rule(dtype: np.dtype, nodata: float | None) -> tuple[float, bool, flo
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        return float(nodata if nodata is not None else 0), True, float(info.min), float(info.max)
+        # the range as floats that convert back exactly: float(2**63 - 1) is 2**63, out of int64
+        high = float(info.max)
+        if high > info.max:
+            high = float(np.nextafter(high, 0.0))
+        return float(nodata if nodata is not None else 0), True, float(info.min), high
     return (np.nan if nodata is None else float(nodata)), False, -np.inf, np.inf
 
 
