@@ -15,8 +15,17 @@ import time
 
 import click
 
+from .cli_options import (
+    build_selection,
+    check_file_target,
+    check_output,
+    check_scheduler,
+    say,
+    selection_options,
+    source_access_options,
+)
+from .cli_workflow import workflow
 from .errors import ConfigError, GriddedError
-from .stats import STATISTICS
 
 MAX_STDOUT_BYTES = 200 * 1024  # Argo keeps only the last 256 KiB of a step's output
 
@@ -78,137 +87,6 @@ class RedactSecrets(logging.Filter):
         if redacted != message:
             record.msg, record.args = redacted, ()
         return True
-
-
-def say(text: str) -> None:
-    """A progress or context message on stderr, unless -q."""
-    ctx = click.get_current_context(silent=True)
-    if not (ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet")):
-        click.echo(text, err=True)
-
-
-def _set_unsigned(ctx, param, value):
-    if value:  # in the environment, so worker processes and GDAL see it too
-        os.environ["AWS_NO_SIGN_REQUEST"] = "YES"
-    return value
-
-
-def _set_requester_pays(ctx, param, value):
-    if value:
-        os.environ["AWS_REQUEST_PAYER"] = "requester"
-    return value
-
-
-source_access_options = [
-    click.option("--unsigned", is_flag=True, expose_value=False, callback=_set_unsigned,
-                 help="Read s3:// sources without signing (public buckets); also AWS_NO_SIGN_REQUEST=YES."),
-    click.option("--requester-pays", is_flag=True, expose_value=False, callback=_set_requester_pays,
-                 help="Read requester-pays s3:// sources (you pay for the reads)."),
-]
-
-
-def _selection_options(*, time_required: bool):
-    """The flags that choose what to compute: shared by run, plan, tiles generate, workflow render."""
-    options = [
-        click.option("--source", default=None,
-                     help="Static STAC catalog or collection: path, file://, s3:// or https://."),
-        click.option("--index", default=None, help="Plan from an index instead: sqlite:///file.db or postgresql://..."),
-        click.option("--extent", required=True, help="lon/lat bbox minx,miny,maxx,maxy, a GeoJSON file, or WKT."),
-        click.option("--time", "time_", required=time_required,
-                     help="ISO interval START/END (dates inclusive), or last:P1M relative to --as-of."),
-        click.option("--as-of", default=None, help="Reference time for --time last:PERIOD (default: now, UTC)."),
-        click.option("--pipeline", default=None, help="Built-in recipe name or YAML file; flags override it."),
-        click.option("--grid", default=None, help="Built-in grid name (e.g. au-albers-30m, utm55s-10m) or YAML file."),
-        click.option("--statistic", type=click.Choice(sorted(STATISTICS)), default=None, help="Default: median."),
-        click.option("--period", default=None, help="ISO 8601 period: P1M (default), P3M, P1Y, P10D."),
-        click.option("--bands", default=None, help="Comma-separated band names (asset keys, eo:bands or common names)."),
-        click.option("--mask", default=None,
-                     help="s2, landsat, none, ASSET:CLASSES (scl:0,1,3,8,9,10) or ASSET:bits:BITS. Default: inferred."),
-        click.option("--collection", default=None, help="Only items of this collection id."),
-        click.option("--tiles-per-worker", type=int, default=4, show_default=True, help="Cells per batch."),
-        click.option("--allow-root", "allow_root", multiple=True, type=click.Path(file_okay=False),
-                     help="A local folder asset files may be read from besides the catalog's own (repeatable)."),
-        *source_access_options,
-    ]
-
-    def decorate(func):
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
-
-
-selection_options = _selection_options(time_required=True)
-
-
-def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, period, bands, mask,
-                    collection, tiles_per_worker, index=None, allow_root=()):
-    """Flags -> a Selection of canonical values (the one place friendly input is normalised)."""
-    from .grid import load_grid, parse_extent
-    from .masks import parse_mask
-    from .period import parse_as_of, parse_time
-    from .pipeline import load_pipeline, with_overrides
-    from .run import Selection
-
-    if tiles_per_worker < 1:
-        raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
-    if (source is None) == (index is None):
-        raise ConfigError("give exactly one of --source CATALOG or --index DSN")
-    base = load_pipeline(pipeline) if pipeline else None
-    recipe = with_overrides(
-        base,
-        statistic=statistic,
-        period=period,
-        bands=tuple(b.strip() for b in bands.split(",") if b.strip()) if bands else None,
-        mask=parse_mask(mask) if mask is not None else None,
-    )
-    grid_name = grid or recipe.grid
-    if grid_name is None:
-        raise ConfigError("no grid: pass --grid NAME|FILE (e.g. --grid utm55s-10m) or use a --pipeline that names one")
-    if recipe.bands == ():
-        raise ConfigError("no bands: pass --bands blue,green,red,nir or a --pipeline that lists them")
-    return Selection(
-        source=source,
-        extent=parse_extent(extent),
-        time=parse_time(time_, as_of=parse_as_of(as_of)),
-        grid=load_grid(grid_name),
-        pipeline=recipe,
-        tiles_per_worker=tiles_per_worker,
-        collection=collection,
-        index=index,
-        allow_roots=tuple(allow_root),
-    )
-
-
-SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls|ws|wss)://[^\s:/]+:\d{1,5}$")
-
-
-def check_scheduler(address: str | None) -> None:
-    if address is not None and not SCHEDULER_ADDRESS.match(address):
-        raise ConfigError(f"--scheduler {address}: not a Dask scheduler address; use e.g. tcp://scheduler:8786")
-
-
-def check_output(uri: str, flag: str = "--output") -> None:
-    """Refuse an unwritable output before any planning; creates nothing."""
-    from .storage import open_storage
-
-    open_storage(uri).check_writable()
-
-
-def check_file_target(uri: str, flag: str) -> None:
-    """A single file to write (--cells, --png): its folder must be writable and it must not be a directory."""
-    from pathlib import Path
-
-    from .storage import storage_for_file
-
-    if "://" not in uri and Path(uri).is_dir():
-        raise ConfigError(f"{flag} {uri}: is a directory; give a file path such as {Path(uri) / 'cells.pickle'}")
-    store, _ = storage_for_file(uri)
-    try:
-        store.check_writable()
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("--output", flag, 1)) from err
 
 
 def plan_summary(plan) -> str:
@@ -488,132 +366,7 @@ def stac_search(index, bbox, datetime_, collection, as_json):
         click.echo(f"{item.collection_id or '':<24} {item.id:<48} {when}")
 
 
-@cli.group()
-def workflow():
-    """The same pipeline as Argo Workflows for Kubernetes: render YAML, submit it."""
-
-
-def argo_options(func):
-    """Where and how the workflow's pods run."""
-    options = [
-        click.option("--image", required=True, help="Container image with a tag, e.g. ghcr.io/org/gridded:0.1.0."),
-        click.option("--kind", default="workflow", show_default=True, help="workflow or template (WorkflowTemplate)."),
-        click.option("--schedule", default=None, help='Cron expression: renders a CronWorkflow, e.g. "0 3 * * *".'),
-        click.option("--timezone", default="UTC", show_default=True, help="Time zone of --schedule."),
-        click.option("--name", default=None, help="Name (default gridded-<pipeline>)."),
-        click.option("--namespace", default=None, help="Kubernetes namespace."),
-        click.option("--service-account", default=None, help="Service account of the pods (e.g. for IRSA)."),
-        click.option("--parallelism", type=int, default=10, show_default=True, help="Pods at once."),
-        click.option("--s3-secret", default=None, help="Secret holding AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."),
-        click.option("--aws-endpoint-url", default=lambda: os.environ.get("AWS_ENDPOINT_URL"),
-                     help="S3 endpoint for non-AWS stores (default: $AWS_ENDPOINT_URL)."),
-        click.option("--cpu", default="2", show_default=True, help="CPU request and limit per pod."),
-        click.option("--memory", default="8Gi", show_default=True, help="Memory request and limit per pod."),
-        click.option("--retries", type=int, default=2, show_default=True, help="Retries of a failed pod (not exit 2)."),
-        click.option("--deadline", type=int, default=6 * 3600, show_default=True, help="Seconds a pod may run."),
-        click.option("--owner", default=lambda: os.environ.get("USER", "gridded"), help="The owner label."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _workflow_options(*, output=None, style="dag", **kwargs):
-    from .argo import WorkflowOptions
-    from .s3 import requester_pays, unsigned_requested
-
-    deadline = kwargs.pop("deadline")
-    return WorkflowOptions(output=output, style=style, deadline_s=deadline, unsigned=unsigned_requested(),
-                           requester_pays=requester_pays(), **kwargs)
-
-
-def _portable_selection(kwargs: dict) -> dict[str, str | None]:
-    """The selection as pod arguments: checked here, extent files inlined as WKT, no local files."""
-    from pathlib import Path
-
-    from .grid import parse_extent
-
-    if kwargs.get("source") is None:
-        raise ConfigError("no --source: a workflow reads an s3:// or https:// catalog; pass --source")
-    checked = dict(kwargs)
-    if checked["time_"] is None:  # a schedule fills it in: check the rest with a stand-in
-        checked["time_"] = "last:P1M"
-    build_selection(**checked)
-    for flag in ("grid", "pipeline"):
-        value = kwargs.get(flag)
-        if value and Path(value).suffix in (".yaml", ".yml"):
-            raise ConfigError(f"--{flag} {value}: a local file does not reach the pods; use a built-in name")
-    extent = kwargs["extent"]
-    if not re.fullmatch(r"[-+0-9.eE\s]+(,[-+0-9.eE\s]+){3}", extent.strip()):
-        extent = parse_extent(extent).geom.wkt
-    if kwargs.pop("allow_root", ()):
-        raise ConfigError("--allow-root: pods have no local folders to allow; use s3:// or https:// assets")
-    if kwargs.pop("index", None):
-        raise ConfigError("--index: a workflow plans from --source (an s3:// or https:// catalog); "
-                          "pass --source instead")
-    if "://" not in kwargs["source"]:
-        raise ConfigError(f"--source {kwargs['source']}: a local path does not reach the pods; use s3:// or https://")
-    selection = {k.rstrip("_"): v for k, v in kwargs.items()}
-    selection.update(extent=extent, tiles_per_worker=str(kwargs["tiles_per_worker"]))
-    return selection
-
-
-@workflow.command("render")
-@_selection_options(time_required=False)
-@click.option("--output", required=True, help="s3://bucket/prefix for the products (pods share no disk).")
-@click.option("--style", default="dag", show_default=True, help="dag or steps.")
-@argo_options
-def workflow_render(output, style, image, kind, schedule, timezone, name, namespace, service_account, parallelism,
-                    s3_secret, aws_endpoint_url, cpu, memory, retries, deadline, owner, **kwargs):
-    """Print the Argo Workflow (or CronWorkflow, WorkflowTemplate) YAML of a run."""
-    from .argo import render
-
-    options = _workflow_options(
-        output=output, style=style, image=image, kind=kind, schedule=schedule, timezone=timezone, name=name,
-        namespace=namespace, service_account=service_account, parallelism=parallelism, s3_secret=s3_secret,
-        aws_endpoint_url=aws_endpoint_url, cpu=cpu, memory=memory, retries=retries, deadline=deadline, owner=owner)
-    if kwargs["time_"] is None and schedule is None:
-        raise ConfigError("no --time: give START/END, or --schedule CRON to process the last complete period")
-    click.echo(render(_portable_selection(kwargs), options), nl=False)
-
-
-@workflow.command("render-ingest")
-@click.argument("source")
-@click.option("--index", default=None, help="postgresql://USER@HOST/DB (no password: use --index-secret).")
-@click.option("--index-secret", default=None, help="Secret whose key 'dsn' holds the index DSN.")
-@click.option("--collection", default=None, help="Only this collection (STAC API sources).")
-@click.option("--bbox", default=None, help="Only items meeting minx,miny,maxx,maxy (STAC API sources).")
-@click.option("--datetime", "datetime_", default=None, help="Only items in START/END (STAC API sources).")
-@argo_options
-def workflow_render_ingest(source, index, index_secret, collection, bbox, datetime_, image, kind, schedule, timezone,
-                           name, namespace, service_account, parallelism, s3_secret, aws_endpoint_url, cpu, memory,
-                           retries, deadline, owner):
-    """Print the Argo Workflow YAML that ingests a STAC source into a PostgreSQL index."""
-    from .argo import render_ingest
-
-    options = _workflow_options(
-        image=image, kind=kind, schedule=schedule, timezone=timezone, name=name, namespace=namespace,
-        service_account=service_account, parallelism=parallelism, s3_secret=s3_secret, index_secret=index_secret,
-        aws_endpoint_url=aws_endpoint_url, cpu=cpu, memory=memory, retries=retries, deadline=deadline, owner=owner)
-    click.echo(render_ingest(source, index, options, collection=collection, bbox=bbox, datetime=datetime_), nl=False)
-
-
-@workflow.command("submit")
-@click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("--namespace", default=None, help="Namespace (default: the manifest's, else the context's).")
-@click.option("--watch", is_flag=True, help="Show progress until the workflow ends.")
-@click.pass_context
-def workflow_submit(ctx, manifest, namespace, watch):
-    """Create a rendered manifest through the Kubernetes API (kubeconfig or in-cluster)."""
-    from .submit import submit_manifest, watch_workflow
-
-    created = submit_manifest(manifest, namespace=namespace)
-    click.echo(f"{created.kind} {created.namespace}/{created.name} created")
-    if watch and created.kind == "Workflow":
-        phase = watch_workflow(created, progress=say)
-        click.echo(f"{created.name}: {phase}")
-        if phase != "Succeeded":
-            ctx.exit(1)
+cli.add_command(workflow)
 
 
 def main() -> None:

@@ -1,0 +1,143 @@
+"""The command line's shared flags and checks: what to compute (the selection), how to reach
+sources, where to write, and the one place friendly input is normalised."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import click
+
+from .errors import ConfigError
+from .stats import STATISTICS
+
+
+def say(text: str) -> None:
+    """A progress or context message on stderr, unless -q."""
+    ctx = click.get_current_context(silent=True)
+    if not (ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet")):
+        click.echo(text, err=True)
+
+
+def _set_unsigned(ctx, param, value):
+    if value:  # in the environment, so worker processes and GDAL see it too
+        os.environ["AWS_NO_SIGN_REQUEST"] = "YES"
+    return value
+
+
+def _set_requester_pays(ctx, param, value):
+    if value:
+        os.environ["AWS_REQUEST_PAYER"] = "requester"
+    return value
+
+
+source_access_options = [
+    click.option("--unsigned", is_flag=True, expose_value=False, callback=_set_unsigned,
+                 help="Read s3:// sources without signing (public buckets); also AWS_NO_SIGN_REQUEST=YES."),
+    click.option("--requester-pays", is_flag=True, expose_value=False, callback=_set_requester_pays,
+                 help="Read requester-pays s3:// sources (you pay for the reads)."),
+]
+
+
+def make_selection_options(*, time_required: bool):
+    """The flags that choose what to compute: shared by run, plan, tiles generate, workflow render."""
+    options = [
+        click.option("--source", default=None,
+                     help="Static STAC catalog or collection: path, file://, s3:// or https://."),
+        click.option("--index", default=None, help="Plan from an index instead: sqlite:///file.db or postgresql://..."),
+        click.option("--extent", required=True, help="lon/lat bbox minx,miny,maxx,maxy, a GeoJSON file, or WKT."),
+        click.option("--time", "time_", required=time_required,
+                     help="ISO interval START/END (dates inclusive), or last:P1M relative to --as-of."),
+        click.option("--as-of", default=None, help="Reference time for --time last:PERIOD (default: now, UTC)."),
+        click.option("--pipeline", default=None, help="Built-in recipe name or YAML file; flags override it."),
+        click.option("--grid", default=None, help="Built-in grid name (e.g. au-albers-30m, utm55s-10m) or YAML file."),
+        click.option("--statistic", type=click.Choice(sorted(STATISTICS)), default=None, help="Default: median."),
+        click.option("--period", default=None, help="ISO 8601 period: P1M (default), P3M, P1Y, P10D."),
+        click.option("--bands", default=None, help="Comma-separated band names (asset keys, eo:bands or common names)."),
+        click.option("--mask", default=None,
+                     help="s2, landsat, none, ASSET:CLASSES (scl:0,1,3,8,9,10) or ASSET:bits:BITS. Default: inferred."),
+        click.option("--collection", default=None, help="Only items of this collection id."),
+        click.option("--tiles-per-worker", type=int, default=4, show_default=True, help="Cells per batch."),
+        click.option("--allow-root", "allow_root", multiple=True, type=click.Path(file_okay=False),
+                     help="A local folder asset files may be read from besides the catalog's own (repeatable)."),
+        *source_access_options,
+    ]
+
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+selection_options = make_selection_options(time_required=True)
+
+
+def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, period, bands, mask,
+                    collection, tiles_per_worker, index=None, allow_root=()):
+    """Flags -> a Selection of canonical values (the one place friendly input is normalised)."""
+    from .grid import load_grid, parse_extent
+    from .masks import parse_mask
+    from .period import parse_as_of, parse_time
+    from .pipeline import load_pipeline, with_overrides
+    from .run import Selection
+
+    if tiles_per_worker < 1:
+        raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
+    if (source is None) == (index is None):
+        raise ConfigError("give exactly one of --source CATALOG or --index DSN")
+    base = load_pipeline(pipeline) if pipeline else None
+    recipe = with_overrides(
+        base,
+        statistic=statistic,
+        period=period,
+        bands=tuple(b.strip() for b in bands.split(",") if b.strip()) if bands else None,
+        mask=parse_mask(mask) if mask is not None else None,
+    )
+    grid_name = grid or recipe.grid
+    if grid_name is None:
+        raise ConfigError("no grid: pass --grid NAME|FILE (e.g. --grid utm55s-10m) or use a --pipeline that names one")
+    if recipe.bands == ():
+        raise ConfigError("no bands: pass --bands blue,green,red,nir or a --pipeline that lists them")
+    return Selection(
+        source=source,
+        extent=parse_extent(extent),
+        time=parse_time(time_, as_of=parse_as_of(as_of)),
+        grid=load_grid(grid_name),
+        pipeline=recipe,
+        tiles_per_worker=tiles_per_worker,
+        collection=collection,
+        index=index,
+        allow_roots=tuple(allow_root),
+    )
+
+
+SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls|ws|wss)://[^\s:/]+:\d{1,5}$")
+
+
+def check_scheduler(address: str | None) -> None:
+    if address is not None and not SCHEDULER_ADDRESS.match(address):
+        raise ConfigError(f"--scheduler {address}: not a Dask scheduler address; use e.g. tcp://scheduler:8786")
+
+
+def check_output(uri: str, flag: str = "--output") -> None:
+    """Refuse an unwritable output before any planning; creates nothing."""
+    from .storage import open_storage
+
+    open_storage(uri).check_writable()
+
+
+def check_file_target(uri: str, flag: str) -> None:
+    """A single file to write (--cells, --png): its folder must be writable and it must not be a directory."""
+    from pathlib import Path
+
+    from .storage import storage_for_file
+
+    if "://" not in uri and Path(uri).is_dir():
+        raise ConfigError(f"{flag} {uri}: is a directory; give a file path such as {Path(uri) / 'cells.pickle'}")
+    store, _ = storage_for_file(uri)
+    try:
+        store.check_writable()
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("--output", flag, 1)) from err
