@@ -8,7 +8,6 @@ files or the environment: the caller passes every value, so a render is a pure f
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
@@ -17,6 +16,8 @@ import yaml
 from hera.workflows import models as m
 
 from . import __version__
+from .argo_checks import (INDEX_SECRET_KEY, check_choice, check_cluster_values, check_cron, check_image,
+                          check_index_dsn, check_s3_values, dns_name, label_value)
 from .errors import ConfigError
 from .s3 import REQUESTER_PAYS_ENV, UNSIGNED_ENV
 
@@ -32,7 +33,7 @@ PARAMETER_HELP = {
     "as_of": "reference time for time last:PERIOD",
     "pipeline": "built-in recipe name",
     "grid": "built-in grid name",
-    "statistic": "median or geomedian",
+    "statistic": "median, geomedian or geomad",
     "period": "ISO 8601 period of each composite",
     "bands": "comma-separated band names",
     "mask": "clear-observation rule",
@@ -58,27 +59,8 @@ TTL_AFTER_FAILURE_S = 7 * 24 * 3600
 CRON_STARTING_DEADLINE_S = 24 * 3600
 REPORT_DEADLINE_S = 300
 REPORT_RESOURCES = {"cpu": "100m", "memory": "64Mi"}
-INDEX_SECRET_KEY = "dsn"  # key of the DSN inside options.index_secret
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # keys (and env names) in options.s3_secret
 YAML_FIRST = ("name", "apiVersion", "kind", "metadata", "spec", "image", "command", "args")
-MAX_NAME_LEN = 52  # CronWorkflow names get a timestamp suffix; 52 leaves room (Argo's own limit)
-
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_QUANTITY = re.compile(r"^(\d+(\.\d+)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-_CRON_FIELDS = (  # name, low, high, names (index = value)
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day of month", 1, 31, ()),
-    ("month", 1, 12, ("", "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
-    ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
-)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkflowOptions:
     """How and where a workflow runs: the Argo side of `gridded workflow render`."""
@@ -108,15 +90,15 @@ class WorkflowOptions:
     version: str = __version__          # the gridded/version label
 
     def __post_init__(self):
-        _check_choice("--style", self.style, STYLES)
-        _check_choice("--kind", self.kind, KINDS)
-        _check_image(self.image)
+        check_choice("--style", self.style, STYLES)
+        check_choice("--kind", self.kind, KINDS)
+        check_image(self.image)
         if self.schedule is not None:
-            _check_cron(self.schedule)
+            check_cron(self.schedule)
             if self.kind == "template":
                 raise ConfigError("--kind template with --schedule: pick one (a CronWorkflow or a WorkflowTemplate)")
-        _check_cluster_values(self)
-        _check_s3_values(self)
+        check_cluster_values(self)
+        check_s3_values(self)
 
     def cells_key(self) -> tuple[str, str]:
         """(bucket, key) of the cells artifact; the key holds {{workflow.uid}}, so runs never collide."""
@@ -157,10 +139,10 @@ def render(selection: dict[str, str | None], options: WorkflowOptions) -> str:
         *_exit_templates(options),
     ]
     recipe = PurePosixPath(values.get("pipeline") or "custom")
-    pipeline = _label_value(recipe.stem if recipe.suffix in (".yaml", ".yml") else recipe.name)
+    pipeline = label_value(recipe.stem if recipe.suffix in (".yaml", ".yml") else recipe.name)
     labels = _labels(options, component="composites", pipeline=pipeline)
     spec = _workflow_spec(templates, parameters, options, labels)
-    return _manifest(spec, options, labels, name=options.name or _dns_name(f"gridded-{pipeline}"))
+    return _manifest(spec, options, labels, name=options.name or dns_name(f"gridded-{pipeline}"))
 
 
 def render_ingest(source: str, index: str | None, options: WorkflowOptions, collection: str | None = None,
@@ -175,7 +157,7 @@ def render_ingest(source: str, index: str | None, options: WorkflowOptions, coll
         raise ConfigError("no index: pass --index postgresql://USER@HOST/DB or --index-secret NAME "
                           f"(a Secret whose key '{INDEX_SECRET_KEY}' holds the DSN)")
     if index:
-        _check_index_dsn(index)
+        check_index_dsn(index)
     parameters = {k: v for k, v in (("source", source), ("index", index), ("collection", collection),
                                     ("bbox", bbox), ("datetime", datetime)) if v}
     if options.aws_endpoint_url:
@@ -193,115 +175,6 @@ def render_ingest(source: str, index: str | None, options: WorkflowOptions, coll
 
 
 # --- validation ---------------------------------------------------------------------------------
-
-def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{flag} {value}: choose one of {', '.join(choices)}")
-
-
-def _check_cluster_values(o: WorkflowOptions) -> None:
-    """Kubernetes names, counts and quantities."""
-    if o.name is not None and (len(o.name) > MAX_NAME_LEN or not _DNS_SUBDOMAIN.match(o.name)):
-        raise ConfigError(f"--name {o.name}: use lower-case letters, digits and '-', at most {MAX_NAME_LEN} "
-                          f"characters, e.g. --name gridded-s2-monthly")
-    if o.namespace is not None and not _DNS_LABEL.match(o.namespace):
-        raise ConfigError(f"--namespace {o.namespace}: not a Kubernetes namespace; use e.g. --namespace argo")
-    for flag, value in (("--service-account", o.service_account), ("--s3-secret", o.s3_secret),
-                        ("--index-secret", o.index_secret)):
-        if value is not None and not _DNS_SUBDOMAIN.match(value):
-            raise ConfigError(f"{flag} {value}: not a Kubernetes name; use lower-case letters, digits, '-' and '.'")
-    if o.parallelism < 1:
-        raise ConfigError(f"--parallelism {o.parallelism}: must be at least 1; e.g. --parallelism 10")
-    if o.retries < 0:
-        raise ConfigError(f"--retries {o.retries}: must be 0 or more; e.g. --retries 2")
-    if o.deadline_s < 1:
-        raise ConfigError(f"--deadline {o.deadline_s}: must be at least 1 second; e.g. --deadline 21600")
-    for flag, value in (("--cpu", o.cpu), ("--memory", o.memory)):
-        if not _QUANTITY.match(value) or not re.search(r"[1-9]", value):
-            raise ConfigError(f"{flag} {value}: not a positive Kubernetes quantity; use e.g. --cpu 2 --memory 8Gi")
-    if o.owner is not None and (not o.owner or len(o.owner) > 63 or not _LABEL_VALUE.match(o.owner)):
-        raise ConfigError(f"--owner {o.owner}: a label value is at most 63 letters, digits, '-', '_' or '.'")
-
-
-def _check_s3_values(o: WorkflowOptions) -> None:
-    """The output, the endpoint and the cells artifact's location."""
-    if o.output is not None:
-        out = urlsplit(o.output)
-        if out.scheme != "s3":
-            raise ConfigError(f"--output {o.output}: pods cannot share a local disk; use an s3:// output, "
-                              f"e.g. --output s3://bucket/composites")
-        if not out.netloc:
-            raise ConfigError(f"--output {o.output}: no bucket; use s3://BUCKET/PREFIX")
-    if o.aws_endpoint_url is not None:
-        parts = urlsplit(o.aws_endpoint_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"--aws-endpoint-url {o.aws_endpoint_url}: use http(s)://HOST[:PORT]")
-    if o.artifact_bucket is not None and not _DNS_SUBDOMAIN.match(o.artifact_bucket):
-        raise ConfigError(f"--artifact-bucket {o.artifact_bucket}: a bucket name, without s3:// or a prefix")
-    if o.artifact_prefix is not None and (o.artifact_prefix.startswith("/") or o.artifact_prefix.endswith("/")):
-        raise ConfigError(f"--artifact-prefix {o.artifact_prefix}: drop the leading and trailing '/'")
-
-
-def _check_image(image: str) -> None:
-    """An image must name its version: a tag other than latest, or a digest."""
-    name, _, digest = image.partition("@")
-    last = name.rsplit("/", 1)[-1]
-    repo, _, tag = last.partition(":")
-    fix = "pin a version, e.g. --image ghcr.io/org/gridded:0.1.0 (or @sha256:DIGEST)"
-    if digest:
-        if not _IMAGE_DIGEST.match(digest) or not repo:
-            raise ConfigError(f"--image {image}: bad digest; {fix}")
-        return
-    if not repo or not tag:
-        raise ConfigError(f"--image {image}: no tag, so pods may run different code; {fix}")
-    if not _IMAGE_TAG.match(tag) or tag == "latest":
-        raise ConfigError(f"--image {image}: tag {tag!r} does not pin a version; {fix}")
-
-
-def _check_cron(expr: str) -> None:
-    """Five fields of digits, names (MON, JAN), '*', ',', '-', '/'; or a macro such as @monthly."""
-    fix = "use five fields MIN HOUR DOM MON DOW, e.g. --schedule '0 3 1 * *' (03:00 on the 1st)"
-    if expr.strip() in _CRON_MACROS:
-        return
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ConfigError(f"--schedule {expr!r}: {len(fields)} fields, not 5; {fix}")
-    for text, (what, low, high, names) in zip(fields, _CRON_FIELDS):
-        for part in text.split(","):
-            if not _cron_part_ok(part.upper(), low, high, names):
-                raise ConfigError(f"--schedule {expr!r}: bad {what} field {text!r}; {fix}")
-
-
-def _cron_part_ok(part: str, low: int, high: int, names: tuple[str, ...]) -> bool:
-    span, slash, step = part.partition("/")
-    if slash and not (step.isdigit() and int(step) >= 1):
-        return False
-    if span in ("*", "?"):
-        return True
-    first, dash, last = span.partition("-")
-    ends = [_cron_value(first, names), _cron_value(last, names) if dash else None]
-    if ends[0] is None or (dash and ends[1] is None):
-        return False
-    return all(low <= v <= high for v in ends if v is not None) and (not dash or ends[0] <= ends[1])
-
-
-def _cron_value(text: str, names: tuple[str, ...]) -> int | None:
-    if text.isdigit():
-        return int(text)
-    return names.index(text) if text and text in names else None
-
-
-def _check_index_dsn(dsn: str) -> None:
-    """A PostgreSQL DSN without a password (the manifest is stored and shown in the Argo UI)."""
-    parts = urlsplit(dsn)
-    if parts.password or re.search(r"password\s*=", dsn, re.IGNORECASE):
-        where = f"{parts.scheme}://{parts.hostname}/..." if parts.hostname else "DSN"  # never echo the password
-        raise ConfigError(f"--index {where}: the DSN holds a password, which the workflow would store; put the "
-                          f"DSN in a Secret (key '{INDEX_SECRET_KEY}') and pass --index-secret NAME")
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError(f"--index {dsn}: a pod's disk is gone when it ends; use a PostgreSQL DSN, "
-                          f"e.g. --index postgresql://gridded@db:5432/stac")
-
 
 def _selection_values(selection: dict[str, str | None], *, scheduled: bool) -> dict[str, str]:
     unknown = sorted(set(selection) - set(SELECTION_FLAGS))
@@ -450,7 +323,7 @@ def _labels(options: WorkflowOptions, *, component: str, pipeline: str | None) -
     labels = {
         "app.kubernetes.io/name": "gridded",
         "app.kubernetes.io/component": component,
-        "gridded/version": _label_value(options.version),
+        "gridded/version": label_value(options.version),
     }
     if pipeline:
         labels["gridded/pipeline"] = pipeline
@@ -518,14 +391,3 @@ def _to_yaml(manifest: dict) -> str:
         return value
 
     return yaml.safe_dump(order(manifest), sort_keys=False, default_flow_style=False, width=120)
-
-
-def _label_value(text: str) -> str:
-    """Any text -> a valid Kubernetes label value (at most 63 characters of [A-Za-z0-9-_.])."""
-    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63]
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
-
-
-def _dns_name(text: str) -> str:
-    value = re.sub(r"[^a-z0-9-]+", "-", text.lower())[:MAX_NAME_LEN]
-    return value.strip("-") or "gridded"

@@ -1,0 +1,153 @@
+"""The values a workflow is rendered with, checked before anything is rendered (Kubernetes
+names, quantities and labels, the image's pinned version, the cron schedule, the S3 locations and
+the index DSN: each failure one line naming the flag and the fix), and free text made into valid
+Kubernetes names and label values."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .argo import WorkflowOptions
+
+INDEX_SECRET_KEY = "dsn"  # key of the DSN inside options.index_secret
+MAX_NAME_LEN = 52  # CronWorkflow names get a timestamp suffix; 52 leaves room (Argo's own limit)
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_QUANTITY = re.compile(r"^(\d+(\.\d+)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_CRON_FIELDS = (  # name, low, high, names (index = value)
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("", "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
+    ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
+)
+
+
+def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{flag} {value}: choose one of {', '.join(choices)}")
+
+
+def check_cluster_values(o: WorkflowOptions) -> None:
+    """Kubernetes names, counts and quantities."""
+    if o.name is not None and (len(o.name) > MAX_NAME_LEN or not _DNS_SUBDOMAIN.match(o.name)):
+        raise ConfigError(f"--name {o.name}: use lower-case letters, digits and '-', at most {MAX_NAME_LEN} "
+                          f"characters, e.g. --name gridded-s2-monthly")
+    if o.namespace is not None and not _DNS_LABEL.match(o.namespace):
+        raise ConfigError(f"--namespace {o.namespace}: not a Kubernetes namespace; use e.g. --namespace argo")
+    for flag, value in (("--service-account", o.service_account), ("--s3-secret", o.s3_secret),
+                        ("--index-secret", o.index_secret)):
+        if value is not None and not _DNS_SUBDOMAIN.match(value):
+            raise ConfigError(f"{flag} {value}: not a Kubernetes name; use lower-case letters, digits, '-' and '.'")
+    if o.parallelism < 1:
+        raise ConfigError(f"--parallelism {o.parallelism}: must be at least 1; e.g. --parallelism 10")
+    if o.retries < 0:
+        raise ConfigError(f"--retries {o.retries}: must be 0 or more; e.g. --retries 2")
+    if o.deadline_s < 1:
+        raise ConfigError(f"--deadline {o.deadline_s}: must be at least 1 second; e.g. --deadline 21600")
+    for flag, value in (("--cpu", o.cpu), ("--memory", o.memory)):
+        if not _QUANTITY.match(value) or not re.search(r"[1-9]", value):
+            raise ConfigError(f"{flag} {value}: not a positive Kubernetes quantity; use e.g. --cpu 2 --memory 8Gi")
+    if o.owner is not None and (not o.owner or len(o.owner) > 63 or not _LABEL_VALUE.match(o.owner)):
+        raise ConfigError(f"--owner {o.owner}: a label value is at most 63 letters, digits, '-', '_' or '.'")
+
+
+def check_s3_values(o: WorkflowOptions) -> None:
+    """The output, the endpoint and the cells artifact's location."""
+    if o.output is not None:
+        out = urlsplit(o.output)
+        if out.scheme != "s3":
+            raise ConfigError(f"--output {o.output}: pods cannot share a local disk; use an s3:// output, "
+                              f"e.g. --output s3://bucket/composites")
+        if not out.netloc:
+            raise ConfigError(f"--output {o.output}: no bucket; use s3://BUCKET/PREFIX")
+    if o.aws_endpoint_url is not None:
+        parts = urlsplit(o.aws_endpoint_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"--aws-endpoint-url {o.aws_endpoint_url}: use http(s)://HOST[:PORT]")
+    if o.artifact_bucket is not None and not _DNS_SUBDOMAIN.match(o.artifact_bucket):
+        raise ConfigError(f"--artifact-bucket {o.artifact_bucket}: a bucket name, without s3:// or a prefix")
+    if o.artifact_prefix is not None and (o.artifact_prefix.startswith("/") or o.artifact_prefix.endswith("/")):
+        raise ConfigError(f"--artifact-prefix {o.artifact_prefix}: drop the leading and trailing '/'")
+
+
+def check_image(image: str) -> None:
+    """An image must name its version: a tag other than latest, or a digest."""
+    name, _, digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    repo, _, tag = last.partition(":")
+    fix = "pin a version, e.g. --image ghcr.io/org/gridded:0.1.0 (or @sha256:DIGEST)"
+    if digest:
+        if not _IMAGE_DIGEST.match(digest) or not repo:
+            raise ConfigError(f"--image {image}: bad digest; {fix}")
+        return
+    if not repo or not tag:
+        raise ConfigError(f"--image {image}: no tag, so pods may run different code; {fix}")
+    if not _IMAGE_TAG.match(tag) or tag == "latest":
+        raise ConfigError(f"--image {image}: tag {tag!r} does not pin a version; {fix}")
+
+
+def check_cron(expr: str) -> None:
+    """Five fields of digits, names (MON, JAN), '*', ',', '-', '/'; or a macro such as @monthly."""
+    fix = "use five fields MIN HOUR DOM MON DOW, e.g. --schedule '0 3 1 * *' (03:00 on the 1st)"
+    if expr.strip() in _CRON_MACROS:
+        return
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ConfigError(f"--schedule {expr!r}: {len(fields)} fields, not 5; {fix}")
+    for text, (what, low, high, names) in zip(fields, _CRON_FIELDS):
+        for part in text.split(","):
+            if not _cron_part_ok(part.upper(), low, high, names):
+                raise ConfigError(f"--schedule {expr!r}: bad {what} field {text!r}; {fix}")
+
+
+def _cron_part_ok(part: str, low: int, high: int, names: tuple[str, ...]) -> bool:
+    span, slash, step = part.partition("/")
+    if slash and not (step.isdigit() and int(step) >= 1):
+        return False
+    if span in ("*", "?"):
+        return True
+    first, dash, last = span.partition("-")
+    ends = [_cron_value(first, names), _cron_value(last, names) if dash else None]
+    if ends[0] is None or (dash and ends[1] is None):
+        return False
+    return all(low <= v <= high for v in ends if v is not None) and (not dash or ends[0] <= ends[1])
+
+
+def _cron_value(text: str, names: tuple[str, ...]) -> int | None:
+    if text.isdigit():
+        return int(text)
+    return names.index(text) if text and text in names else None
+
+
+def check_index_dsn(dsn: str) -> None:
+    """A PostgreSQL DSN without a password (the manifest is stored and shown in the Argo UI)."""
+    parts = urlsplit(dsn)
+    if parts.password or re.search(r"password\s*=", dsn, re.IGNORECASE):
+        where = f"{parts.scheme}://{parts.hostname}/..." if parts.hostname else "DSN"  # never echo the password
+        raise ConfigError(f"--index {where}: the DSN holds a password, which the workflow would store; put the "
+                          f"DSN in a Secret (key '{INDEX_SECRET_KEY}') and pass --index-secret NAME")
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"--index {dsn}: a pod's disk is gone when it ends; use a PostgreSQL DSN, "
+                          f"e.g. --index postgresql://gridded@db:5432/stac")
+
+
+def label_value(text: str) -> str:
+    """Any text -> a valid Kubernetes label value (at most 63 characters of [A-Za-z0-9-_.])."""
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+def dns_name(text: str) -> str:
+    value = re.sub(r"[^a-z0-9-]+", "-", text.lower())[:MAX_NAME_LEN]
+    return value.strip("-") or "gridded"
