@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
-from test_load import scene, task_for
+from scenes import scene, task_for
 
 from gridded import windows
 from gridded.windows import SourcePool, pooled_sources, read_window
