@@ -548,7 +548,7 @@ def test_warm_kernels_loads_in_the_background():
 WARM_AND_REPORT = """
 import json, sys
 import numpy as np
-from gridded.geomedian import _geomedian_kernel, _mads_kernel
+from gridded.geomedian_jit import geomedian_rows, mads_rows
 from gridded.load import _mask_kernel
 from gridded.stats import _count_kernel, _median_kernel, warm_kernels
 for name in ("median", "geomad"):
@@ -557,8 +557,8 @@ mask = _mask_kernel()
 layers = tuple(np.zeros((4, 4), np.uint16) for _ in range(4))
 mask(layers, layers, np.ones(4, bool), True, np.zeros((2, 2), np.uint8), 2, 0, 0, np.ones(256, bool),
      np.zeros(4, np.uint16), np.ones(4, bool), np.zeros(4, np.uint16), np.ones(4, bool), np.empty(4, bool))
-kernels = {"median": _median_kernel(), "count": _count_kernel(), "geomedian": _geomedian_kernel(),
-           "mads": _mads_kernel(), "mask": mask}
+kernels = {"median": _median_kernel(), "count": _count_kernel(), "geomedian": geomedian_rows,
+           "mads": mads_rows, "mask": mask}
 json.dump({k: [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())] for k, f in kernels.items()},
           sys.stdout)
 """

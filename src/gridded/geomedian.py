@@ -4,20 +4,11 @@ Zhang's step where the estimate sits on data points."""
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 
 from .kernels import band_tuple, is_float_dtype, run_in_row_blocks, sentinels_for, to_output
 
 # --- geomedian -------------------------------------------------------------------------------
-
-
-@cache
-def _geomedian_kernel():
-    from .geomedian_jit import geomedian_rows
-
-    return geomedian_rows
 
 
 def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, float], *,
@@ -26,13 +17,14 @@ def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, f
     """((band, y, x) float64 geometric median, (y, x) int32 iterations taken) over the observations
     clear in every band; NaN and 0 iterations where none is. Iterations stop once a step is at most
     `tolerance` x the estimate's norm (or x 1 if the norm is smaller), or after `max_iterations`."""
+    from .geomedian_jit import geomedian_rows as kernel  # imports numba: only once a geomedian is asked for
+
     arrays = band_tuple(stacks)
     sentinels, use = sentinels_for(stacks, nodata, arrays[0].dtype)
     t, ny, nx = arrays[0].shape
     out = np.empty((len(arrays), ny, nx), dtype=np.float64)
     iters = np.zeros((ny, nx), dtype=np.int32)
     is_float = is_float_dtype(arrays[0].dtype)
-    kernel = _geomedian_kernel()
     run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinels, use, is_float, r0, r1, int(max_iterations),
                                             float(tolerance), out, iters), ny, threads)
     return out, iters
@@ -62,26 +54,20 @@ def _band_results(stacks: dict[str, np.ndarray], values: np.ndarray, out: dict[s
 MADS = ("smad", "emad", "bcmad")
 
 
-@cache
-def _mads_kernel():
-    from .geomedian_jit import mads_rows
-
-    return mads_rows
-
-
 def geomedian_mads(stacks: dict[str, np.ndarray], nodata: dict[str, float], geomedian: dict[str, np.ndarray], *,
                    threads: int | None = None) -> dict[str, np.ndarray]:
     """The median absolute deviations from the geomedian (odc-stats' `smad`, `emad`, `bcmad`): per pixel,
     float64, NaN where no observation is clear in every band, the median over those observations of
     the spectral (cosine) distance 1 - x.g / (|x| |g|), the Euclidean distance |x - g| (in the data's
     units, not rescaled to reflectance) and the Bray-Curtis dissimilarity sum|x - g| / sum|x + g|."""
+    from .geomedian_jit import mads_rows as kernel
+
     arrays = band_tuple(stacks)
     sentinels, use = sentinels_for(stacks, nodata, arrays[0].dtype)
     gm = np.ascontiguousarray(np.stack([np.asarray(geomedian[b], dtype=np.float64) for b in stacks]))
     t, ny, nx = arrays[0].shape
     out = np.empty((len(MADS), ny, nx), dtype=np.float64)
     is_float = is_float_dtype(arrays[0].dtype)
-    kernel = _mads_kernel()
     run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinels, use, is_float, gm, r0, r1, out), ny, threads)
     return {name: out[i] for i, name in enumerate(MADS)}
 
