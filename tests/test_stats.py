@@ -405,6 +405,13 @@ def test_median_with_a_sentinel_the_dtype_cannot_hold_uses_every_value():
     assert reduce_median({"b": stack}, {"b": 0.5})["b"][0, 0] == 2.5
 
 
+def test_median_of_more_observations_than_it_counts_is_refused_with_the_fix():
+    from gridded.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="65536 observations .* use a shorter --period"):
+        median_of_stack(np.ones((65_536, 1, 2), dtype=np.uint16), 0)
+
+
 def test_median_of_an_empty_series_is_nan():
     assert np.isnan(median_of_stack(np.zeros((0, 2, 3), dtype=np.uint16), 0)).all()
 

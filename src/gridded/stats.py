@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import ConfigError
 from .geomedian import MADS, reduce_geomad, reduce_geomedian
 from .kernels import SPAN, band_tuple, is_float_dtype, output_rule, run_in_row_blocks, sentinel_for, sentinels_for
 
@@ -133,7 +134,8 @@ def median_of_stack(stack: np.ndarray, nodata, *, threads: int | None = None, ou
         out[...] = fill
         return out
     if stack.shape[0] > MAX_OBSERVATIONS:
-        raise ValueError(f"{stack.shape[0]} observations in one period: at most {MAX_OBSERVATIONS}")
+        raise ConfigError(f"{stack.shape[0]} observations of one pixel in one period, more than the median's "
+                          f"{MAX_OBSERVATIONS}; use a shorter --period")
     sentinel, use = sentinel_for(stack.dtype, nodata)
     last = stack.dtype.type(np.inf) if is_float_dtype(stack.dtype) else np.iinfo(stack.dtype).max
     pairs = sorting_network(stack.shape[0])
@@ -194,7 +196,7 @@ def _count_kernel():
     import numba
 
     @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def count_rows(bands, sentinels, use_sentinel, is_float, r0, r1, out):
+    def count_rows(bands, sentinels, use_sentinel, r0, r1, out):
         # per row: for each observation, "clear in every band" built band by band over the whole
         # row (bitwise, so each pass is a straight SIMD loop), then added to the row's counts
         t, _, nx = bands[0].shape
@@ -226,6 +228,5 @@ def clear_count(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, thre
         arrays = tuple(a.view(np.uint8) for a in arrays)
     out = np.empty(arrays[0].shape[1:], dtype=np.uint16)
     kernel = _count_kernel()
-    is_float = is_float_dtype(arrays[0].dtype)
-    run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinels, use, is_float, r0, r1, out), out.shape[0], threads)
+    run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinels, use, r0, r1, out), out.shape[0], threads)
     return out
