@@ -9,6 +9,8 @@ End to end (each run in its own process; wall time, CPU time and peak RSS of tha
                .median() under Dask's threaded scheduler, COGs written with odc-geo
   numpy        rasterio reads, np.nanmedian per month, COGs written with rasterio (one thread)
   decode floor every band and mask file of the year read once, on as many threads as CPUs
+  io floor     the decode floor plus writing as many COGs as the run, of the same sizes and settings
+               (each month's first date as its "composite"): the least a run can spend on I/O
 Kernels (on the year's masked uint16 stacks, 36 dates x 4 bands, in their own processes):
   median       gridded's kernel vs numpy.nanmedian and bottleneck.nanmedian (on float32 + NaN copies)
   geomedian    gridded's vs odc-algo's (geomad), both stopping at a step of at most 0.1 DN (odc-algo's
@@ -209,6 +211,50 @@ def child_floor(layout: dict, out: Path) -> dict:
     return {}
 
 
+def child_io_floor(layout: dict, out: Path) -> dict:
+    """Decode + encode floor: every input file read whole once, as the decode floor does, and as many
+    COGs as the run writes, of the same sizes, with gridded's COG settings (per cell and month: the
+    month's first date's 4 band windows and its clear flags as `count`), on as many threads as CPUs.
+    No masking, no statistic, no items: what a run must at least spend on its inputs and outputs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import rasterio
+    from odc.geo.geobox import GeoBox
+
+    from gridded.write import write_cog
+
+    ny, nx = layout["shape_yx"]
+    x0, y0 = layout["origin_xy"]
+    res = layout["resolution_m"]
+    months: dict[str, list[dict]] = {}
+    for scene in layout["scenes"]:
+        months.setdefault(scene["datetime"][:7], []).append(scene)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def month_job(month: str, scenes: list[dict]) -> None:
+        first = None
+        for scene in scenes:
+            arrays = {}
+            for key in BANDS + ["scl"]:
+                with rasterio.open(scene["assets"][key]) as src:
+                    arrays[key] = src.read(1)
+            first = first or arrays
+        clear = ~np.isin(first["scl"], synthetic.SCL_EXCLUDED)
+        count = clear.repeat(2, axis=0).repeat(2, axis=1).astype(np.uint16)
+        for r in range(0, ny, TILE_PX):
+            for c in range(0, nx, TILE_PX):
+                geobox = GeoBox.from_bbox((x0 + c * res, y0 - (r + TILE_PX) * res, x0 + (c + TILE_PX) * res,
+                                           y0 - r * res), crs=layout["crs"], resolution=res)
+                window = (slice(r, r + TILE_PX), slice(c, c + TILE_PX))
+                for key in BANDS:
+                    write_cog(out / f"{month}_{r}_{c}_{key}.tif", np.ascontiguousarray(first[key][window]), geobox, 0)
+                write_cog(out / f"{month}_{r}_{c}_count.tif", np.ascontiguousarray(count[window]), geobox, 0)
+
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        list(pool.map(lambda kv: month_job(*kv), months.items()))
+    return {}
+
+
 def _kernel_inputs(layout: dict, rows: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     stacks = {b: np.array(s[:, :rows]) for b, s in stacks_for(layout).items()}  # in memory, not the mmap
     return stacks, {b: 0 for b in BANDS}
@@ -304,7 +350,7 @@ def geomedian_tolerance(stacks: dict[str, np.ndarray]) -> float:
 
 
 CHILDREN = {
-    "odc-stac": child_odc_stac, "numpy": child_numpy, "floor": child_floor,
+    "odc-stac": child_odc_stac, "numpy": child_numpy, "floor": child_floor, "io-floor": child_io_floor,
 }
 
 
@@ -443,7 +489,7 @@ def main() -> None:
     parser.add_argument("--kernel-rows", default="512,1024",
                         help="rows of the first size's 1024-px-wide stacks for the two kernel sizes")
     parser.add_argument("--skip", default="", help="contenders to leave out, comma-separated: e2e, kernels, "
-                        "median, geomedian, or a name (odc-stac, numpy, floor, median:bottleneck, ...)")
+                        "median, geomedian, or a name (odc-stac, numpy, floor, io-floor, median:bottleneck, ...)")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=SRC",
                         help="also run `gridded run` with the package from another source tree (SRC on "
                              "PYTHONPATH, e.g. a checkout with proposed changes: SRC=/path/to/checkout/src)")
@@ -474,7 +520,7 @@ def main() -> None:
     for size, layout in layouts.items():
         layout_file = Path(layout["root"]) / "layout-bench.json"
         layout_file.write_text(json.dumps(layout))
-        for name in ("gridded", *variants, "odc-stac", "numpy", "floor"):
+        for name in ("gridded", *variants, "odc-stac", "numpy", "floor", "io-floor"):
             if skip & {name, "e2e"}:
                 continue
             out = scratch / f"{name}-{size}"
@@ -559,11 +605,12 @@ def render(measured, checks, layouts, kernel_layout, kernel_rows, args) -> str:
         "odc-stac": "odc-stac + xarray + dask script, same outputs (odc-geo COGs)",
         "numpy": "plain numpy: rasterio reads, np.nanmedian, rasterio COGs",
         "floor": "decode floor: every input file read once, all CPUs",
+        "io-floor": "decode + encode floor: inputs read once, as many COGs written (no statistic), all CPUs",
     }
     for size in layouts:
         cells_obs = size * size * args.dates
         base = med("gridded", size, "wall_s")
-        for name in ("gridded", *variants, "odc-stac", "numpy", "floor"):
+        for name in ("gridded", *variants, "odc-stac", "numpy", "floor", "io-floor"):
             wall = med(name, size, "wall_s")
             if wall is None:
                 continue
