@@ -92,6 +92,14 @@ def stacks_for(layout: dict) -> dict[str, np.ndarray]:
     return {b: np.load(paths[b], mmap_mode="r") for b in BANDS}
 
 
+def scenes_by_month(layout: dict) -> dict[str, list[dict]]:
+    """The year's scenes grouped by calendar month ("2024-01"), in date order."""
+    months: dict[str, list[dict]] = {}
+    for scene in layout["scenes"]:
+        months.setdefault(scene["datetime"][:7], []).append(scene)
+    return months
+
+
 def sample_pixels(shape_yx, n: int, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.integers(0, shape_yx[0], n), rng.integers(0, shape_yx[1], n)
@@ -166,10 +174,7 @@ def child_numpy(layout: dict, out: Path) -> dict:
     ny, nx = layout["shape_yx"]
     x0, y0 = layout["origin_xy"]
     transform = from_origin(x0, y0, layout["resolution_m"], layout["resolution_m"])
-    months: dict[str, list[dict]] = {}
-    for scene in layout["scenes"]:
-        months.setdefault(scene["datetime"][:7], []).append(scene)
-    for month, scenes in months.items():
+    for month, scenes in scenes_by_month(layout).items():
         values = np.full((len(BANDS), len(scenes), ny, nx), np.nan, dtype=np.float32)
         for i, scene in enumerate(scenes):
             with rasterio.open(scene["assets"]["scl"]) as src:
@@ -226,9 +231,6 @@ def child_io_floor(layout: dict, out: Path) -> dict:
     ny, nx = layout["shape_yx"]
     x0, y0 = layout["origin_xy"]
     res = layout["resolution_m"]
-    months: dict[str, list[dict]] = {}
-    for scene in layout["scenes"]:
-        months.setdefault(scene["datetime"][:7], []).append(scene)
     out.mkdir(parents=True, exist_ok=True)
 
     def month_job(month: str, scenes: list[dict]) -> None:
@@ -251,7 +253,7 @@ def child_io_floor(layout: dict, out: Path) -> dict:
                 write_cog(out / f"{month}_{r}_{c}_count.tif", np.ascontiguousarray(count[window]), geobox, 0)
 
     with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
-        list(pool.map(lambda kv: month_job(*kv), months.items()))
+        list(pool.map(lambda kv: month_job(*kv), scenes_by_month(layout).items()))
     return {}
 
 
