@@ -226,7 +226,7 @@ def child_io_floor(layout: dict, out: Path) -> dict:
     import rasterio
     from odc.geo.geobox import GeoBox
 
-    from gridded.write import write_cog
+    from gridded.io.cog import write_cog
 
     ny, nx = layout["shape_yx"]
     x0, y0 = layout["origin_xy"]
@@ -285,7 +285,7 @@ def child_median_kernel(layout: dict, out: Path, rows: int, which: str) -> dict:
 
     stacks, nodata = _kernel_inputs(layout, rows)
     if which == "gridded":
-        from gridded.stats import reduce_median
+        from gridded.compute.median import reduce_median
 
         reduce_median({b: s[:, :2] for b, s in stacks.items()}, nodata)  # compiled (or loaded from cache)
         run = lambda: reduce_median(stacks, nodata)  # noqa: E731
@@ -314,7 +314,7 @@ def child_median_kernel(layout: dict, out: Path, rows: int, which: str) -> dict:
 def child_geomedian_kernel(layout: dict, out: Path, rows: int, which: str) -> dict:
     stacks, nodata = _kernel_inputs(layout, rows)
     if which == "gridded":
-        from gridded.geomedian import reduce_geomedian
+        from gridded.compute.geomedian import reduce_geomedian
 
         tolerance = geomedian_tolerance(stacks)
         reduce_geomedian({b: s[:, :2] for b, s in stacks.items()}, nodata)
@@ -465,7 +465,7 @@ def objective_gaps(layout: dict, rows: int, results: dict[str, np.ndarray]) -> d
             step = (1 - gamma) * target + gamma * y
             y = np.where((wsum > 0)[:, None] & np.isfinite(step), step, y)
     best = objective(y)
-    from gridded.geomedian import geomedian_with_iterations
+    from gridded.compute.geomedian import geomedian_with_iterations
 
     sample = {b: np.ascontiguousarray(stacks[b][:, ys, xs][:, None, :]) for b in BANDS}
     tight, _ = geomedian_with_iterations(sample, {b: 0 for b in BANDS}, max_iterations=100_000, tolerance=1e-13)

@@ -21,10 +21,12 @@ from shapely.geometry import Polygon, box
 from gridded.artifact import FORMAT_VERSION, MAGIC, read_batch, write_artifact
 from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
 from gridded.errors import ArtifactError
-from gridded.grid import load_grid, parse_extent
+from gridded.extent import parse_extent
+from gridded.grid import load_grid
 from gridded.period import parse_time
 from gridded.pipeline import Pipeline
-from gridded.run import Selection, plan_for
+from gridded.plan import plan_for
+from gridded.selection import Selection
 
 from expected import catalog_items
 

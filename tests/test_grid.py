@@ -15,7 +15,8 @@ from pyproj import CRS, Transformer
 from shapely.geometry import Polygon, box
 
 from gridded.errors import ConfigError
-from gridded.grid import Grid, cells_for_extent, load_grid, parse_extent
+from gridded.extent import parse_extent
+from gridded.grid import Grid, cells_for_extent, load_grid
 
 VALID_GRID = "crs: EPSG:3577\nresolution: 30\ntile_size: 96000\norigin: [0, 0]\n"
 

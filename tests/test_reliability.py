@@ -17,7 +17,7 @@ import rasterio
 from expected import check_pixels, output_items
 
 from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
-from gridded.storage import TEMP_MARK
+from gridded.io.storage import TEMP_MARK
 
 SELECT = ["--extent", DEMO_EXTENT, "--time", DEMO_TIME, "--grid", str(DEMO_GRID),
           "--bands", "blue,green,red,nir"]

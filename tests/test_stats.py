@@ -11,17 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gridded.geomedian import MADS, geomedian_mads, geomedian_with_iterations, reduce_geomedian
-from gridded.kernels import run_in_row_blocks, to_output
-from gridded.stats import (
-    EXTRA_ASSETS,
-    STATISTICS,
-    clear_count,
-    median_of_stack,
-    reduce_median,
-    sorting_network,
-    warm_kernels,
-)
+from gridded.compute.arrays import to_output
+from gridded.compute.blocks import run_in_row_blocks
+from gridded.compute.geomedian import MADS, geomedian_mads, geomedian_with_iterations, reduce_geomedian
+from gridded.compute.masking import clear_count
+from gridded.compute.median import median_of_stack, reduce_median, sorting_network
+from gridded.compute.statistics import STATISTICS, warm_kernels
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -147,7 +142,8 @@ def test_reducers_write_into_out_as_to_output_converts(data, output):
     stacks, nodata = data
     dtype, out_nodata = output
     shape = stacks["red"].shape[1:]
-    for name, reducer in STATISTICS.items():
+    for name, statistic in STATISTICS.items():
+        reducer = statistic.reduce
         floats = reducer(stacks, nodata)
         out = {b: np.empty(shape, dtype=dtype) for b in stacks}
         got = reducer(stacks, nodata, out=out, out_nodata={b: out_nodata for b in stacks})
@@ -334,8 +330,8 @@ def test_statistics_registry_is_the_cli_choice():
 @pytest.mark.parametrize("name", sorted(STATISTICS))
 def test_every_reducer_has_the_one_signature(name):
     stack = np.array([[[5, 0]], [[7, 3]], [[9, 0]]], dtype=np.uint16)
-    result = STATISTICS[name]({"red": stack, "nir": stack + 1}, {"red": 0, "nir": 1})
-    assert set(result) == {"red", "nir", *EXTRA_ASSETS.get(name, ())}
+    result = STATISTICS[name].reduce({"red": stack, "nir": stack + 1}, {"red": 0, "nir": 1})
+    assert set(result) == {"red", "nir", *STATISTICS[name].extra_assets}
     assert result["red"].shape == (1, 2) and result["red"].dtype == np.float64
     # pixel 0: three collinear observations, so both statistics give the middle one; pixel 1: one clear
     np.testing.assert_allclose(result["red"][0], [7, 3], atol=1e-6)
@@ -555,16 +551,15 @@ def test_warm_kernels_loads_in_the_background():
 WARM_AND_REPORT = """
 import json, sys
 import numpy as np
-from gridded.geomedian_jit import geomedian_rows, mads_rows
-from gridded.load import _mask_kernel
-from gridded.stats import _count_kernel, _median_kernel, warm_kernels
+from gridded.compute._jit import count_rows, geomedian_rows, mads_rows, mask_into, median_rows
+from gridded.compute.statistics import warm_kernels
 for name in ("median", "geomad"):
     warm_kernels(name, 4).join()
-mask = _mask_kernel()
+mask = mask_into
 layers = tuple(np.zeros((4, 4), np.uint16) for _ in range(4))
 mask(layers, layers, np.ones(4, bool), True, np.zeros((2, 2), np.uint8), 2, 0, 0, np.ones(256, bool),
      np.zeros(4, np.uint16), np.ones(4, bool), np.zeros(4, np.uint16), np.ones(4, bool), np.empty(4, bool))
-kernels = {"median": _median_kernel(), "count": _count_kernel(), "geomedian": geomedian_rows,
+kernels = {"median": median_rows, "count": count_rows, "geomedian": geomedian_rows,
            "mads": mads_rows, "mask": mask}
 json.dump({k: [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())] for k, f in kernels.items()},
           sys.stdout)

@@ -59,9 +59,9 @@ def kubeconfig(tmp_path, monkeypatch):
 
 
 def test_submit_creates_the_workflow_and_watch_follows_it(kubeconfig, monkeypatch):
-    import gridded.submit
+    from gridded.workflow import submit
 
-    monkeypatch.setattr(gridded.submit, "WATCH_POLL_S", 0.05)
+    monkeypatch.setattr(submit, "WATCH_POLL_S", 0.05)
     result = CliRunner().invoke(cli, ["workflow", "submit", "workflows/dag.yaml", "--watch"])
     assert result.exit_code == 0, result.output
     path, body = FakeApi.created[0]

@@ -1,4 +1,4 @@
-"""windows.py: reads into a caller's array, and the pool of open sources a batch shares."""
+"""io/rasters.py: reads into a caller's array, and the pool of open sources a batch shares."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import rasterio
 from scenes import scene, task_for
 
-from gridded import windows
-from gridded.windows import SourcePool, pooled_sources, read_window
+from gridded.io import rasters
+from gridded.io.rasters import SourcePool, pooled_sources, read_window
 
 
 def test_read_window_reads_into_out_only_when_the_dtype_matches(tmp_path):
@@ -66,7 +66,7 @@ def test_batch_reads_reuse_open_sources_and_a_failed_read_closes_its_dataset(tmp
         assert opened == [hrefs["red"]]  # the second read took the open dataset
         np.testing.assert_array_equal(first, again)
         with pytest.raises(ZeroDivisionError):
-            windows._read_once(hrefs["red"], "red", lambda src: 1 / 0)
+            rasters._read_once(hrefs["red"], "red", lambda src: 1 / 0)
         assert pool.take(hrefs["red"]) is None  # the dataset of the failed read was not given back
     read_window(hrefs["red"], geobox, fill=0, what="red")  # outside a batch: opened and closed
     assert len(opened) == 2

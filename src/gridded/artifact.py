@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from .errors import ArtifactError
 from .plan import Batch, Plan
-from .storage import storage_for_file
+from .io.storage import storage_for_file
 
 MAGIC = b"GRIDDED-CELLS\n"
 FORMAT_VERSION = 1

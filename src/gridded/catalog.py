@@ -8,7 +8,7 @@ from datetime import datetime
 import pystac
 
 from . import __version__
-from .storage import Storage
+from .io.storage import Storage
 
 ITEM_SUFFIX = ".stac-item.json"
 

@@ -17,7 +17,7 @@ import rasterio
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-from .resources import data_dir
+from ._data import data_dir
 
 CRS = "EPSG:32755"
 BANDS = {"blue": ("B02", 490), "green": ("B03", 560), "red": ("B04", 665), "nir": ("B08", 842)}

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 from odc.geo.geobox import GeoBox
 
+from .compute.masking import mask_into
+from .io.rasters import Coarse, read_mask_window, read_window
+from .io.s3 import is_remote
 from .masks import MaskRule
 from .plan import Task
-from .s3 import is_remote
-from .windows import Coarse, as_dtype, read_mask_window, read_window
 
 # Same-day groups of a task read at once from object stores or HTTP, where a read waits on the
 # network. Local files are read one group after another: decoding them is CPU work, and the
@@ -31,57 +31,6 @@ class Stacks:
     source_nodata: dict[str, float | None]
 
 
-@cache
-def _mask_kernel():
-    import numba
-
-    @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def mask_into(layers, values, in_place, first, coarse, k, r_off, c_off, lut, sentinels, use_sentinel, nodatas,
-                  use_nodata, clear):
-        # Per row: the clear rule looked up once for every pixel (a coarse mask pixel covers k x k),
-        # then per band, as the first observation of the layer, the value where clear and not the
-        # file's nodata, else the sentinel; or, as a later scene of the same day, the value where
-        # the layer still has the sentinel (a mosaic: the earlier scene stands where it is clear).
-        ny, nx = layers[0].shape
-        last = -1
-        for y in range(ny):
-            r = (y + r_off) // k
-            if r != last:  # a new row of mask pixels: look each up once, spread it over its k columns
-                last = r
-                x = 0
-                for ci in range(coarse.shape[1]):
-                    ok = lut[coarse[r, ci]]
-                    for _ in range(min(k - c_off if ci == 0 else k, nx - x)):
-                        clear[x] = ok
-                        x += 1
-            for b in range(len(layers)):
-                layer = layers[b]
-                vals = values[b]
-                s = sentinels[b]
-                nd = nodatas[b]
-                test_nd = use_nodata[b]
-                test_s = use_sentinel[b]
-                if first and in_place[b]:  # the scene was read into its layer: one array, so no
-                    for x in range(nx):    # aliasing check stops LLVM vectorising the branch-free loop
-                        v = layer[y, x]
-                        ok = clear[x] & ((not test_nd) | (v != nd)) & (v == v)
-                        layer[y, x] = v if ok else s
-                elif first:
-                    for x in range(nx):
-                        v = vals[y, x]
-                        ok = clear[x] & ((not test_nd) | (v != nd)) & (v == v)
-                        layer[y, x] = v if ok else s
-                else:
-                    for x in range(nx):
-                        v = vals[y, x]
-                        cur = layer[y, x]
-                        hole = (test_s & (cur == s)) | (cur != cur)
-                        if hole & clear[x] & ((not test_nd) | (v != nd)) & (v == v):
-                            layer[y, x] = v
-
-    return mask_into
-
-
 _NO_MASK = (np.zeros((1, 1), dtype=np.uint8), np.ones(1, dtype=np.bool_))
 
 
@@ -95,25 +44,6 @@ def _clear_rule(coarse: Coarse | None, mask: MaskRule | None, geobox: GeoBox):
     if table is None:
         values, table = mask.clear(values).view(np.uint8), np.array([False, True])
     return values, coarse.k, coarse.row_offset, coarse.col_offset, table
-
-
-def _mask_into(layers: list[np.ndarray], values: list[np.ndarray], first: bool, rule, sentinels: list, nodatas: list):
-    """Apply the clear rule to a scene's bands into their layers (one kernel call per dtype)."""
-    kernel = _mask_kernel()
-    coarse, k, r_off, c_off, table = rule
-    groups: dict[tuple, list[int]] = {}
-    for b, (layer, vals) in enumerate(zip(layers, values)):
-        groups.setdefault((layer.dtype, vals.dtype), []).append(b)
-    clear = np.empty(layers[0].shape[1], dtype=np.bool_)
-    for (ltype, vtype), members in groups.items():
-        sent = [sentinels[b] for b in members]
-        nd = [nodatas[b] for b in members]
-        use_nd = np.array([v is not None and not np.isnan(v) for v in nd])
-        kernel(tuple(layers[b] for b in members), tuple(values[b] for b in members),
-               np.array([values[b] is layers[b] for b in members]), first, coarse, k, r_off,
-               c_off, table, np.array([as_dtype(v, ltype) for v in sent], dtype=ltype),
-               np.array([not np.isnan(v) for v in sent]),
-               np.array([as_dtype(v, vtype) if u else 0 for v, u in zip(nd, use_nd)], dtype=vtype), use_nd, clear)
 
 
 def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nodata: float | None) -> Stacks:
@@ -148,7 +78,7 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
             if mask is not None:
                 coarse = read_mask_window(obs.href(mask.asset), geobox, fill=mask.fill_value,
                                           what=f"item {obs.item_id} mask asset {mask.asset}")
-            _mask_into(layers, [r[0] for r in reads], n == 0, _clear_rule(coarse, mask, geobox),
+            mask_into(layers, [r[0] for r in reads], n == 0, _clear_rule(coarse, mask, geobox),
                        [sentinels[b] for b in bands], [r[1] for r in reads])
 
     if not any(is_remote(href) for obs in task.observations for _, href in obs.hrefs):

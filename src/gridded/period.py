@@ -1,4 +1,4 @@
-"""`--time` (ISO intervals, `last:P1M`) and calendar-aligned period bins."""
+"""`--time` (ISO intervals, `last:P1M`) -> a TimeRange; a period (`P1M`) -> calendar-aligned bins."""
 
 from __future__ import annotations
 
@@ -7,10 +7,23 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from .errors import ConfigError
-from .source import TimeRange
 
 PERIOD = re.compile(r"^P(?P<n>[1-9]\d*)(?P<unit>[YMD])$")
 EPS = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeRange:
+    """A closed UTC interval [start, end]."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self):
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ConfigError("time range bounds must be timezone-aware (UTC)")
+        if self.start > self.end:
+            raise ConfigError(f"--time {self.start:%Y-%m-%d}/{self.end:%Y-%m-%d}: start is after end; swap them")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

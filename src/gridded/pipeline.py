@@ -10,8 +10,8 @@ import numpy as np
 from .errors import ConfigError
 from .masks import MaskRule, parse_mask
 from .period import PERIOD
-from .resources import load_recipe_yaml
-from .stats import EXTRA_ASSETS, ITERATIVE, STATISTICS
+from ._data import load_recipe_yaml
+from .compute.statistics import STATISTICS
 
 INFER = "infer"  # the mask rule comes from the items' assets
 
@@ -47,7 +47,7 @@ class Pipeline:
             raise ConfigError(
                 f"--statistic {self.statistic}: unknown statistic; use one of {', '.join(STATISTICS)}"
             )
-        taken = set(self.bands) & set(EXTRA_ASSETS.get(self.statistic, ()))
+        taken = set(self.bands) & set(STATISTICS[self.statistic].extra_assets)
         if taken:
             raise ConfigError(f"band name {sorted(taken)[0]!r} is the name of a --statistic {self.statistic} output; "
                               f"pass --bands without it or use another --statistic")
@@ -81,10 +81,9 @@ class Pipeline:
             "dtype": self.dtype,
             "nodata": self.nodata,
         }
-        if self.statistic in ITERATIVE:
+        if STATISTICS[self.statistic].iterative:
             params.update(max_iterations=self.max_iterations, tolerance=self.tolerance)
         return params
-
 
 
 def load_pipeline(name_or_path: str) -> Pipeline:

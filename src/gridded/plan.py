@@ -1,4 +1,4 @@
-"""Grid x extent x time x items -> tasks; tasks -> batches; batches -> the cells artifact."""
+"""A selection -> the items it needs (source or index) -> grid cells x periods x items -> tasks in batches."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from shapely.strtree import STRtree
 from .errors import ConfigError
 from .grid import Grid, cells_for_extent
 from .masks import MaskRule, infer_mask
-from .period import Period, periods_for
+from .period import Period, TimeRange, periods_for
 from .pipeline import INFER, Pipeline
-from .source import TimeRange, find_asset, item_time
+from .selection import Selection, local_roots
+from .source import find_asset, item_time, items_for_query, read_items
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +200,22 @@ def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items:
     )
     return Plan(pipeline=pipeline, grid=grid, batches=batches, n_cells_in_extent=len(cells),
                 n_items=len(items), empty_cells=tuple(empty))
+
+
+def plan_for(selection: Selection) -> Plan:
+    """Read the source (or query the index), pick the items for the extent and time, plan cells x periods."""
+    if selection.index:
+        from .index import open_index
+
+        index = open_index(selection.index)
+        try:
+            candidates = index.search(bbox=selection.extent.boundingbox, start=selection.time.start,
+                                      end=selection.time.end, collection=selection.collection)
+        finally:
+            index.close()
+    else:
+        candidates = read_items(selection.source)
+    items = items_for_query(candidates, selection.extent, selection.time, selection.collection)
+    return make_plan(pipeline=selection.pipeline, grid=selection.grid, extent=selection.extent,
+                     time=selection.time, items=items, tiles_per_worker=selection.tiles_per_worker,
+                     local_roots=local_roots(selection))

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
-from functools import cache
 from typing import Callable
 
 import numpy as np
 
+from .cluster import local_client, tune_allocator, worker_resources
+from .compute.masking import clear_count
+from .compute.statistics import STATISTICS, warm_kernels
 from .errors import ClusterError, GriddedError
+from .io.storage import Storage, open_storage
 from .pipeline import Pipeline
 from .plan import Batch, Task
-from .stats import EXTRA_ASSETS, ITERATIVE, STATISTICS, clear_count, warm_kernels
-from .storage import Storage, open_storage
 from .write import COUNT_ASSET, COUNT_NODATA, commit_outputs, item_name
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ def is_current(storage: Storage, name: str, fingerprint: str) -> bool:
 
 def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = False) -> CellResult:
     """Compute and commit one task, or skip it when its item is current. Never raises for the cell."""
+    from .io.rasters import configure_gdal
     from .load import load_task
-    from .windows import configure_gdal
 
     started = time.monotonic()
     common = dict(key=task.key, period=task.period.label, observations=len(task.observations))
@@ -66,14 +66,15 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
             dtype = np.dtype(pipeline.dtype) if pipeline.dtype else stacks.source_dtype[band]
             nodata[band] = _output_nodata(pipeline.nodata, stacks.source_nodata[band], dtype)
             arrays[band] = np.empty(task.geobox.shape, dtype=dtype)
-        reduced = STATISTICS[pipeline.statistic](stacks.bands, stacks.sentinel, out=arrays, out_nodata=nodata,
-                                                 max_iterations=pipeline.max_iterations, tolerance=pipeline.tolerance)
+        statistic = STATISTICS[pipeline.statistic]
+        reduced = statistic.reduce(stacks.bands, stacks.sentinel, out=arrays, out_nodata=nodata,
+                                   max_iterations=pipeline.max_iterations, tolerance=pipeline.tolerance)
         arrays[COUNT_ASSET] = clear_count(stacks.bands, stacks.sentinel)
         nodata[COUNT_ASSET] = COUNT_NODATA
-        for name in EXTRA_ASSETS.get(pipeline.statistic, ()):
+        for name in statistic.extra_assets:
             arrays[name], nodata[name] = reduced[name].astype(np.float32), float("nan")
         extra = {}
-        if pipeline.statistic in ITERATIVE:
+        if statistic.iterative:
             extra = {"gridded:geomedian": {"tolerance": pipeline.tolerance, "max_iterations": pipeline.max_iterations}}
         commit_outputs(storage, pipeline=pipeline, task=task, arrays=arrays, nodata=nodata,
                        fingerprint=fingerprint, replace=exists, extra=extra)
@@ -101,45 +102,13 @@ def _output_nodata(pipeline_nodata, source_nodata, dtype: np.dtype):
     return float(value)
 
 
-def worker_resources(workers_on_machine: int = 1) -> tuple[int, int]:
-    """(threads, memory bytes) this worker may use: its share of the CPUs and memory it can see."""
-    import psutil
-
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = _cgroup_cpus()
-    if quota:
-        cpus = min(cpus, quota)
-    memory = psutil.virtual_memory().total
-    cg_mem = _cgroup_memory()
-    if cg_mem:
-        memory = min(memory, cg_mem)
-    share = max(1, workers_on_machine)
-    return max(1, cpus // share), memory // share
-
-
-def _cgroup_cpus() -> int | None:
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
-        return None if quota == "max" else max(1, int(int(quota) / int(period)))
-    except (OSError, ValueError):
-        return None
-
-
-def _cgroup_memory() -> int | None:
-    try:
-        value = open("/sys/fs/cgroup/memory.max").read().strip()
-        return None if value == "max" else int(value)
-    except (OSError, ValueError):
-        return None
-
-
 def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: bool = False,
                   workers_on_machine: int = 1, scheduler: str | None = None,
                   on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
     """Every task of a batch on a Dask cluster: this worker's own LocalCluster, or `scheduler`."""
     from distributed import Client, as_completed
 
-    from .windows import pooled_sources
+    from .io.rasters import pooled_sources
 
     results = []
     if scheduler:
@@ -152,7 +121,7 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
         tune_allocator()
         # the tasks run in this process: load numba's code while Dask starts and the first reads run
         warm_kernels(pipeline.statistic, len(pipeline.bands))
-        client = _local_client(*worker_resources(workers_on_machine))
+        client = local_client(*worker_resources(workers_on_machine))
     # period by period: the cells of one period read the same scenes, which stay open between them
     tasks = sorted(batch.tasks, key=lambda t: (t.period.label, t.key[1], t.key[0]))
     try:
@@ -170,42 +139,3 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
         if scheduler:
             client.close()
     return sorted(results, key=lambda r: (r.key[1], r.key[0], r.period))
-
-
-# glibc's mallopt parameters, and the values a worker sets: every tile allocates and frees the same
-# few-megabyte arrays (stacks, GDAL's decoded blocks, COG buffers), which glibc would otherwise hand
-# back to the kernel and fault in afresh each time (up to a sixth of a worker's CPU time, in the kernel)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest
-TRIM_THRESHOLD_BYTES = 256 << 20
-
-
-@cache
-def tune_allocator() -> bool:
-    """Keep freed memory of up to 32 MB blocks in the process for reuse (glibc only; else nothing)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-                    and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
-    except (OSError, AttributeError):
-        return False
-
-
-@cache
-def _local_client(threads: int, memory: int):
-    """This process's own LocalCluster, started once and kept for its later batches."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    # threads, not processes: the kernels release the GIL and so do GDAL's reads. Without the
-    # worker's statistical profiler unless DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED asks for it:
-    # it samples every thread's stack a hundred times a second, holding the GIL the tasks need
-    asked = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED" in os.environ
-    profile = asked and bool(dask.config.get("distributed.worker.profile.enabled"))
-    with dask.config.set({"distributed.worker.profile.enabled": profile}):
-        cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
-                               memory_limit=memory, dashboard_address=":0")
-    return Client(cluster)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
@@ -15,22 +14,9 @@ import pystac.utils
 from shapely.geometry import box, shape
 
 from .errors import ConfigError, GriddedError, SourceError
+from .period import TimeRange
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TimeRange:
-    """A closed UTC interval [start, end]."""
-
-    start: datetime
-    end: datetime
-
-    def __post_init__(self):
-        if self.start.tzinfo is None or self.end.tzinfo is None:
-            raise ConfigError("time range bounds must be timezone-aware (UTC)")
-        if self.start > self.end:
-            raise ConfigError(f"--time {self.start:%Y-%m-%d}/{self.end:%Y-%m-%d}: start is after end; swap them")
 
 
 class _StacIO(pystac.stac_io.DefaultStacIO):
@@ -38,7 +24,7 @@ class _StacIO(pystac.stac_io.DefaultStacIO):
 
     def read_text_from_href(self, href: str) -> str:
         if href.startswith("s3://"):
-            from .storage import storage_for_file
+            from .io.storage import storage_for_file
 
             store, name = storage_for_file(href, source=True)
             return store.get_bytes(name).decode("utf-8")

@@ -8,21 +8,17 @@ files or the environment: the caller passes every value, so a render is a pure f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
 import yaml
 from hera.workflows import models as m
 
-from . import __version__
-from .argo_checks import (INDEX_SECRET_KEY, check_choice, check_cluster_values, check_cron, check_image,
-                          check_index_dsn, check_s3_values, dns_name, label_value)
-from .errors import ConfigError
-from .s3 import REQUESTER_PAYS_ENV, UNSIGNED_ENV
+from ..errors import ConfigError
+from ..io.s3 import REQUESTER_PAYS_ENV, UNSIGNED_ENV
+from .options import INDEX_SECRET_KEY, WorkflowOptions, check_index_dsn, dns_name, label_value
 
-STYLES = ("dag", "steps")
-KINDS = ("workflow", "template")
 # The selection flags of `tiles generate`, in the order the CLI lists them (and parameters render).
 SELECTION_FLAGS = ("source", "extent", "time", "as_of", "pipeline", "grid", "statistic", "period", "bands",
                    "mask", "collection", "tiles_per_worker")
@@ -61,54 +57,6 @@ REPORT_DEADLINE_S = 300
 REPORT_RESOURCES = {"cpu": "100m", "memory": "64Mi"}
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # keys (and env names) in options.s3_secret
 YAML_FIRST = ("name", "apiVersion", "kind", "metadata", "spec", "image", "command", "args")
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkflowOptions:
-    """How and where a workflow runs: the Argo side of `gridded workflow render`."""
-
-    image: str
-    output: str | None = None          # s3:// root; required by render(), unused by render_ingest()
-    style: str = "dag"
-    kind: str = "workflow"
-    schedule: str | None = None        # cron: renders a CronWorkflow
-    timezone: str = "UTC"              # of the schedule
-    name: str | None = None            # default: gridded-<pipeline>
-    namespace: str | None = None
-    service_account: str | None = None
-    parallelism: int = 10
-    s3_secret: str | None = None       # Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
-    aws_endpoint_url: str | None = None
-    index_secret: str | None = None    # Secret whose key `dsn` holds the index DSN (render_ingest)
-    unsigned: bool = False             # read s3:// sources unsigned (public buckets)
-    requester_pays: bool = False       # read requester-pays s3:// sources
-    cpu: str = "2"
-    memory: str = "8Gi"
-    retries: int = 2
-    deadline_s: int = 6 * 3600
-    owner: str | None = None
-    artifact_bucket: str | None = None  # default: the output's bucket
-    artifact_prefix: str | None = None  # default: <output prefix>/_workflows
-    version: str = __version__          # the gridded/version label
-
-    def __post_init__(self):
-        check_choice("--style", self.style, STYLES)
-        check_choice("--kind", self.kind, KINDS)
-        check_image(self.image)
-        if self.schedule is not None:
-            check_cron(self.schedule)
-            if self.kind == "template":
-                raise ConfigError("--kind template with --schedule: pick one (a CronWorkflow or a WorkflowTemplate)")
-        check_cluster_values(self)
-        check_s3_values(self)
-
-    def cells_key(self) -> tuple[str, str]:
-        """(bucket, key) of the cells artifact; the key holds {{workflow.uid}}, so runs never collide."""
-        out = urlsplit(self.output or "")
-        bucket = self.artifact_bucket or out.netloc
-        if self.artifact_prefix is not None:
-            prefix = self.artifact_prefix
-        else:
-            prefix = "/".join(p for p in (out.path.strip("/"), "_workflows") if p)
-        return bucket, "/".join(p for p in (prefix, "{{workflow.uid}}", "cells.pickle") if p)
 
 
 def render(selection: dict[str, str | None], options: WorkflowOptions) -> str:
@@ -143,6 +91,56 @@ def render(selection: dict[str, str | None], options: WorkflowOptions) -> str:
     labels = _labels(options, component="composites", pipeline=pipeline)
     spec = _workflow_spec(templates, parameters, options, labels)
     return _manifest(spec, options, labels, name=options.name or dns_name(f"gridded-{pipeline}"))
+
+
+def render_workflow(flags: Mapping[str, object], options: WorkflowOptions) -> str:
+    """The YAML of a run as Argo Workflows: the selection's flags (source, extent, time, ... as
+    `gridded tiles generate` takes them; None for a flag not given) checked as a run would check
+    them, plus where and how the pods run.
+
+    >>> from gridded.workflow.options import WorkflowOptions
+    >>> yaml_text = render_workflow({"source": "s3://stac/catalog.json", "extent": "146.9,-36.1,147.1,-35.9",
+    ...                              "time": "2024-01", "grid": "utm55s-10m", "bands": "red,nir"},
+    ...                             WorkflowOptions(image="ghcr.io/org/gridded:0.1.0", output="s3://out/x"))
+    >>> yaml_text.splitlines()[:2]
+    ['apiVersion: argoproj.io/v1alpha1', 'kind: Workflow']
+    """
+    if flags.get("time") is None and options.schedule is None:
+        raise ConfigError("no --time: give START/END, or --schedule CRON to process the last complete period")
+    return render(portable_selection(flags), options)
+
+
+def portable_selection(flags: Mapping[str, object]) -> dict[str, str | None]:
+    """The selection as pod arguments: checked here, extent files inlined as WKT, no local files."""
+    from pathlib import Path
+
+    from ..extent import BBOX_TEXT, parse_extent
+    from ..selection import select
+
+    flags = {k: flags.get(k) for k in (*SELECTION_FLAGS, "index", "allow_root")}
+    flags["tiles_per_worker"] = flags["tiles_per_worker"] or 4
+    flags["allow_root"] = flags["allow_root"] or ()
+    if flags.get("source") is None:
+        raise ConfigError("no --source: a workflow reads an s3:// or https:// catalog; pass --source")
+    checked = {k: v for k, v in flags.items() if k not in ("source", "allow_root")}
+    # a schedule fills the time in: check the rest with a stand-in
+    select(flags["source"], allow_roots=flags["allow_root"], **{**checked, "time": checked["time"] or "last:P1M"})
+    for flag in ("grid", "pipeline"):
+        value = flags.get(flag)
+        if value and Path(str(value)).suffix in (".yaml", ".yml"):
+            raise ConfigError(f"--{flag} {value}: a local file does not reach the pods; use a built-in name")
+    extent = str(flags["extent"])
+    if not BBOX_TEXT.fullmatch(extent.strip()):
+        extent = parse_extent(extent).geom.wkt
+    if flags.pop("allow_root"):
+        raise ConfigError("--allow-root: pods have no local folders to allow; use s3:// or https:// assets")
+    if flags.pop("index"):
+        raise ConfigError("--index: a workflow plans from --source (an s3:// or https:// catalog); "
+                          "pass --source instead")
+    if "://" not in str(flags["source"]):
+        raise ConfigError(f"--source {flags['source']}: a local path does not reach the pods; use s3:// or https://")
+    flags.update(extent=extent, tiles_per_worker=str(flags["tiles_per_worker"]))
+    return {k: None if v is None else str(v) for k, v in flags.items()}
 
 
 def render_ingest(source: str, index: str | None, options: WorkflowOptions, collection: str | None = None,

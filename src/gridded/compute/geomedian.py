@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import band_tuple, is_float_dtype, run_in_row_blocks, sentinels_for, to_output
+from .arrays import band_tuple, is_float_dtype, sentinels_for, to_output
+from .blocks import run_in_row_blocks
 
 # --- geomedian -------------------------------------------------------------------------------
 
@@ -17,7 +18,7 @@ def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, f
     """((band, y, x) float64 geometric median, (y, x) int32 iterations taken) over the observations
     clear in every band; NaN and 0 iterations where none is. Iterations stop once a step is at most
     `tolerance` x the estimate's norm (or x 1 if the norm is smaller), or after `max_iterations`."""
-    from .geomedian_jit import geomedian_rows as kernel  # imports numba: only once a geomedian is asked for
+    from ._jit import geomedian_rows as kernel  # imports numba: only once a kernel is asked for
 
     arrays = band_tuple(stacks)
     sentinels, use = sentinels_for(stacks, nodata, arrays[0].dtype)
@@ -60,7 +61,7 @@ def geomedian_mads(stacks: dict[str, np.ndarray], nodata: dict[str, float], geom
     float64, NaN where no observation is clear in every band, the median over those observations of
     the spectral (cosine) distance 1 - x.g / (|x| |g|), the Euclidean distance |x - g| (in the data's
     units, not rescaled to reflectance) and the Bray-Curtis dissimilarity sum|x - g| / sum|x + g|."""
-    from .geomedian_jit import mads_rows as kernel
+    from ._jit import mads_rows as kernel
 
     arrays = band_tuple(stacks)
     sentinels, use = sentinels_for(stacks, nodata, arrays[0].dtype)

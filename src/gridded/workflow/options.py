@@ -1,19 +1,19 @@
-"""The values a workflow is rendered with, checked before anything is rendered (Kubernetes
-names, quantities and labels, the image's pinned version, the cron schedule, the S3 locations and
-the index DSN: each failure one line naming the flag and the fix), and free text made into valid
-Kubernetes names and label values."""
+"""How and where a workflow runs (WorkflowOptions), checked before anything is rendered
+(Kubernetes names, quantities and labels, the image's pinned version, the cron schedule, the S3
+locations and the index DSN: each failure one line naming the flag and the fix), and free text
+made into valid Kubernetes names and label values."""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .. import __version__
+from ..errors import ConfigError
 
-if TYPE_CHECKING:
-    from .argo import WorkflowOptions
-
+STYLES = ("dag", "steps")
+KINDS = ("workflow", "template")
 INDEX_SECRET_KEY = "dsn"  # key of the DSN inside options.index_secret
 MAX_NAME_LEN = 52  # CronWorkflow names get a timestamp suffix; 52 leaves room (Argo's own limit)
 
@@ -31,6 +31,56 @@ _CRON_FIELDS = (  # name, low, high, names (index = value)
     ("month", 1, 12, ("", "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
     ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
 )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowOptions:
+    """How and where a workflow runs: the Argo side of `gridded workflow render`."""
+
+    image: str
+    output: str | None = None          # s3:// root; required by render(), unused by render_ingest()
+    style: str = "dag"
+    kind: str = "workflow"
+    schedule: str | None = None        # cron: renders a CronWorkflow
+    timezone: str = "UTC"              # of the schedule
+    name: str | None = None            # default: gridded-<pipeline>
+    namespace: str | None = None
+    service_account: str | None = None
+    parallelism: int = 10
+    s3_secret: str | None = None       # Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+    aws_endpoint_url: str | None = None
+    index_secret: str | None = None    # Secret whose key `dsn` holds the index DSN (render_ingest)
+    unsigned: bool = False             # read s3:// sources unsigned (public buckets)
+    requester_pays: bool = False       # read requester-pays s3:// sources
+    cpu: str = "2"
+    memory: str = "8Gi"
+    retries: int = 2
+    deadline_s: int = 6 * 3600
+    owner: str | None = None
+    artifact_bucket: str | None = None  # default: the output's bucket
+    artifact_prefix: str | None = None  # default: <output prefix>/_workflows
+    version: str = __version__          # the gridded/version label
+
+    def __post_init__(self):
+        check_choice("--style", self.style, STYLES)
+        check_choice("--kind", self.kind, KINDS)
+        check_image(self.image)
+        if self.schedule is not None:
+            check_cron(self.schedule)
+            if self.kind == "template":
+                raise ConfigError("--kind template with --schedule: pick one (a CronWorkflow or a WorkflowTemplate)")
+        check_cluster_values(self)
+        check_s3_values(self)
+
+    def cells_key(self) -> tuple[str, str]:
+        """(bucket, key) of the cells artifact; the key holds {{workflow.uid}}, so runs never collide."""
+        out = urlsplit(self.output or "")
+        bucket = self.artifact_bucket or out.netloc
+        if self.artifact_prefix is not None:
+            prefix = self.artifact_prefix
+        else:
+            prefix = "/".join(p for p in (out.path.strip("/"), "_workflows") if p)
+        return bucket, "/".join(p for p in (prefix, "{{workflow.uid}}", "cells.pickle") if p)
 
 
 def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:

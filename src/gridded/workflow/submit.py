@@ -10,7 +10,7 @@ from typing import Callable
 
 import yaml
 
-from .errors import ConfigError, GriddedError
+from ..errors import ConfigError, GriddedError
 
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 PLURALS = {"Workflow": "workflows", "WorkflowTemplate": "workflowtemplates", "CronWorkflow": "cronworkflows"}

@@ -20,7 +20,7 @@ from http.client import HTTPException
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import ProtocolError
 
-from .errors import ConfigError, OutputError, SourceError
+from ..errors import ConfigError, OutputError, SourceError
 from .s3 import requester_pays, s3_client, split_s3, translate_error, unsigned_requested
 
 

@@ -1,5 +1,5 @@
-"""The command line's shared flags and checks: what to compute (the selection), how to reach
-sources, where to write, and the one place friendly input is normalised."""
+"""The command line's shared flags and checks: what to compute (the selection flags, handed to
+`gridded.selection.select`), how to reach sources, and where to write."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 
 import click
 
-from .errors import ConfigError
-from .stats import STATISTICS
+from ..compute.statistics import STATISTICS
+from ..errors import ConfigError
 
 
 def say(text: str) -> None:
@@ -76,41 +76,12 @@ selection_options = make_selection_options(time_required=True)
 
 def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, period, bands, mask,
                     collection, tiles_per_worker, index=None, allow_root=()):
-    """Flags -> a Selection of canonical values (the one place friendly input is normalised)."""
-    from .grid import load_grid, parse_extent
-    from .masks import parse_mask
-    from .period import parse_as_of, parse_time
-    from .pipeline import load_pipeline, with_overrides
-    from .run import Selection
+    """The selection flags -> a Selection (their values normalised by `select`)."""
+    from ..selection import select
 
-    if tiles_per_worker < 1:
-        raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
-    if (source is None) == (index is None):
-        raise ConfigError("give exactly one of --source CATALOG or --index DSN")
-    base = load_pipeline(pipeline) if pipeline else None
-    recipe = with_overrides(
-        base,
-        statistic=statistic,
-        period=period,
-        bands=tuple(b.strip() for b in bands.split(",") if b.strip()) if bands else None,
-        mask=parse_mask(mask) if mask is not None else None,
-    )
-    grid_name = grid or recipe.grid
-    if grid_name is None:
-        raise ConfigError("no grid: pass --grid NAME|FILE (e.g. --grid utm55s-10m) or use a --pipeline that names one")
-    if recipe.bands == ():
-        raise ConfigError("no bands: pass --bands blue,green,red,nir or a --pipeline that lists them")
-    return Selection(
-        source=source,
-        extent=parse_extent(extent),
-        time=parse_time(time_, as_of=parse_as_of(as_of)),
-        grid=load_grid(grid_name),
-        pipeline=recipe,
-        tiles_per_worker=tiles_per_worker,
-        collection=collection,
-        index=index,
-        allow_roots=tuple(allow_root),
-    )
+    return select(source, extent=extent, time=time_, index=index, as_of=as_of, pipeline=pipeline, grid=grid,
+                  statistic=statistic, period=period, bands=bands, mask=mask, collection=collection,
+                  tiles_per_worker=tiles_per_worker, allow_roots=allow_root)
 
 
 SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls|ws|wss)://[^\s:/]+:\d{1,5}$")
@@ -123,7 +94,7 @@ def check_scheduler(address: str | None) -> None:
 
 def check_output(uri: str, flag: str = "--output") -> None:
     """Refuse an unwritable output before any planning; creates nothing."""
-    from .storage import open_storage
+    from ..io.storage import open_storage
 
     open_storage(uri).check_writable()
 
@@ -132,7 +103,7 @@ def check_file_target(uri: str, flag: str) -> None:
     """A single file to write (--cells, --png): its folder must be writable and it must not be a directory."""
     from pathlib import Path
 
-    from .storage import storage_for_file
+    from ..io.storage import storage_for_file
 
     if "://" not in uri and Path(uri).is_dir():
         raise ConfigError(f"{flag} {uri}: is a directory; give a file path such as {Path(uri) / 'cells.pickle'}")

@@ -1,13 +1,16 @@
-"""The numba kernels of geomedian.py, imported when a geomedian is first asked for (this module
-imports numba). They live at module level, calling one another as globals: numba's cache does
-not find a kernel that reaches its helpers through a closure, which would then be compiled
-afresh, for seconds, in every worker process. Their constants are here too, since numba's cache
-is invalidated by a change to this file only."""
+"""Every numba kernel of gridded, at module level, calling one another as globals: numba's cache
+does not find a kernel that reaches its helpers through a closure, which would then be compiled
+afresh, for seconds, in every worker process. This module imports numba: the modules of compute/
+import it where a kernel is first called, so importing them stays cheap. The kernels' constants
+are here too, since numba's cache is invalidated by a change to this file only."""
 
 import numba
 import numpy as np
 
-from .kernels import SPAN
+# Pixels of a row a kernel copies out of the (time, y, x) stacks at once: the layers of a stack
+# lie a power of two apart in memory, so reading one pixel's time series at a time would evict
+# each cache line before the neighbouring pixel came to use it
+SPAN = 64
 
 # Weiszfeld: a point this close to the estimate (relative to the estimate's norm) counts as the
 # estimate sitting on it, and the iteration takes Vardi and Zhang's step rather than dividing by ~0
@@ -250,3 +253,143 @@ def mads_rows(bands, sentinels, use_sentinel, is_float, gm, r0, r1, out):
                 out[0, y, x] = _median(spectral, k)
                 out[1, y, x] = _median(euclid, k)
                 out[2, y, x] = _median(bray, k)
+
+
+# --- median, clear count, masking ----------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def median_rows(stack, sentinel, use_sentinel, unsigned, last, pairs, r0, r1, out, fill, rounded, low, high):
+    # SPAN pixels at a time. Their missing values become `last` (the dtype's largest value),
+    # then one sorting network sorts every pixel's series at once, each compare-exchange a
+    # SIMD min/max across the pixels. A real value equal to `last` sorts among the missing
+    # ones, which is harmless: the first k keys are the k clear values in order, whatever the
+    # ties. The median is numpy's: the middle key, or the mean of the two middle ones, stored
+    # as `out` holds it (float64 with NaN, or the output dtype, rounded and clipped as
+    # to_output would, with `fill`). Rows are taken as slices, so that LLVM sees unit strides
+    # and non-negative indices, and every test is bitwise: the loops vectorise.
+    t, _, nx = stack.shape
+    keys = np.empty((t, SPAN), dtype=stack.dtype)
+    count = np.empty(SPAN, dtype=np.uint16)  # observations per period: at most 65,535
+    lower = np.empty(SPAN, dtype=stack.dtype)
+    upper = np.empty(SPAN, dtype=stack.dtype)
+    rank_lo = np.empty(SPAN, dtype=np.uint16)
+    rank_hi = np.empty(SPAN, dtype=np.uint16)
+    for y in range(r0, r1):
+        for x0 in range(0, nx, SPAN):
+            width = min(SPAN, nx - x0)
+            count[:] = 0
+            for j in range(t):
+                values = stack[j, y, x0:x0 + width]
+                row = keys[j]
+                for c in range(width):
+                    v = values[c]
+                    clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+                    row[c] = v if clear else last
+                    count[c] += clear
+                for c in range(width, SPAN):
+                    row[c] = last
+            for p in range(pairs.shape[0]):
+                a = keys[pairs[p, 0]]
+                b = keys[pairs[p, 1]]
+                for c in range(SPAN):
+                    lo = a[c]
+                    hi = b[c]
+                    a[c] = min(lo, hi)
+                    b[c] = max(lo, hi)
+            # the keys of ranks (k - 1) // 2 and k // 2 (one and the same for an odd k)
+            for c in range(SPAN):
+                k = count[c]
+                rank_lo[c] = (k - (k > 0)) >> 1
+                rank_hi[c] = k >> 1
+                lower[c] = keys[0, c]
+                upper[c] = keys[0, c]
+            if unsigned:
+                # in a sorted column of unsigned keys the key of rank r is the largest of those
+                # of rank <= r: a running max over the keys zeroed above the rank (no gather)
+                for j in range(1, t):
+                    row = keys[j]
+                    rank = np.uint16(j)
+                    for c in range(SPAN):
+                        v = row[c]
+                        lower[c] = max(lower[c], v * lower.dtype.type(rank <= rank_lo[c]))
+                        upper[c] = max(upper[c], v * upper.dtype.type(rank <= rank_hi[c]))
+            else:
+                for c in range(SPAN):
+                    lower[c] = keys[rank_lo[c], c]
+                    upper[c] = keys[rank_hi[c], c]
+            target = out[y, x0:x0 + width]
+            for c in range(width):
+                m = (np.float64(lower[c]) + np.float64(upper[c])) / 2.0
+                if rounded:  # an integer output: to_output's rounding and clipping, done here
+                    m = min(max(np.rint(m), low), high)
+                # NaN only from +inf and -inf together: no value, as to_output has it
+                target[c] = m if (count[c] > 0) & (m == m) else fill
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def count_rows(bands, sentinels, use_sentinel, r0, r1, out):
+    # per row: for each observation, "clear in every band" built band by band over the whole
+    # row (bitwise, so each pass is a straight SIMD loop), then added to the row's counts
+    t, _, nx = bands[0].shape
+    clear = np.empty(nx, dtype=np.bool_)
+    for y in range(r0, r1):
+        for x in range(nx):
+            out[y, x] = 0
+        for j in range(t):
+            for x in range(nx):
+                clear[x] = True
+            for b in range(len(bands)):
+                row = bands[b][j, y]
+                s = row.dtype.type(sentinels[b])
+                ignore = not use_sentinel[b]
+                for x in range(nx):
+                    v = row[x]
+                    clear[x] &= (ignore | (v != s)) & (v == v)
+            for x in range(nx):
+                out[y, x] += clear[x]
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def mask_into(layers, values, in_place, first, coarse, k, r_off, c_off, lut, sentinels, use_sentinel, nodatas,
+              use_nodata, clear):
+    # Per row: the clear rule looked up once for every pixel (a coarse mask pixel covers k x k),
+    # then per band, as the first observation of the layer, the value where clear and not the
+    # file's nodata, else the sentinel; or, as a later scene of the same day, the value where
+    # the layer still has the sentinel (a mosaic: the earlier scene stands where it is clear).
+    ny, nx = layers[0].shape
+    last = -1
+    for y in range(ny):
+        r = (y + r_off) // k
+        if r != last:  # a new row of mask pixels: look each up once, spread it over its k columns
+            last = r
+            x = 0
+            for ci in range(coarse.shape[1]):
+                ok = lut[coarse[r, ci]]
+                for _ in range(min(k - c_off if ci == 0 else k, nx - x)):
+                    clear[x] = ok
+                    x += 1
+        for b in range(len(layers)):
+            layer = layers[b]
+            vals = values[b]
+            s = sentinels[b]
+            nd = nodatas[b]
+            test_nd = use_nodata[b]
+            test_s = use_sentinel[b]
+            if first and in_place[b]:  # the scene was read into its layer: one array, so no
+                for x in range(nx):    # aliasing check stops LLVM vectorising the branch-free loop
+                    v = layer[y, x]
+                    ok = clear[x] & ((not test_nd) | (v != nd)) & (v == v)
+                    layer[y, x] = v if ok else s
+            elif first:
+                for x in range(nx):
+                    v = vals[y, x]
+                    ok = clear[x] & ((not test_nd) | (v != nd)) & (v == v)
+                    layer[y, x] = v if ok else s
+            else:
+                for x in range(nx):
+                    v = vals[y, x]
+                    cur = layer[y, x]
+                    hole = (test_s & (cur == s)) | (cur != cur)
+                    if hole & clear[x] & ((not test_nd) | (v != nd)) & (v == v):
+                        layer[y, x] = v

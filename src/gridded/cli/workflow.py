@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 
 import click
 
-from .cli_options import build_selection, make_selection_options, say
-from .errors import ConfigError
+from .options import make_selection_options, say
 
 
 @click.group()
@@ -42,43 +40,12 @@ def argo_options(func):
 
 
 def _workflow_options(*, output=None, style="dag", **kwargs):
-    from .argo import WorkflowOptions
-    from .s3 import requester_pays, unsigned_requested
+    from ..io.s3 import requester_pays, unsigned_requested
+    from ..workflow.options import WorkflowOptions
 
     deadline = kwargs.pop("deadline")
     return WorkflowOptions(output=output, style=style, deadline_s=deadline, unsigned=unsigned_requested(),
                            requester_pays=requester_pays(), **kwargs)
-
-
-def _portable_selection(kwargs: dict) -> dict[str, str | None]:
-    """The selection as pod arguments: checked here, extent files inlined as WKT, no local files."""
-    from pathlib import Path
-
-    from .grid import parse_extent
-
-    if kwargs.get("source") is None:
-        raise ConfigError("no --source: a workflow reads an s3:// or https:// catalog; pass --source")
-    checked = dict(kwargs)
-    if checked["time_"] is None:  # a schedule fills it in: check the rest with a stand-in
-        checked["time_"] = "last:P1M"
-    build_selection(**checked)
-    for flag in ("grid", "pipeline"):
-        value = kwargs.get(flag)
-        if value and Path(value).suffix in (".yaml", ".yml"):
-            raise ConfigError(f"--{flag} {value}: a local file does not reach the pods; use a built-in name")
-    extent = kwargs["extent"]
-    if not re.fullmatch(r"[-+0-9.eE\s]+(,[-+0-9.eE\s]+){3}", extent.strip()):
-        extent = parse_extent(extent).geom.wkt
-    if kwargs.pop("allow_root", ()):
-        raise ConfigError("--allow-root: pods have no local folders to allow; use s3:// or https:// assets")
-    if kwargs.pop("index", None):
-        raise ConfigError("--index: a workflow plans from --source (an s3:// or https:// catalog); "
-                          "pass --source instead")
-    if "://" not in kwargs["source"]:
-        raise ConfigError(f"--source {kwargs['source']}: a local path does not reach the pods; use s3:// or https://")
-    selection = {k.rstrip("_"): v for k, v in kwargs.items()}
-    selection.update(extent=extent, tiles_per_worker=str(kwargs["tiles_per_worker"]))
-    return selection
 
 
 @workflow.command("render")
@@ -89,15 +56,14 @@ def _portable_selection(kwargs: dict) -> dict[str, str | None]:
 def workflow_render(output, style, image, kind, schedule, timezone, name, namespace, service_account, parallelism,
                     s3_secret, aws_endpoint_url, cpu, memory, retries, deadline, owner, **kwargs):
     """Print the Argo Workflow (or CronWorkflow, WorkflowTemplate) YAML of a run."""
-    from .argo import render
+    from ..workflow.render import render_workflow
 
     options = _workflow_options(
         output=output, style=style, image=image, kind=kind, schedule=schedule, timezone=timezone, name=name,
         namespace=namespace, service_account=service_account, parallelism=parallelism, s3_secret=s3_secret,
         aws_endpoint_url=aws_endpoint_url, cpu=cpu, memory=memory, retries=retries, deadline=deadline, owner=owner)
-    if kwargs["time_"] is None and schedule is None:
-        raise ConfigError("no --time: give START/END, or --schedule CRON to process the last complete period")
-    click.echo(render(_portable_selection(kwargs), options), nl=False)
+    flags = {"time" if k == "time_" else k: v for k, v in kwargs.items()}
+    click.echo(render_workflow(flags, options), nl=False)
 
 
 @workflow.command("render-ingest")
@@ -112,7 +78,7 @@ def workflow_render_ingest(source, index, index_secret, collection, bbox, dateti
                            name, namespace, service_account, parallelism, s3_secret, aws_endpoint_url, cpu, memory,
                            retries, deadline, owner):
     """Print the Argo Workflow YAML that ingests a STAC source into a PostgreSQL index."""
-    from .argo import render_ingest
+    from ..workflow.render import render_ingest
 
     options = _workflow_options(
         image=image, kind=kind, schedule=schedule, timezone=timezone, name=name, namespace=namespace,
@@ -128,7 +94,7 @@ def workflow_render_ingest(source, index, index_secret, collection, bbox, dateti
 @click.pass_context
 def workflow_submit(ctx, manifest, namespace, watch):
     """Create a rendered manifest through the Kubernetes API (kubeconfig or in-cluster)."""
-    from .submit import submit_manifest, watch_workflow
+    from ..workflow.submit import submit_manifest, watch_workflow
 
     created = submit_manifest(manifest, namespace=namespace)
     click.echo(f"{created.kind} {created.namespace}/{created.name} created")

@@ -19,7 +19,8 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from .errors import SourceError
+from ..compute.arrays import as_dtype
+from ..errors import SourceError
 from .s3 import gdal_path, is_remote
 
 log = logging.getLogger(__name__)
@@ -288,8 +289,3 @@ def _source(path: str, *, reuse: bool):
             pool.give(path, src)
         else:
             src.close()
-
-
-def as_dtype(value, dtype):
-    """`value` as `dtype` holds it (wrapped or truncated as numpy casts)."""
-    return np.array(value).astype(dtype)

@@ -11,7 +11,7 @@ import os
 from functools import cache
 from urllib.parse import urlparse
 
-from .errors import ConfigError, GriddedError, OutputError, SourceError
+from ..errors import ConfigError, GriddedError, OutputError, SourceError
 
 UNSIGNED_ENV = "AWS_NO_SIGN_REQUEST"
 REQUESTER_PAYS_ENV = "AWS_REQUEST_PAYER"

@@ -1,0 +1,75 @@
+"""The `gridded` command line: each command parses, calls one library function, reports.
+
+One module per command; heavy imports (dask, rasterio, numba) happen inside the commands so
+`gridded --help` is instant.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+
+import click
+
+from ..errors import GriddedError
+from .catalog import catalog
+from .demo import demo
+from .logs import configure_logging
+from .plan import plan
+from .run import run
+from .stac import stac
+from .tiles import tiles
+from .workflow import workflow
+
+
+class GriddedGroup(click.Group):
+    """Prints a GriddedError as one line (`gridded: error: ...`) and exits with its code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GriddedError as err:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"gridded: error: {err}", err=True)
+            if getattr(err, "hard_exit", False):
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(err.exit_code)
+            ctx.exit(err.exit_code)
+
+
+@click.group(cls=GriddedGroup)
+@click.version_option(package_name="gridded")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx, verbose, quiet, debug):
+    """Analysis-ready composites from STAC imagery, tile by tile, as COGs with STAC metadata."""
+    configure_logging(verbose, quiet)
+    ctx.obj = {"quiet": quiet, "debug": debug}
+
+
+for command in (run, plan, tiles, catalog, demo, stac, workflow):
+    cli.add_command(command)
+
+
+def main() -> None:
+    """The `gridded` command. Once a command has finished (its outputs committed, its exit
+    handlers run, stdout and stderr flushed) the process leaves at once: tearing the interpreter
+    down object by object after a run (a worker's buffers, GDAL's and numba's state) takes longer
+    than many a tile."""
+    try:
+        cli(prog_name="gridded")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    if code is not None and not isinstance(code, int):
+        click.echo(code, err=True)
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)

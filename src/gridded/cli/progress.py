@@ -1,0 +1,72 @@
+"""What a long command shows on stderr while it works (tasks done / total, rate, ETA) and the tables
+it ends with: the plan's summary and the run's summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ..process import CellResult
+
+
+def plan_summary(plan) -> str:
+    """What a plan will compute: recipe, grid, items, cells, tasks and batches."""
+    tasks = plan.tasks
+    cells = {t.key for t in tasks}
+    obs = sum(len(t.observations) for t in tasks)
+    return (
+        f"pipeline {plan.pipeline.name}: {plan.pipeline.statistic} of {','.join(plan.pipeline.bands)} "
+        f"per {plan.pipeline.period}, mask {plan.pipeline.mask.spec() if plan.pipeline.mask else 'none'}\n"
+        f"grid {plan.grid.name} ({plan.grid.crs}, {plan.grid.resolution:g} m, tiles "
+        f"{plan.grid.tile_shape_px[1]}x{plan.grid.tile_shape_px[0]} px)\n"
+        f"{plan.n_items} source items; {plan.n_cells_in_extent} cells meet the extent, {len(cells)} with data, "
+        f"{len(plan.empty_cells)} without\n"
+        f"{len(tasks)} tasks ({obs} observations) in {len(plan.batches)} batches"
+    )
+
+
+class Progress:
+    """Tasks done / total, rate and ETA on stderr: one rewritten line on a terminal, else a line per 5%."""
+
+    def __init__(self, total: int, stream=sys.stderr, quiet: bool = False):
+        self.total, self.stream, self.quiet = total, stream, quiet
+        self.done = 0
+        self.results: list[CellResult] = []
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.started = time.monotonic()
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self._last_step = -1
+
+    def update(self, result: CellResult) -> None:
+        self.results.append(result)
+        self.done += 1
+        self.counts[result.status] = self.counts.get(result.status, 0) + 1
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        line = (f"tasks {self.done}/{self.total}  done {self.counts['done']} skipped {self.counts['skipped']} "
+                f"failed {self.counts['failed']}  {rate:.2f}/s  ETA {eta:.0f}s")
+        step = int(20 * self.done / max(self.total, 1))
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if self.done == self.total else ""))
+        elif step != self._last_step or self.done == self.total:
+            self.stream.write(line + "\n")
+        self._last_step = step
+        self.stream.flush()
+
+
+def summary_table(results: list[CellResult], elapsed_s: float, output: str) -> str:
+    """The end-of-run table: counts per status, then each failed task with its reason."""
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    cells = {s: len({r.key for r in results if r.status == s}) for s in counts}
+    lines = [f"{'status':<8} {'tasks':>6} {'cells':>6}"]
+    lines += [f"{s:<8} {counts[s]:>6} {cells[s]:>6}" for s in counts]
+    lines.append(f"{'total':<8} {len(results):>6} {len({r.key for r in results}):>6}")
+    rate = len(results) / elapsed_s if elapsed_s > 0 else 0.0
+    lines.append(f"elapsed {elapsed_s:.1f} s ({rate:.2f} tasks/s); outputs in {output}")
+    for r in results:
+        if r.status == "failed":
+            lines.append(f"FAILED x{r.key[0]} y{r.key[1]} {r.period}: {r.reason}")
+    return "\n".join(lines)

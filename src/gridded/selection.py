@@ -1,0 +1,118 @@
+"""What to compute, from loose input (flags, a notebook's keywords) to one Selection of typed
+values: the one place friendly input is normalised; everything downstream takes a Selection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+from odc.geo.geom import Geometry
+
+from .errors import ConfigError
+from .grid import Grid, load_grid
+from .masks import MaskRule, parse_mask
+from .period import TimeRange, parse_as_of, parse_time
+from .pipeline import Pipeline, load_pipeline, with_overrides
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Selection:
+    """What to compute: the same for run, plan, tiles generate and the Python API."""
+
+    source: str | None
+    extent: Geometry  # EPSG:4326
+    time: TimeRange
+    grid: Grid
+    pipeline: Pipeline
+    tiles_per_worker: int = 1
+    collection: str | None = None
+    index: str | None = None  # plan from this index instead of reading the source
+    allow_roots: tuple[str, ...] = ()  # more local folders asset hrefs may point into
+
+    def __post_init__(self):
+        _check_where_and_how_many(self.source, self.index, self.tiles_per_worker)
+
+
+def _check_where_and_how_many(source, index, tiles_per_worker) -> None:
+    if not isinstance(tiles_per_worker, int) or tiles_per_worker < 1:
+        raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
+    if (source is None) == (index is None):
+        raise ConfigError("give exactly one of --source CATALOG or --index DSN")
+
+
+def select(source: str | None = None, *, extent, time: str | TimeRange, index: str | None = None,
+           as_of: str | datetime | None = None, pipeline: str | Pipeline | None = None, grid: str | Grid | None = None,
+           statistic: str | None = None, period: str | None = None, bands: str | Sequence[str] | None = None,
+           mask: str | MaskRule | None = None, collection: str | None = None, tiles_per_worker: int = 4,
+           allow_roots: Sequence[str] = ()) -> Selection:
+    """A Selection from loose values: a recipe name or file with every given value put over it.
+
+    `extent` is a lon/lat bbox (text or 4 numbers), a GeoJSON file, WKT, or an odc-geo Geometry;
+    `time` an ISO interval, `YYYY`, `YYYY-MM` or `last:P1M`; `bands` a list or comma-separated
+    text. Bad values raise ConfigError naming the problem and the fix.
+
+    >>> from gridded.demo import DEMO_EXTENT
+    >>> s = select("catalog.json", extent=DEMO_EXTENT, time="2024-01", bands=["red", "nir"], grid="utm55s-10m")
+    >>> s.pipeline.bands, s.pipeline.statistic, s.time.start.isoformat()
+    (('red', 'nir'), 'median', '2024-01-01T00:00:00+00:00')
+    """
+    _check_where_and_how_many(source, index, tiles_per_worker)
+    if isinstance(bands, str):
+        bands = tuple(b.strip() for b in bands.split(",") if b.strip()) or None
+    recipe = with_overrides(
+        pipeline if isinstance(pipeline, Pipeline) else (load_pipeline(pipeline) if pipeline else None),
+        statistic=statistic,
+        period=period,
+        bands=tuple(bands) if bands is not None else None,
+        mask=parse_mask(mask) if isinstance(mask, str) else mask,
+    )
+    grid = grid if grid is not None else recipe.grid
+    if grid is None:
+        raise ConfigError("no grid: pass --grid NAME|FILE (e.g. --grid utm55s-10m) or use a --pipeline that names one")
+    if recipe.bands == ():
+        raise ConfigError("no bands: pass --bands blue,green,red,nir or a --pipeline that lists them")
+    region = extent_geometry(extent)
+    if not isinstance(as_of, datetime):
+        as_of = parse_as_of(as_of)
+    return Selection(
+        source=source,
+        extent=region,
+        time=time if isinstance(time, TimeRange) else parse_time(time, as_of=as_of),
+        grid=grid if isinstance(grid, Grid) else load_grid(grid),
+        pipeline=recipe,
+        tiles_per_worker=tiles_per_worker,
+        collection=collection,
+        index=index,
+        allow_roots=tuple(allow_roots),
+    )
+
+
+def extent_geometry(extent) -> Geometry:
+    """Text (bbox, GeoJSON file, WKT), four numbers or a Geometry -> an EPSG:4326 Geometry."""
+    from .extent import parse_extent
+
+    if isinstance(extent, Geometry):
+        if extent.crs is None or extent.crs.epsg != 4326:
+            raise ConfigError("--extent: give the geometry in lon/lat (EPSG:4326); use geometry.to_crs(4326)")
+        return extent
+    if isinstance(extent, (tuple, list)) and len(extent) == 4:
+        extent = ",".join(str(float(v)) for v in extent)
+    if not isinstance(extent, (str, Path)):
+        raise ConfigError(f"--extent {extent!r}: give minx,miny,maxx,maxy, a GeoJSON file, WKT or a Geometry")
+    return parse_extent(str(extent))
+
+
+def local_roots(selection: Selection) -> tuple[Path, ...] | None:
+    """Where local asset files may be: under a local catalog's folder (and --allow-root folders);
+    nowhere for a remote catalog unless allowed; anywhere for an index the user built."""
+    if selection.index:
+        return None
+    extra = tuple(Path(r).resolve() for r in selection.allow_roots)
+    parsed = urlparse(selection.source)
+    if parsed.scheme in ("s3", "http", "https"):
+        return extra
+    path = Path(parsed.path if parsed.scheme == "file" else selection.source).resolve()
+    return (path if path.is_dir() else path.parent,) + extra
