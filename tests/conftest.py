@@ -1,4 +1,5 @@
-"""Shared fixtures: a real synthetic Sentinel-2-like catalog of COGs written with rasterio."""
+"""Shared fixtures: the demo selection, a real S3-protocol server, a real PostgreSQL (the demo
+catalog itself is in the repository's root conftest, which the docstring examples share)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME, write_demo_catalog
-
-
-@pytest.fixture(scope="session")
-def demo_catalog(tmp_path_factory) -> Path:
-    """catalog.json of the demo source catalog (written once per session; treat as read-only)."""
-    return write_demo_catalog(tmp_path_factory.mktemp("demo-source") / "catalog")
+from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
 
 
 @pytest.fixture

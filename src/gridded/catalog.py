@@ -8,17 +8,26 @@ from datetime import datetime
 import pystac
 
 from . import __version__
-from .io.storage import Storage
+from .io.storage import Storage, open_storage
 
 ITEM_SUFFIX = ".stac-item.json"
 
 
-def write_catalog(storage: Storage, *, collection_id: str | None = None, description: str | None = None) -> int:
+def write_catalog(storage: Storage | str, *, collection_id: str | None = None, description: str | None = None) -> int:
     """Rebuild catalog.json and collection.json from every committed item; returns the item count.
+    `storage` is an output root (a path or s3:// URI) or its Storage.
+
+    >>> from gridded import plan, process_batch, select
+    >>> todo = plan(select(demo_catalog, extent=DEMO_EXTENT, time="2024-03", grid=str(DEMO_GRID), bands="red"))
+    >>> _ = process_batch(todo.batches[0], todo.pipeline, str(tmp / "catalogued"))
+    >>> write_catalog(str(tmp / "catalogued"))
+    4
 
     Rebuilt from a listing rather than appended to, so concurrent writers never lose each
     other's links: the last writer's listing includes everyone's committed items.
     """
+    if isinstance(storage, str):
+        storage = open_storage(storage)
     names = storage.list(ITEM_SUFFIX)
     bboxes, starts, ends, ids = [], [], [], set()
     links = []

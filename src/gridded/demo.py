@@ -147,10 +147,10 @@ def _item(root: Path, item_id: str, when: datetime, platform: str, bands, scl, k
     return item
 
 
-def write_demo_catalog(root: Path, *, seed: int = 20240101, start: datetime | None = None,
+def write_demo_catalog(root: Path | str, *, seed: int = 20240101, start: datetime | None = None,
                        n_dates: int = 18, step_days: int = 5) -> Path:
     """Write the synthetic catalog under `root` (replacing it) and return its catalog.json path."""
-    root = root.resolve()  # asset hrefs are made relative to item files: both must be absolute first
+    root = Path(root).resolve()  # asset hrefs are made relative to item files: both must be absolute first
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)

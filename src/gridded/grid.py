@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from odc.geo import XY
 from odc.geo.geobox import GeoBox
@@ -148,3 +149,11 @@ def cells_for_extent(grid: Grid, extent: Geometry) -> list[tuple[tuple[int, int]
         if gbox.extent.intersects(region)
     ]
     return sorted(cells, key=lambda kv: (kv[0][1], kv[0][0]))
+
+
+@lru_cache(maxsize=4096)
+def cell_outline_lonlat(geobox: GeoBox) -> tuple[dict, tuple[float, float, float, float]]:
+    """A cell's outline in lon/lat (densified, so it follows the projection's curves) and its bbox:
+    the same for every period of the cell, and most of an item's cost, so made once per cell."""
+    outline = geobox.extent.to_crs("EPSG:4326", resolution=abs(geobox.resolution.x) * 16)
+    return outline.json, tuple(outline.boundingbox)

@@ -216,7 +216,14 @@ def _redact(dsn: str) -> str:
 
 
 def open_index(dsn: str | None) -> Index:
-    """`sqlite:///path.db` (or a plain path), or `postgresql://user@host/db`."""
+    """`sqlite:///path.db` (or a plain path), or `postgresql://user@host/db`; None: the default
+    SQLite file `gridded-index.db` here.
+
+    >>> index = open_index(f"sqlite:///{tmp / 'index.db'}")
+    >>> ingest(demo_catalog, index).added, index.count()
+    (21, 21)
+    >>> index.close()
+    """
     dsn = dsn or DEFAULT_INDEX
     parsed = urlparse(dsn)
     if parsed.scheme in ("postgresql", "postgres"):
@@ -232,7 +239,15 @@ def open_index(dsn: str | None) -> Index:
 def ingest(source: str, index: Index, *, collection: str | None = None, bbox: str | None = None,
            datetime_: str | None = None, progress=None, page_size: int = 500) -> IngestCounts:
     """Read a static catalog, STAC API or ndjson file and upsert its items; bad items and broken
-    links are counted and skipped (the first few named through `progress`), the rest go in."""
+    links are counted and skipped (the first few named through `progress`), the rest go in. The
+    same items again change nothing.
+
+    >>> index = open_index(f"sqlite:///{tmp / 'again.db'}")
+    >>> first, second = ingest(demo_catalog, index), ingest(demo_catalog, index)
+    >>> first.added, second.added, second.unchanged
+    (21, 0, 21)
+    >>> index.close()
+    """
     from .source import is_stac_api, read_ndjson, search_api, walk_items
 
     box = None

@@ -17,7 +17,7 @@ from shapely.geometry import box, shape
 from shapely.strtree import STRtree
 
 from .errors import ConfigError
-from .grid import Grid, cells_for_extent
+from .grid import Grid, cell_outline_lonlat, cells_for_extent
 from .masks import MaskRule, infer_mask
 from .period import Period, TimeRange, periods_for
 from .pipeline import INFER, Pipeline
@@ -93,6 +93,34 @@ class Plan:
     @property
     def tasks(self) -> list[Task]:
         return [t for b in self.batches for t in b.tasks]
+
+    def status(self, output: str) -> dict[tuple[tuple[int, int], str], str]:
+        """Per (cell, period label) in `output`: done (item current), changed (stale) or to-do."""
+        from .io.storage import open_storage
+        from .process import task_states
+
+        return task_states(self.tasks, self.pipeline, open_storage(output))
+
+    @property
+    def __geo_interface__(self) -> dict:
+        """The tasks as a GeoJSON FeatureCollection in lon/lat: one feature per cell and period,
+        with its batch and observation count (what `gridded plan` lists)."""
+        features = []
+        for batch in self.batches:
+            for task in batch.tasks:
+                outline, _ = cell_outline_lonlat(task.geobox)
+                features.append({"type": "Feature", "geometry": outline, "properties": {
+                    "cell": f"x{task.key[0]} y{task.key[1]}", "x": task.key[0], "y": task.key[1],
+                    "period": task.period.label, "batch": batch.id, "observations": len(task.observations)}})
+        return {"type": "FeatureCollection", "features": features}
+
+    def to_geodataframe(self):
+        """The tasks as a geopandas GeoDataFrame (EPSG:4326), e.g. to `.explore()` in a notebook."""
+        try:
+            import geopandas
+        except ImportError as err:
+            raise ConfigError("Plan.to_geodataframe needs geopandas; pip install geopandas") from err
+        return geopandas.GeoDataFrame.from_features(self.__geo_interface__, crs="EPSG:4326")
 
 
 def solar_day(when: datetime, lon: float) -> str:
@@ -171,24 +199,11 @@ def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items:
     pipeline = resolve_mask(pipeline, items)
     cells = cells_for_extent(grid, extent)
     periods = periods_for(time, pipeline.period)
-    observations = [observation_for(it, pipeline.bands, pipeline.mask, local_roots) for it in items]
-    footprints = [shape(it.geometry) if it.geometry else box(*it.bbox) for it in items]
-    tree = STRtree(footprints) if footprints else None
+    finder = ObservationFinder(items, pipeline, local_roots)
     tasks_by_cell: dict[tuple[int, int], list[Task]] = {}
     empty = []
     for key, gbox in cells:
-        cell_lonlat = gbox.extent.to_crs("EPSG:4326", resolution=gbox.resolution.x * 16).geom
-        hits = sorted(tree.query(cell_lonlat, predicate="intersects")) if tree is not None else []
-        tasks = []
-        for period in periods:
-            obs = tuple(
-                observations[i] for i in hits if period.start <= observations[i].time <= period.end
-            )
-            if obs:
-                tasks.append(Task(
-                    key=key, crs=str(gbox.crs), transform=tuple(gbox.affine)[:6], shape_yx=tuple(gbox.shape),
-                    period=period, observations=tuple(sorted(obs, key=lambda o: (o.time, o.item_id))),
-                ))
+        tasks = finder.tasks_for(key, gbox, periods)
         if tasks:
             tasks_by_cell[key] = tasks
         else:
@@ -202,8 +217,41 @@ def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items:
                 n_items=len(items), empty_cells=tuple(empty))
 
 
+class ObservationFinder:
+    """The observations of a set of items (hrefs checked once) and a spatial index of their
+    footprints: the tasks of any cell, for any periods."""
+
+    def __init__(self, items: list[pystac.Item], pipeline: Pipeline, local_roots: tuple[Path, ...] | None):
+        self.observations = [observation_for(it, pipeline.bands, pipeline.mask, local_roots) for it in items]
+        footprints = [shape(it.geometry) if it.geometry else box(*it.bbox) for it in items]
+        self.tree = STRtree(footprints) if footprints else None
+
+    def tasks_for(self, key: tuple[int, int], gbox: GeoBox, periods: list[Period]) -> list[Task]:
+        """One task per period that has observations meeting the cell, in time order."""
+        cell_lonlat = gbox.extent.to_crs("EPSG:4326", resolution=gbox.resolution.x * 16).geom
+        hits = sorted(self.tree.query(cell_lonlat, predicate="intersects")) if self.tree is not None else []
+        tasks = []
+        for period in periods:
+            obs = tuple(o for o in (self.observations[i] for i in hits) if period.start <= o.time <= period.end)
+            if obs:
+                tasks.append(Task(
+                    key=key, crs=str(gbox.crs), transform=tuple(gbox.affine)[:6], shape_yx=tuple(gbox.shape),
+                    period=period, observations=tuple(sorted(obs, key=lambda o: (o.time, o.item_id))),
+                ))
+        return tasks
+
+
 def plan_for(selection: Selection) -> Plan:
-    """Read the source (or query the index), pick the items for the extent and time, plan cells x periods."""
+    """Read the source (or query the index), pick the items for the extent and time, plan cells x periods.
+
+    >>> from gridded import select
+    >>> plan = plan_for(select(demo_catalog, extent=DEMO_EXTENT, time="2024-01", grid=str(DEMO_GRID),
+    ...                        bands="red,nir", tiles_per_worker=2))
+    >>> len(plan.tasks), len(plan.batches), plan.pipeline.mask.spec()
+    (6, 3, 'scl:0,1,3,8,9,10')
+    >>> plan.status(str(tmp / "nothing-yet"))[((234, 2343), "2024-01--P1M")]
+    'to-do'
+    """
     if selection.index:
         from .index import open_index
 

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -45,10 +45,61 @@ def is_current(storage: Storage, name: str, fingerprint: str) -> bool:
     return existing.get("properties", {}).get("gridded:fingerprint") == fingerprint
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskArrays:
+    """A task's results in memory: per asset (bands, count, extras) its array and nodata, and what
+    the item records of how they were made."""
+
+    arrays: dict[str, np.ndarray]
+    nodata: dict[str, float | int | None]
+    properties: dict
+
+
+def compute_task(task: Task, pipeline: Pipeline) -> TaskArrays:
+    """Read, mask and reduce one task: what `gridded run` writes for it, as arrays (the same for
+    `gridded.composite`). Raises GriddedError for a source that cannot be read."""
+    from .load import load_task
+
+    stacks = load_task(task, pipeline.bands, pipeline.mask, pipeline.nodata)
+    arrays, nodata = {}, {}
+    for band in pipeline.bands:
+        dtype = np.dtype(pipeline.dtype) if pipeline.dtype else stacks.source_dtype[band]
+        nodata[band] = output_nodata(pipeline.nodata, stacks.source_nodata[band], dtype)
+        arrays[band] = np.empty(task.geobox.shape, dtype=dtype)
+    statistic = STATISTICS[pipeline.statistic]
+    reduced = statistic.reduce(stacks.bands, stacks.sentinel, out=arrays, out_nodata=nodata,
+                               max_iterations=pipeline.max_iterations, tolerance=pipeline.tolerance)
+    arrays[COUNT_ASSET] = clear_count(stacks.bands, stacks.sentinel)
+    nodata[COUNT_ASSET] = COUNT_NODATA
+    for name in statistic.extra_assets:
+        arrays[name], nodata[name] = reduced[name].astype(np.float32), float("nan")
+    properties = {}
+    if statistic.iterative:
+        properties = {"gridded:geomedian": {"tolerance": pipeline.tolerance, "max_iterations": pipeline.max_iterations}}
+    return TaskArrays(arrays=arrays, nodata=nodata, properties=properties)
+
+
+TaskState = Literal["done", "changed", "to-do"]
+
+
+def task_states(tasks: list[Task], pipeline: Pipeline, storage: Storage) -> dict[tuple[tuple[int, int], str], TaskState]:
+    """Per (cell, period label): done (its item is current), changed (an item for other inputs or
+    parameters) or to-do (no item). Looked up 16 at a time: on S3 each is a HEAD and a GET."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def state(task: Task) -> TaskState:
+        name = item_name(pipeline, task)
+        if not storage.exists(name):
+            return "to-do"
+        return "done" if is_current(storage, name, task.fingerprint(pipeline)) else "changed"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:  # HEAD/GET latency on S3, not CPU
+        return dict(zip(((t.key, t.period.label) for t in tasks), pool.map(state, tasks)))
+
+
 def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = False) -> CellResult:
     """Compute and commit one task, or skip it when its item is current. Never raises for the cell."""
     from .io.rasters import configure_gdal
-    from .load import load_task
 
     started = time.monotonic()
     common = dict(key=task.key, period=task.period.label, observations=len(task.observations))
@@ -60,24 +111,9 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
         exists = storage.exists(name)
         if exists and not overwrite and is_current(storage, name, fingerprint):
             return CellResult(status="skipped", reason="up to date", **common)
-        stacks = load_task(task, pipeline.bands, pipeline.mask, pipeline.nodata)
-        arrays, nodata = {}, {}
-        for band in pipeline.bands:
-            dtype = np.dtype(pipeline.dtype) if pipeline.dtype else stacks.source_dtype[band]
-            nodata[band] = _output_nodata(pipeline.nodata, stacks.source_nodata[band], dtype)
-            arrays[band] = np.empty(task.geobox.shape, dtype=dtype)
-        statistic = STATISTICS[pipeline.statistic]
-        reduced = statistic.reduce(stacks.bands, stacks.sentinel, out=arrays, out_nodata=nodata,
-                                   max_iterations=pipeline.max_iterations, tolerance=pipeline.tolerance)
-        arrays[COUNT_ASSET] = clear_count(stacks.bands, stacks.sentinel)
-        nodata[COUNT_ASSET] = COUNT_NODATA
-        for name in statistic.extra_assets:
-            arrays[name], nodata[name] = reduced[name].astype(np.float32), float("nan")
-        extra = {}
-        if statistic.iterative:
-            extra = {"gridded:geomedian": {"tolerance": pipeline.tolerance, "max_iterations": pipeline.max_iterations}}
-        commit_outputs(storage, pipeline=pipeline, task=task, arrays=arrays, nodata=nodata,
-                       fingerprint=fingerprint, replace=exists, extra=extra)
+        result = compute_task(task, pipeline)
+        commit_outputs(storage, pipeline=pipeline, task=task, arrays=result.arrays, nodata=result.nodata,
+                       fingerprint=fingerprint, replace=exists, extra=result.properties)
         return CellResult(status="done", seconds=time.monotonic() - started, **common)
     except GriddedError as err:
         return CellResult(status="failed", reason=str(err), seconds=time.monotonic() - started, **common)
@@ -90,7 +126,7 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
                           seconds=time.monotonic() - started, **common)
 
 
-def _output_nodata(pipeline_nodata, source_nodata, dtype: np.dtype):
+def output_nodata(pipeline_nodata, source_nodata, dtype: np.dtype):
     if pipeline_nodata is not None:
         value = pipeline_nodata
     elif source_nodata is not None:
@@ -105,7 +141,14 @@ def _output_nodata(pipeline_nodata, source_nodata, dtype: np.dtype):
 def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: bool = False,
                   workers_on_machine: int = 1, scheduler: str | None = None,
                   on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
-    """Every task of a batch on a Dask cluster: this worker's own LocalCluster, or `scheduler`."""
+    """Every task of a batch on a Dask cluster: this worker's own LocalCluster, or `scheduler`.
+
+    >>> from gridded import plan, select
+    >>> todo = plan(select(demo_catalog, extent=DEMO_EXTENT, time="2024-02", grid=str(DEMO_GRID), bands="nir",
+    ...                    tiles_per_worker=2))
+    >>> [(r.key, r.status) for r in process_batch(todo.batches[0], todo.pipeline, str(tmp / "batch"))]
+    [((234, 2343), 'done'), ((235, 2343), 'done')]
+    """
     from distributed import Client, as_completed
 
     from .io.rasters import pooled_sources

@@ -54,6 +54,13 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
     """Execute every batch of a plan into `output`; then the catalog and the run report. Each
     task's result goes to `on_result` as soon as it is known (skipped ones first).
 
+    >>> from gridded import plan, select
+    >>> todo = plan(select(demo_catalog, extent=DEMO_EXTENT, time="2024-01", grid=str(DEMO_GRID), bands="red"))
+    >>> [r.status for r in run_plan(todo, str(tmp / "run"))]
+    ['done', 'done', 'done', 'done', 'done', 'done']
+    >>> {r.status for r in run_plan(todo, str(tmp / "run"))}  # a rerun: every item is current
+    {'skipped'}
+
     On SIGTERM (or Ctrl-C) the workers are stopped, what finished is reported, and Interrupted
     is raised: every committed cell stays committed, a rerun resumes the rest."""
     if workers < 1:
@@ -84,23 +91,14 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
 def _without_current(plan: Plan, storage, tally: Tally) -> Plan:
     """The plan less the tasks whose items are current (reported as skipped here), so an all-done
     rerun starts no worker at all: what makes scheduled reprocessing cheap."""
-    from concurrent.futures import ThreadPoolExecutor
+    from .process import task_states
 
-    from .process import is_current
-    from .write import item_name
-
-    tasks = plan.tasks
-
-    def current(task) -> bool:
-        return is_current(storage, item_name(plan.pipeline, task), task.fingerprint(plan.pipeline))
-
-    with ThreadPoolExecutor(max_workers=16) as pool:  # HEAD/GET latency on S3, not CPU
-        flags = dict(zip(((t.key, t.period.label) for t in tasks), pool.map(current, tasks)))
+    states = task_states(plan.tasks, plan.pipeline, storage)
     batches = []
     for batch in plan.batches:
-        left = tuple(t for t in batch.tasks if not flags[(t.key, t.period.label)])
+        left = tuple(t for t in batch.tasks if states[(t.key, t.period.label)] != "done")
         for t in batch.tasks:
-            if flags[(t.key, t.period.label)]:
+            if states[(t.key, t.period.label)] == "done":
                 tally.add(CellResult(key=t.key, period=t.period.label, status="skipped", reason="up to date",
                                      observations=len(t.observations)))
         if left:

@@ -60,15 +60,7 @@ def select(source: str | None = None, *, extent, time: str | TimeRange, index: s
     (('red', 'nir'), 'median', '2024-01-01T00:00:00+00:00')
     """
     _check_where_and_how_many(source, index, tiles_per_worker)
-    if isinstance(bands, str):
-        bands = tuple(b.strip() for b in bands.split(",") if b.strip()) or None
-    recipe = with_overrides(
-        pipeline if isinstance(pipeline, Pipeline) else (load_pipeline(pipeline) if pipeline else None),
-        statistic=statistic,
-        period=period,
-        bands=tuple(bands) if bands is not None else None,
-        mask=parse_mask(mask) if isinstance(mask, str) else mask,
-    )
+    recipe = recipe_for(pipeline, statistic=statistic, period=period, bands=bands, mask=mask)
     grid = grid if grid is not None else recipe.grid
     if grid is None:
         raise ConfigError("no grid: pass --grid NAME|FILE (e.g. --grid utm55s-10m) or use a --pipeline that names one")
@@ -87,6 +79,21 @@ def select(source: str | None = None, *, extent, time: str | TimeRange, index: s
         collection=collection,
         index=index,
         allow_roots=tuple(allow_roots),
+    )
+
+
+def recipe_for(pipeline: str | Pipeline | None, *, statistic: str | None = None, period: str | None = None,
+               bands: str | Sequence[str] | None = None, mask: str | MaskRule | None = None) -> Pipeline:
+    """A recipe (a built-in name, a YAML file or a Pipeline; none: a plain composite) with every
+    value given put over it."""
+    if isinstance(bands, str):
+        bands = tuple(b.strip() for b in bands.split(",") if b.strip()) or None
+    return with_overrides(
+        pipeline if isinstance(pipeline, Pipeline) else (load_pipeline(pipeline) if pipeline else None),
+        statistic=statistic,
+        period=period,
+        bands=tuple(bands) if bands is not None else None,
+        mask=parse_mask(mask) if isinstance(mask, str) else mask,
     )
 
 

@@ -7,7 +7,6 @@ import json
 import math
 import os
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pystac
 from odc.geo.geobox import GeoBox
 
 from . import __version__
+from .grid import cell_outline_lonlat
 from .io.cog import write_cog
 from .io.s3 import is_remote
 from .io.storage import Storage
@@ -49,19 +49,11 @@ def asset_name(pipeline: Pipeline, task: Task, asset: str) -> str:
     return f"{cell_prefix(task)}/{item_id(pipeline, task)}_{asset}.tif"
 
 
-@lru_cache(maxsize=4096)
-def _footprint(geobox: GeoBox) -> tuple[dict, tuple[float, float, float, float]]:
-    """A cell's outline in lon/lat (densified, so it follows the projection's curves) and its bbox:
-    the same for every period of the cell, and most of an item's cost, so made once per cell."""
-    outline = geobox.extent.to_crs("EPSG:4326", resolution=abs(geobox.resolution.x) * 16)
-    return outline.json, tuple(outline.boundingbox)
-
-
 def build_item(*, pipeline: Pipeline, task: Task, assets: dict[str, tuple[np.dtype, float | None]],
                fingerprint: str, extra: dict | None = None) -> dict:
     """The STAC item of a task's outputs: times, proj:*, raster:bands, provenance, input links."""
     geobox = task.geobox
-    geometry, bbox = _footprint(geobox)
+    geometry, bbox = cell_outline_lonlat(geobox)
     epsg = geobox.crs.epsg
     item = pystac.Item(
         id=item_id(pipeline, task),

@@ -33,19 +33,10 @@ def plan(output, png, as_json, **kwargs):
     plan_ = plan_for(selection)
     say(plan_summary(plan_))
     rows = plan_rows(plan_)
+    by_task = {(tuple(r["cell"]), r["period"]): r for r in rows}
     if output:
-        from ..io.storage import open_storage
-        from ..process import is_current
-        from ..write import item_name
-
-        storage = open_storage(output)
-        by_task = {(tuple(r["cell"]), r["period"]): r for r in rows}
-        for t in plan_.tasks:
-            name = item_name(plan_.pipeline, t)
-            state = "to-do"
-            if storage.exists(name):
-                state = "done" if is_current(storage, name, t.fingerprint(plan_.pipeline)) else "changed"
-            by_task[(t.key, t.period.label)]["state"] = state
+        for (key, period), state in plan_.status(output).items():
+            by_task[(key, period)]["state"] = state
     if as_json:
         click.echo(json.dumps(rows, indent=1))
     else:

@@ -145,6 +145,11 @@ def read_mask_window(href: str, geobox: GeoBox, *, fill, what: str) -> Coarse:
     return _retrying(href, what, lambda src: _mask_from(src, geobox, fill))
 
 
+def band_info(href: str, *, what: str) -> tuple[np.dtype, float | None]:
+    """(dtype, nodata) of a source file's first band, from its header alone."""
+    return _retrying(href, what, lambda src: (np.dtype(src.dtypes[0]), src.nodata))
+
+
 def _band_from(src, geobox: GeoBox, fill, out: np.ndarray | None):
     nodata = src.nodata
     value = fill if fill is not None else (nodata if nodata is not None else 0)
