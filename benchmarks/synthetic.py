@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ TILE_PX = 512
 ORIGIN_XY = (118 * TILE_PX * RESOLUTION_M, 1172 * TILE_PX * RESOLUTION_M)  # top-left, on tile boundaries
 BANDS = {"blue": ("B02", 0.490), "green": ("B03", 0.560), "red": ("B04", 0.665), "nir": ("B08", 0.842)}
 SCL_EXCLUDED = (0, 1, 3, 8, 9, 10)
-START = datetime(2024, 1, 3, 0, 12, 41, tzinfo=timezone.utc)
+START = datetime(2024, 1, 3, 0, 12, 41, tzinfo=UTC)
 TIME = "2024-01-01/2024-12-31"
 COLLECTION = "sentinel-2-l2a-bench"
 # reflectance x 10,000 of the pure covers, per band (blue, green, red, nir)

@@ -36,11 +36,10 @@ CANARY_SECRET = "canary-secret-5a3b7c9d1e"
 def s3_server():
     """A real S3-protocol server (moto's server mode) on a free loopback port, with boto3 and
     GDAL pointed at it through the standard environment only (AWS_ENDPOINT_URL and keys)."""
+    import logging
     import os
 
     from moto.server import ThreadedMotoServer
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -3,7 +3,9 @@
 Rules say which requests to break (method, a substring of the path, which occurrence) and how:
 `503` (SlowDown), `500`, `403` (AccessDenied), `reset` (close before answering), `truncate` (send half the body, then
 close), `lost` (forward the request, then close before the answer reaches the client: a PUT that
-happened although the client never heard so).
+happened although the client never heard so), `forward-500` (forward it, then answer 500: the
+write happened, the client is told it failed). Besides rules, a `policy(method, path, headers)`
+may name the fault of each request (see OncePerKey).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class FaultProxy:
         host, port = upstream.split("://", 1)[1].split(":")
         self.upstream = (host, int(port))
         self.rules: list[Rule] = []
+        self.policy = None
+        self.requests = 0
         self.injected: list[tuple[str, str, str]] = []
         self.lock = threading.Lock()
         proxy = self
@@ -51,7 +55,7 @@ class FaultProxy:
             def _any(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy.fault_for(self.command, self.path)
+                fault = proxy.fault_for(self.command, self.path, self.headers)
                 if fault in ("503", "500", "403"):
                     code = int(fault)
                     text = {503: b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>",
@@ -74,6 +78,14 @@ class FaultProxy:
                 conn.close()
                 if fault == "lost":
                     self._reset()
+                    return
+                if fault == "forward-500":
+                    text = b"<Error><Code>InternalError</Code><Message>after the write</Message></Error>"
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(text)))
+                    self.end_headers()
+                    self.wfile.write(text)
                     return
                 self.send_response(resp.status, resp.reason)
                 for k, v in resp.getheaders():
@@ -104,8 +116,14 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def fault_for(self, method: str, path: str) -> str | None:
+    def fault_for(self, method: str, path: str, headers=None) -> str | None:
         with self.lock:
+            self.requests += 1
+            if self.policy is not None:
+                fault = self.policy(method, path, headers or {})
+                if fault:
+                    self.injected.append((method, path, fault))
+                    return fault
             for rule in self.rules:
                 if rule.hit(method, path):
                     self.injected.append((method, path, rule.fault))
@@ -119,3 +137,47 @@ class FaultProxy:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+class OncePerKey:
+    """A policy breaking each (fault kind, key) at most once: the first HEAD and the first GET of
+    every key answered 503 SlowDown, one ranged GET of every source COG cut short, the first PUT
+    of every key answered 500, each STAC item's next PUT forwarded and then answered 500 (the write
+    happened), and the first bucket listing's connection closed."""
+
+    def __init__(self, source_bucket: str):
+        self.source_bucket = source_bucket
+        self.done: set[tuple[str, str]] = set()
+
+    def once(self, kind: str, key: str) -> bool:
+        if (kind, key) in self.done:
+            return False
+        self.done.add((kind, key))
+        return True
+
+    def __call__(self, method: str, path: str, headers) -> str | None:
+        key = path.split("?", 1)[0]
+        listing = "list-type=2" in path
+        if listing:
+            return "reset" if self.once("list", key) else None
+        if method == "HEAD":
+            return "503" if self.once("head", key) else None
+        if method == "GET":
+            if self.once("get", key):
+                return "503"
+            ranged = "Range" in headers or "range" in headers
+            if ranged and key.startswith(f"/{self.source_bucket}/") and key.endswith(".tif"):
+                return "truncate" if self.once("cut", key) else None
+            return None
+        if method == "PUT":
+            if self.once("put", key):
+                return "500"
+            if key.endswith(".stac-item.json") and self.once("put-then-500", key):
+                return "forward-500"
+        return None
+
+    def kinds(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for kind, _ in self.done:
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts

@@ -3,7 +3,7 @@ GeoTIFFs on a UTM grid, their observations, and a task for a cell at any offset 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import rasterio
@@ -40,7 +40,7 @@ def scene(tmp_path, name, rng, *, shape=(40, 48), mask_dtype=np.uint8, x0=X0):
 
 
 def observation(name, hrefs, day, platform="s2a"):
-    when = datetime(2024, 1, day, 0, 30, tzinfo=timezone.utc)
+    when = datetime(2024, 1, day, 0, 30, tzinfo=UTC)
     return Observation(item_id=name, time=when, platform=platform, updated="", solar_day=f"2024-01-{day:02d}",
                        hrefs=tuple(hrefs))
 
@@ -48,7 +48,7 @@ def observation(name, hrefs, day, platform="s2a"):
 def task_for(observations, *, col, row, shape=(30, 34)):
     """A cell whose first pixel is `col`, `row` 10 m pixels right of and below the sources' corner
     (negative: outside them), so odd offsets fall inside a 20 m mask pixel."""
-    period = Period(start=datetime(2024, 1, 1, tzinfo=timezone.utc), end=datetime(2024, 1, 31, tzinfo=timezone.utc),
+    period = Period(start=datetime(2024, 1, 1, tzinfo=UTC), end=datetime(2024, 1, 31, tzinfo=UTC),
                     label="2024-01--P1M")
     return Task(key=(0, 0), crs=CRS, transform=(10.0, 0.0, X0 + 10 * col, 0.0, -10.0, Y0 - 10 * row),
                 shape_yx=shape, period=period, observations=tuple(observations))

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
+from gridded.errors import ConfigError
 from gridded.workflow.options import WorkflowOptions
 from gridded.workflow.render import CELLS_PATH, RETRY_EXPRESSION, render, render_ingest
-from gridded.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"

@@ -8,9 +8,9 @@ import os
 import pytest
 from argo_replay import Replay
 from click.testing import CliRunner
-from conftest import CANARY_KEY_ID, CANARY_SECRET, demo_on_s3, download_tree
 from expected import check_pixels
 
+from conftest import CANARY_KEY_ID, CANARY_SECRET, demo_on_s3, download_tree
 from gridded.cli import cli
 from gridded.demo import DEMO_EXTENT
 

@@ -15,6 +15,7 @@ from datetime import datetime
 
 import numpy as np
 import pytest
+from expected import catalog_items
 from pyproj import Transformer
 from shapely.geometry import Polygon, box
 
@@ -27,8 +28,6 @@ from gridded.period import parse_time
 from gridded.pipeline import Pipeline
 from gridded.plan import plan_for
 from gridded.selection import Selection
-
-from expected import catalog_items
 
 BANDS = ("blue", "green", "red", "nir")
 TILE_M = 2560.0  # grids/demo-utm55s-2560m.yaml

@@ -387,7 +387,8 @@ def _smallest_january_item(catalog: Path) -> tuple[str, Path]:
 CELL = re.compile(r"\bx(-?\d+)\W{0,3}y(-?\d+)\b")
 
 
-def test_unreadable_source_cog_fails_its_tiles_only_exit_1(tmp_path, catalog_copy, demo_args):
+def test_unreadable_source_cog_fails_its_tiles_only_exit_2(tmp_path, catalog_copy, demo_args):
+    # a corrupt file is bad input: the run ends with 2, so that no workflow retries it in vain
     args = Env(tmp_path, demo_args, Path()).sel(source=str(catalog_copy))
     out = tmp_path / "out"
 
@@ -404,8 +405,10 @@ def test_unreadable_source_cog_fails_its_tiles_only_exit_1(tmp_path, catalog_cop
 
     outcome = run_subprocess(["run", *args, "--workers", "2", "--output", str(out)])
 
-    assert outcome.code == 1, outcome
+    assert outcome.code == 2, outcome
     assert "Traceback" not in outcome.text, outcome
+    # GDAL's own words, not rasterio's "See previous exception for details"
+    assert "not recognized as being in a supported file format" in outcome.text, outcome
     # the summary names each failed tile, the scene and the asset
     failed = set()
     for line in outcome.text.splitlines():

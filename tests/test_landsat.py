@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pystac
@@ -31,7 +31,7 @@ def write_landsat_catalog(root):
     ring = [list(to_ll.transform(x, y)) for x, y in [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]]
     lons, lats = zip(*ring)
     for i in range(7):
-        when = datetime(2023, 6, 2, 23, 50, tzinfo=timezone.utc) + timedelta(days=4 * i)
+        when = datetime(2023, 6, 2, 23, 50, tzinfo=UTC) + timedelta(days=4 * i)
         item = pystac.Item(id=f"LC09_L2SP_091085_{when:%Y%m%d}_02_T1", datetime=when,
                            geometry={"type": "Polygon", "coordinates": [ring]},
                            bbox=[min(lons), min(lats), max(lons), max(lats)],

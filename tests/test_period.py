@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from gridded.errors import ConfigError
 from gridded.period import parse_as_of, parse_time, periods_for
 
-UTC = timezone.utc
+UTC = UTC
 US = timedelta(microseconds=1)
 
 

@@ -49,6 +49,12 @@ def assert_consistent(out: Path) -> None:
             src.read(1)
 
 
+def catalogued_items(out: Path) -> list[str]:
+    """The item files the output's collection.json links to."""
+    collection = json.loads((out / "collection.json").read_text())
+    return sorted(link["href"].removeprefix("./") for link in collection["links"] if link["rel"] == "item")
+
+
 def temp_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if TEMP_MARK in p.name]
 
@@ -148,6 +154,12 @@ def test_sigterm_stops_the_run_and_its_workers_and_keeps_what_finished(workers, 
     time.sleep(0.5)
     assert [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
     assert_consistent(out)
+    # the catalog lists exactly what is committed, and the report says the run was interrupted
+    committed = sorted(str(p.relative_to(out)) for p in out.rglob("*.stac-item.json"))
+    assert 2 <= len(committed) < 18
+    assert catalogued_items(out) == committed
+    report = json.loads((out / "run-report.json").read_text())
+    assert report["outcome"] == "interrupted" and report["counts"]["done"] <= len(committed)
     code, _, err = finish(gridded(*run, "--output", str(out)))
     assert code == 0, err
     assert check_pixels(out, demo_catalog)["tasks"] == 18

@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import demo_on_s3, download_tree
 from expected import check_pixels
 from fault_proxy import FaultProxy, Rule
 
+from conftest import demo_on_s3, download_tree
 from gridded.demo import DEMO_EXTENT, DEMO_GRID
 
 

@@ -10,9 +10,9 @@ import threading
 
 import pytest
 from click.testing import CliRunner
-from conftest import demo_on_s3
 from expected import check_pixels
 
+from conftest import demo_on_s3
 from gridded.cli import cli
 from gridded.demo import DEMO_EXTENT, DEMO_GRID
 

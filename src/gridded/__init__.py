@@ -87,8 +87,16 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load on first use
     from .catalog import write_catalog
     from .dataset import composite
-    from .errors import (ArtifactError, CellError, ClusterError, ConfigError, GriddedError, Interrupted,
-                         OutputError, SourceError)
+    from .errors import (
+        ArtifactError,
+        CellError,
+        ClusterError,
+        ConfigError,
+        GriddedError,
+        Interrupted,
+        OutputError,
+        SourceError,
+    )
     from .grid import Grid
     from .index import ingest, open_index
     from .masks import MaskRule

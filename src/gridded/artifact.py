@@ -12,11 +12,11 @@ import hashlib
 import io
 import json
 import pickle
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .errors import ArtifactError
-from .plan import Batch, Plan
 from .io.storage import storage_for_file
+from .plan import Batch, Plan
 
 MAGIC = b"GRIDDED-CELLS\n"
 FORMAT_VERSION = 1
@@ -60,7 +60,7 @@ def encode_artifact(plan: Plan) -> bytes:
     header = {
         "format": "gridded-cells",
         "version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(),
+        "created": datetime.now(UTC).isoformat(),
         "pipeline": plan.pipeline.name,
         "grid": plan.grid.name,
         "batches": entries,

@@ -16,7 +16,7 @@ from odc.geo.geobox import GeoBox, GeoboxTiles
 from .errors import ConfigError
 from .grid import Grid, cells_for_extent, load_grid
 from .masks import MaskRule
-from .period import periods_for, parse_time
+from .period import parse_time, periods_for
 from .pipeline import Pipeline
 from .plan import ObservationFinder, Task, resolve_mask
 from .selection import extent_geometry, recipe_for
@@ -32,7 +32,7 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
               time: str, bands: str | Sequence[str], statistic: str = "median", period: str = "P1M",
               mask: str | MaskRule | None = None, grid: str | Grid | None = None,
               chunks: int | dict[str, int] | None = None, progress: Callable[[int, int], None] | None = None,
-              pipeline: str | Pipeline | None = None, collection: str | None = None) -> "xarray.Dataset":
+              pipeline: str | Pipeline | None = None, collection: str | None = None) -> xarray.Dataset:
     """Composites as a lazy Dataset: one variable per band (plus `count`, and a statistic's extra
     assets), dims (time, y, x) with `time` the period starts, the GeoBox attached (`ds.odc.geobox`).
 
@@ -166,7 +166,7 @@ class _Counter:
     holds only its token (graphs are pickled for a distributed scheduler, and a lock is not):
     chunks computed in this process find it; elsewhere there is nothing to report to."""
 
-    live: dict[str, "_Counter"] = {}
+    live: dict[str, _Counter] = {}
 
     def __init__(self, callback, total: int):
         self.callback, self.total, self.done = callback, total, 0

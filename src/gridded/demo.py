@@ -8,7 +8,7 @@ two platforms, with clouds, shadows, cirrus, an always-cloudy patch in February,
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +155,7 @@ def write_demo_catalog(root: Path | str, *, seed: int = 20240101, start: datetim
         shutil.rmtree(root)
     root.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    start = start or datetime(2024, 1, 2, 0, 5, 31, tzinfo=timezone.utc)
+    start = start or datetime(2024, 1, 2, 0, 5, 31, tzinfo=UTC)
     collection = pystac.Collection(
         id=COLLECTION, description="Synthetic Sentinel-2 L2A-like scenes written by `gridded demo`",
         extent=pystac.Extent(pystac.SpatialExtent([[0, 0, 0, 0]]), pystac.TemporalExtent([[start, start]])),

@@ -81,7 +81,7 @@ def _checked_lonlat(geom, where: str) -> Geometry:
     if geom.is_empty:
         raise ConfigError(f"--extent {where}: the geometry is empty")
     minx, miny, maxx, maxy = geom.bounds
-    if not (-180 <= minx and maxx <= 180 and -90 <= miny and maxy <= 90):
+    if not (minx >= -180 and maxx <= 180 and miny >= -90 and maxy <= 90):
         raise ConfigError(f"--extent {where}: coordinates must be lon/lat degrees (EPSG:4326)")
     if not geom.is_valid:
         geom = shapely.make_valid(geom)

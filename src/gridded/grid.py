@@ -21,7 +21,11 @@ UTM_TILE_M = 20480
 # bbox of continental Africa at 10 m, the largest job in practice, is about 6e11 pixels
 MAX_CELLS = 1_000_000
 MAX_PIXELS = 1_000_000_000_000
-AREA_OF_USE_MARGIN_DEG = 10.0  # how far past its CRS's area of use a grid may be asked to reach
+# how far past its CRS's area of use a grid may be asked to reach: 10 degrees, or east-west a
+# quarter of the area's width when that is less (1.5 degrees beside a 6-degree UTM zone, where
+# Sentinel-2's own tiles end; the next zone's grid is the one to use beyond that)
+AREA_OF_USE_MARGIN_DEG = 10.0
+AREA_OF_USE_MARGIN_OF_WIDTH = 0.25
 EDGE_STEP_DEG = 0.05  # lon/lat edges are curves in a projected CRS: points along them before projecting
 
 
@@ -115,12 +119,15 @@ def _check_area_of_use(grid: Grid, extent: Geometry) -> None:
     if area is None:
         return
     minx, miny, maxx, maxy = extent.boundingbox
-    beyond = max(area.west - minx, maxx - area.east, area.south - miny, maxy - area.north)
+    east_west = min(AREA_OF_USE_MARGIN_DEG, AREA_OF_USE_MARGIN_OF_WIDTH * (area.east - area.west))
+    beyond_ew = max(area.west - minx, maxx - area.east)
     if area.west > area.east:  # an area of use across the antimeridian: don't second-guess it
-        beyond = max(area.south - miny, maxy - area.north)
-    if beyond > AREA_OF_USE_MARGIN_DEG:
+        beyond_ew, east_west = 0.0, AREA_OF_USE_MARGIN_DEG
+    beyond_ns = max(area.south - miny, maxy - area.north)
+    if beyond_ew > east_west or beyond_ns > AREA_OF_USE_MARGIN_DEG:
+        beyond = max(beyond_ew, beyond_ns)
         raise ConfigError(
-            f"--extent reaches {beyond:.0f} degrees beyond where {grid.crs} (grid {grid.name}) is meant to be used "
+            f"--extent reaches {beyond:.1f} degrees beyond where {grid.crs} (grid {grid.name}) is meant to be used "
             f"({area.west:g},{area.south:g},{area.east:g},{area.north:g}); use a grid for that area or a smaller extent"
         )
 

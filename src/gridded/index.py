@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 from urllib.parse import urlparse
 
 import pystac
@@ -35,7 +36,7 @@ class IndexedItem:
     doc: str
 
     @classmethod
-    def from_item(cls, item: pystac.Item) -> "IndexedItem":
+    def from_item(cls, item: pystac.Item) -> IndexedItem:
         item.make_asset_hrefs_absolute()
         doc = item.to_dict(include_self_link=True, transform_hrefs=False)
         props = item.properties
@@ -56,7 +57,7 @@ class IndexedItem:
 def _utc(text: str) -> str:
     """ISO text in UTC with a fixed width, so text comparison is time comparison."""
     when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    when = when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -259,12 +260,12 @@ def ingest(source: str, index: Index, *, collection: str | None = None, bbox: st
             raise ConfigError(f"--bbox {bbox}: use minx,miny,maxx,maxy in degrees with min < max") from err
     skipped: list[str] = []
     if source.endswith((".ndjson", ".jsonl")):
-        items = read_ndjson(source)
+        items = read_ndjson(source, flag="SOURCE")
     elif is_stac_api(source):
         items = search_api(source, collection=collection, bbox=box, datetime_=datetime_, progress=progress,
                            page_size=page_size)
     else:
-        items = walk_items(source, on_bad=lambda where, reason: skipped.append(f"{where}: {reason}"))
+        items = walk_items(source, on_bad=lambda where, reason: skipped.append(f"{where}: {reason}"), flag="SOURCE")
     rows = []
     for item in items:
         if collection and item.collection_id != collection:

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from odc.geo.geobox import GeoBox
 
+from .compute.arrays import as_dtype
 from .compute.masking import mask_into
+from .errors import SourceError
 from .io.rasters import Coarse, read_mask_window, read_window
 from .io.s3 import is_remote
 from .masks import MaskRule
@@ -29,6 +31,7 @@ class Stacks:
     sentinel: dict[str, float | None]
     source_dtype: dict[str, np.dtype]
     source_nodata: dict[str, float | None]
+    skipped: tuple[tuple[str, str], ...] = ()  # (item id, why) of inputs left out as unreadable
 
 
 _NO_MASK = (np.zeros((1, 1), dtype=np.uint8), np.ones(1, dtype=np.bool_))
@@ -46,19 +49,37 @@ def _clear_rule(coarse: Coarse | None, mask: MaskRule | None, geobox: GeoBox):
     return values, coarse.k, coarse.row_offset, coarse.col_offset, table
 
 
-def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nodata: float | None) -> Stacks:
+def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nodata: float | None, *,
+              skip_bad_sources: bool = False) -> Stacks:
     """Read every observation of a task, mask unclear pixels to the sentinel, mosaic same-day groups.
 
     Each band window is read straight into its layer of the stack and masked there in one pass
     with the clear rule (no per-scene masks or masked copies); a same-day group's later scenes
-    fill only what the earlier left unclear."""
+    fill only what the earlier left unclear. With `skip_bad_sources`, an observation that cannot
+    be read (after its retries) is left out and named in `Stacks.skipped`; without, it fails the task."""
     geobox = task.geobox
-    obs0 = task.observations[0]
-    # the first observation fixes each band's dtype and sentinel; then each same-day group is read,
-    # its scenes in order (several groups at once for remote sources)
-    first = {b: read_window(obs0.href(b), geobox, fill=None, what=f"item {obs0.item_id} asset {b}") for b in bands}
-    dtypes = {b: first[b][0].dtype for b in bands}
-    src_nodata = {b: first[b][1] for b in bands}
+    skipped: dict[str, SourceError] = {}
+
+    def read_bands(obs, fill, outs):
+        return [read_window(obs.href(b), geobox, fill=fill(b), what=f"item {obs.item_id} asset {b}", out=out)
+                for b, out in zip(bands, outs)]
+
+    # the first readable observation fixes each band's dtype and sentinel; then each same-day group
+    # is read, its scenes in order (several groups at once for remote sources)
+    first_index, first = None, None
+    for i, obs in enumerate(task.observations):
+        try:
+            first, first_index = read_bands(obs, lambda b: None, [None] * len(bands)), i
+            break
+        except SourceError as err:
+            if not skip_bad_sources:
+                raise
+            skipped[obs.item_id] = err
+    if first is None:
+        raise SourceError(f"no input of the task could be read ({len(skipped)} left out; the first: "
+                          f"{next(iter(skipped.values()))})", retryable=any(e.retryable for e in skipped.values()))
+    dtypes = {b: r[0].dtype for b, r in zip(bands, first)}
+    src_nodata = {b: r[1] for b, r in zip(bands, first)}
     sentinels = {b: _sentinel(dtypes[b], src_nodata[b], out_nodata) for b in bands}
     groups: dict[tuple[str, str], list[int]] = {}
     for i, obs in enumerate(task.observations):
@@ -67,19 +88,31 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
 
     def load_group(g: int, members: list[int]) -> None:
         layers = [stacks[b][g] for b in bands]
-        for n, i in enumerate(members):
+        empty = True  # no scene of the group has been put into its layers yet
+        for i in members:
             obs = task.observations[i]
-            if i == 0:
-                reads = [first[b] for b in bands]
-            else:
-                reads = [read_window(obs.href(b), geobox, fill=sentinels[b], what=f"item {obs.item_id} asset {b}",
-                                     out=layers[j] if n == 0 else None) for j, b in enumerate(bands)]
-            coarse = None
-            if mask is not None:
-                coarse = read_mask_window(obs.href(mask.asset), geobox, fill=mask.fill_value,
-                                          what=f"item {obs.item_id} mask asset {mask.asset}")
-            mask_into(layers, [r[0] for r in reads], n == 0, _clear_rule(coarse, mask, geobox),
-                       [sentinels[b] for b in bands], [r[1] for r in reads])
+            if obs.item_id in skipped:
+                continue
+            try:
+                if i == first_index:
+                    reads = first
+                else:
+                    reads = read_bands(obs, lambda b: sentinels[b], layers if empty else [None] * len(bands))
+                coarse = None
+                if mask is not None:
+                    coarse = read_mask_window(obs.href(mask.asset), geobox, fill=mask.fill_value,
+                                              what=f"item {obs.item_id} mask asset {mask.asset}")
+            except SourceError as err:
+                if not skip_bad_sources:
+                    raise
+                skipped[obs.item_id] = err
+                continue
+            mask_into(layers, [r[0] for r in reads], empty, _clear_rule(coarse, mask, geobox),
+                      [sentinels[b] for b in bands], [r[1] for r in reads])
+            empty = False
+        if empty:  # every scene of the group was left out: nothing in it is clear
+            for b, layer in zip(bands, layers):
+                layer[...] = as_dtype(sentinels[b], layer.dtype)
 
     if not any(is_remote(href) for obs in task.observations for _, href in obs.hrefs):
         for g, members in enumerate(groups.values()):
@@ -88,7 +121,8 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
         with ThreadPoolExecutor(max_workers=REMOTE_READ_THREADS) as pool:
             for job in [pool.submit(load_group, g, members) for g, members in enumerate(groups.values())]:
                 job.result()
-    return Stacks(bands=stacks, sentinel=sentinels, source_dtype=dtypes, source_nodata=src_nodata)
+    return Stacks(bands=stacks, sentinel=sentinels, source_dtype=dtypes, source_nodata=src_nodata,
+                  skipped=tuple(sorted((item, str(err)) for item, err in skipped.items())))
 
 
 def _sentinel(dtype: np.dtype, src_nodata, out_nodata):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from .errors import ConfigError
 
@@ -39,14 +39,14 @@ def _parse_bound(text: str, *, end: bool, flag: str) -> datetime:
     text = text.strip()
     try:
         if re.fullmatch(r"\d{4}", text):
-            start = datetime(int(text), 1, 1, tzinfo=timezone.utc)
+            start = datetime(int(text), 1, 1, tzinfo=UTC)
             return _add(start, 1, "Y") - EPS if end else start
         if re.fullmatch(r"\d{4}-\d{2}", text):
             y, m = map(int, text.split("-"))
-            start = datetime(y, m, 1, tzinfo=timezone.utc)
+            start = datetime(y, m, 1, tzinfo=UTC)
             return _add(start, 1, "M") - EPS if end else start
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            start = datetime.combine(date.fromisoformat(text), datetime.min.time(), timezone.utc)
+            start = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
             return start + timedelta(days=1) - EPS if end else start
         if re.fullmatch(r"\d{8}", text):  # basic format: a whole day, as YYYY-MM-DD
             return _parse_bound(f"{text[:4]}-{text[4:6]}-{text[6:]}", end=end, flag=flag)
@@ -55,14 +55,14 @@ def _parse_bound(text: str, *, end: bool, flag: str) -> datetime:
         example = "2024-04-01T00:00:00Z" if flag == "--as-of" else "2024-01-01/2024-03-31"
         raise ConfigError(f"{flag} {text!r}: not an ISO 8601 date; use e.g. {example}") from err
     # periods are UTC calendar bins: an offset is converted, not kept
-    return when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def parse_time(text: str, *, as_of: datetime | None = None) -> TimeRange:
     """`START/END` (dates inclusive), `YYYY`, `YYYY-MM`, or `last:P1M` relative to as_of (default now)."""
     text = text.strip()
     if text.startswith("last:"):
-        return last_complete(text[5:], as_of or datetime.now(timezone.utc))
+        return last_complete(text[5:], as_of or datetime.now(UTC))
     if "/" in text:
         first, _, last = text.partition("/")
         if not first or not last or ".." in (first, last):
@@ -88,10 +88,10 @@ def _add(when: datetime, n: int, unit: str) -> datetime:
 
 def _bin_start(when: datetime, n: int, unit: str, anchor: datetime) -> datetime:
     if unit == "Y":
-        return datetime(when.year - (when.year % n if n > 1 else 0), 1, 1, tzinfo=timezone.utc)
+        return datetime(when.year - (when.year % n if n > 1 else 0), 1, 1, tzinfo=UTC)
     if unit == "M":
         index = (when.month - 1) // n * n
-        return datetime(when.year, index + 1, 1, tzinfo=timezone.utc)
+        return datetime(when.year, index + 1, 1, tzinfo=UTC)
     days = (when - anchor).days // n * n
     return anchor + timedelta(days=days)
 
@@ -117,7 +117,7 @@ def label(start: datetime, period: str) -> str:
 def periods_for(time: TimeRange, period: str) -> list[Period]:
     """The calendar bins of `period` that meet the time range, each clipped to it."""
     n, unit = _split(period)
-    anchor = datetime.combine(time.start.date(), datetime.min.time(), timezone.utc)
+    anchor = datetime.combine(time.start.date(), datetime.min.time(), UTC)
     start = _bin_start(time.start, n, unit, anchor)
     bins = []
     while start <= time.end:
@@ -131,9 +131,9 @@ def last_complete(period: str, as_of: datetime) -> TimeRange:
     """The last complete calendar bin of `period` before as_of: `P1M` last month, `P3M` last quarter."""
     n, unit = _split(period, flag="--time last:")
     if unit == "D":
-        end = datetime.combine(as_of.date(), datetime.min.time(), timezone.utc)
+        end = datetime.combine(as_of.date(), datetime.min.time(), UTC)
         return TimeRange(start=end - timedelta(days=n), end=end - EPS)
-    as_of = as_of.astimezone(timezone.utc) if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
+    as_of = as_of.astimezone(UTC) if as_of.tzinfo else as_of.replace(tzinfo=UTC)
     current = _bin_start(as_of, n, unit, as_of)
     previous = _add(current, -n, unit)
     return TimeRange(start=previous, end=current - EPS)

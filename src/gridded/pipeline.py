@@ -7,11 +7,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ._data import load_recipe_yaml
+from .compute.statistics import STATISTICS
 from .errors import ConfigError
 from .masks import MaskRule, parse_mask
 from .period import PERIOD
-from ._data import load_recipe_yaml
-from .compute.statistics import STATISTICS
 
 INFER = "infer"  # the mask rule comes from the items' assets
 
@@ -24,7 +24,7 @@ class Pipeline:
     bands: tuple[str, ...]
     statistic: str = "median"
     period: str = "P1M"
-    mask: MaskRule | None | str = INFER
+    mask: MaskRule | str | None = INFER
     collection: str | None = None
     grid: str | None = None
     dtype: str | None = None  # None: the source's dtype

@@ -10,7 +10,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pystac
+import shapely
 from affine import Affine
 from odc.geo.geobox import GeoBox
 from shapely.geometry import box, shape
@@ -223,13 +225,26 @@ class ObservationFinder:
 
     def __init__(self, items: list[pystac.Item], pipeline: Pipeline, local_roots: tuple[Path, ...] | None):
         self.observations = [observation_for(it, pipeline.bands, pipeline.mask, local_roots) for it in items]
-        footprints = [shape(it.geometry) if it.geometry else box(*it.bbox) for it in items]
-        self.tree = STRtree(footprints) if footprints else None
+        self.footprints = np.array([shape(it.geometry) if it.geometry else box(*it.bbox) for it in items])
+        self.tree = STRtree(self.footprints) if len(self.footprints) else None
+
+    def inputs_of(self, gbox: GeoBox) -> list[int]:
+        """The items whose footprints cover some of the cell: more than half a pixel of it, so that
+        an item that only touches the cell (a shared edge, as the next cell's output item does) is
+        not one of its inputs."""
+        if self.tree is None:
+            return []
+        cell_lonlat = gbox.extent.to_crs("EPSG:4326", resolution=gbox.resolution.x * 16).geom
+        hits = self.tree.query(cell_lonlat, predicate="intersects")
+        if not len(hits):
+            return []
+        overlap = shapely.area(shapely.intersection(self.footprints[hits], cell_lonlat))
+        half_pixel = 0.5 * cell_lonlat.area / (gbox.shape[0] * gbox.shape[1])
+        return sorted(int(i) for i in hits[overlap > half_pixel])
 
     def tasks_for(self, key: tuple[int, int], gbox: GeoBox, periods: list[Period]) -> list[Task]:
         """One task per period that has observations meeting the cell, in time order."""
-        cell_lonlat = gbox.extent.to_crs("EPSG:4326", resolution=gbox.resolution.x * 16).geom
-        hits = sorted(self.tree.query(cell_lonlat, predicate="intersects")) if self.tree is not None else []
+        hits = self.inputs_of(gbox)
         tasks = []
         for period in periods:
             obs = tuple(o for o in (self.observations[i] for i in hits) if period.start <= o.time <= period.end)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -21,6 +23,10 @@ from .write import COUNT_ASSET, COUNT_NODATA, commit_outputs, item_name
 
 log = logging.getLogger(__name__)
 
+TaskState = Literal["done", "changed", "to-do"]
+BadSource = Literal["fail", "skip"]  # what a source that cannot be read does to its tasks
+BAD_SOURCE_CHOICES = ("fail", "skip")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CellResult:
@@ -32,6 +38,8 @@ class CellResult:
     reason: str = ""
     seconds: float = 0.0
     observations: int = 0
+    retryable: bool = False  # a failure that running the task again may not meet (throttling, a 5xx, a kill)
+    skipped_inputs: tuple[tuple[str, str], ...] = ()  # (item id, why) of unreadable inputs left out
 
 
 def is_current(storage: Storage, name: str, fingerprint: str) -> bool:
@@ -53,14 +61,17 @@ class TaskArrays:
     arrays: dict[str, np.ndarray]
     nodata: dict[str, float | int | None]
     properties: dict
+    skipped: tuple[tuple[str, str], ...] = ()  # (item id, why) of the inputs left out
 
 
-def compute_task(task: Task, pipeline: Pipeline) -> TaskArrays:
+def compute_task(task: Task, pipeline: Pipeline, *, on_bad_source: BadSource = "fail") -> TaskArrays:
     """Read, mask and reduce one task: what `gridded run` writes for it, as arrays (the same for
-    `gridded.composite`). Raises GriddedError for a source that cannot be read."""
+    `gridded.composite`). Raises GriddedError for a source that cannot be read, unless
+    `on_bad_source` is "skip": then the task is made of the others, and its properties name the
+    inputs left out and why."""
     from .load import load_task
 
-    stacks = load_task(task, pipeline.bands, pipeline.mask, pipeline.nodata)
+    stacks = load_task(task, pipeline.bands, pipeline.mask, pipeline.nodata, skip_bad_sources=on_bad_source == "skip")
     arrays, nodata = {}, {}
     for band in pipeline.bands:
         dtype = np.dtype(pipeline.dtype) if pipeline.dtype else stacks.source_dtype[band]
@@ -76,10 +87,9 @@ def compute_task(task: Task, pipeline: Pipeline) -> TaskArrays:
     properties = {}
     if statistic.iterative:
         properties = {"gridded:geomedian": {"tolerance": pipeline.tolerance, "max_iterations": pipeline.max_iterations}}
-    return TaskArrays(arrays=arrays, nodata=nodata, properties=properties)
-
-
-TaskState = Literal["done", "changed", "to-do"]
+    if stacks.skipped:
+        properties["gridded:skipped_inputs"] = [{"id": item, "reason": why} for item, why in stacks.skipped]
+    return TaskArrays(arrays=arrays, nodata=nodata, properties=properties, skipped=stacks.skipped)
 
 
 def task_states(tasks: list[Task], pipeline: Pipeline, storage: Storage) -> dict[tuple[tuple[int, int], str], TaskState]:
@@ -97,7 +107,8 @@ def task_states(tasks: list[Task], pipeline: Pipeline, storage: Storage) -> dict
         return dict(zip(((t.key, t.period.label) for t in tasks), pool.map(state, tasks)))
 
 
-def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = False) -> CellResult:
+def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = False,
+                 on_bad_source: BadSource = "fail") -> CellResult:
     """Compute and commit one task, or skip it when its item is current. Never raises for the cell."""
     from .io.rasters import configure_gdal
 
@@ -111,18 +122,21 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
         exists = storage.exists(name)
         if exists and not overwrite and is_current(storage, name, fingerprint):
             return CellResult(status="skipped", reason="up to date", **common)
-        result = compute_task(task, pipeline)
+        result = compute_task(task, pipeline, on_bad_source=on_bad_source)
+        if result.skipped:  # recorded so that no later run takes this item for current: it retries them
+            fingerprint = hashlib.sha256(json.dumps([fingerprint, result.skipped]).encode()).hexdigest()
         commit_outputs(storage, pipeline=pipeline, task=task, arrays=result.arrays, nodata=result.nodata,
                        fingerprint=fingerprint, replace=exists, extra=result.properties)
-        return CellResult(status="done", seconds=time.monotonic() - started, **common)
+        return CellResult(status="done", seconds=time.monotonic() - started, skipped_inputs=result.skipped, **common)
     except GriddedError as err:
-        return CellResult(status="failed", reason=str(err), seconds=time.monotonic() - started, **common)
+        return CellResult(status="failed", reason=str(err), retryable=err.retryable,
+                          seconds=time.monotonic() - started, **common)
     except MemoryError:
         return CellResult(status="failed", reason="out of memory; use smaller tiles or more memory per worker",
-                          seconds=time.monotonic() - started, **common)
+                          retryable=True, seconds=time.monotonic() - started, **common)
     except Exception as err:  # a bug or an unexpected library failure: fail the cell, keep the cause
         log.exception("cell %s %s failed", task.key, task.period.label)
-        return CellResult(status="failed", reason=f"{err.__class__.__name__}: {err}",
+        return CellResult(status="failed", reason=f"{err.__class__.__name__}: {err}", retryable=True,
                           seconds=time.monotonic() - started, **common)
 
 
@@ -139,6 +153,7 @@ def output_nodata(pipeline_nodata, source_nodata, dtype: np.dtype):
 
 
 def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: bool = False,
+                  on_bad_source: BadSource = "fail",
                   workers_on_machine: int = 1, scheduler: str | None = None,
                   on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
     """Every task of a batch on a Dask cluster: this worker's own LocalCluster, or `scheduler`.
@@ -169,7 +184,8 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
     tasks = sorted(batch.tasks, key=lambda t: (t.period.label, t.key[1], t.key[0]))
     try:
         with pooled_sources():
-            futures = [client.submit(process_task, t, pipeline, output, overwrite, pure=False) for t in tasks]
+            futures = [client.submit(process_task, t, pipeline, output, overwrite, on_bad_source, pure=False)
+                       for t in tasks]
             for future in as_completed(futures):
                 result = future.result()
                 results.append(result)

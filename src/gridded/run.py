@@ -9,20 +9,23 @@ import queue as queue_mod
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
+from . import __version__
 from .artifact import read_batch, write_artifact
 from .catalog import write_catalog
-from .errors import ConfigError, Interrupted
+from .errors import BAD_INPUT_EXIT, TRANSIENT_EXIT, ConfigError, Interrupted
 from .io.storage import open_storage
 from .plan import Batch, Plan
-from .process import CellResult, process_batch
+from .process import BadSource, CellResult, process_batch
+from .write import COMMITS_STOPPED
 
 REPORT_NAME = "run-report.json"
+RUNS_DIR = "runs"  # every run's report, kept
 
 
 class Tally:
@@ -42,15 +45,18 @@ class Tally:
         return sum(r.status == "done" for r in self.results)
 
 
-def _run_batch(artifact: str, batch_id: int, output: str, overwrite: bool, workers: int, results_q) -> None:
+def _run_batch(artifact: str, batch_id: int, output: str, overwrite: bool, on_bad_source: BadSource, workers: int,
+               results_q) -> None:
     """In a worker process: read one batch from the artifact (as `tiles process` does) and run it,
     sending each task's result as soon as it is known."""
     _, pipeline, _, batch = read_batch(artifact, batch_id)
-    process_batch(batch, pipeline, output, overwrite=overwrite, workers_on_machine=workers, on_result=results_q.put)
+    process_batch(batch, pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source, workers_on_machine=workers,
+                  on_result=results_q.put)
 
 
-def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = False, scheduler: str | None = None,
-             on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
+def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = False, on_bad_source: BadSource = "fail",
+             scheduler: str | None = None, on_result: Callable[[CellResult], None] | None = None,
+             command: list[str] | None = None) -> list[CellResult]:
     """Execute every batch of a plan into `output`; then the catalog and the run report. Each
     task's result goes to `on_result` as soon as it is known (skipped ones first).
 
@@ -61,12 +67,14 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
     >>> {r.status for r in run_plan(todo, str(tmp / "run"))}  # a rerun: every item is current
     {'skipped'}
 
-    On SIGTERM (or Ctrl-C) the workers are stopped, what finished is reported, and Interrupted
-    is raised: every committed cell stays committed, a rerun resumes the rest."""
+    On SIGTERM (or Ctrl-C) the workers are stopped, the catalog and the report are written for
+    what finished, and Interrupted is raised: every committed cell stays committed (and listed),
+    a rerun resumes the rest. `command` is what the report records as the command line."""
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
     storage = open_storage(output)
     storage.check_writable()
+    started = datetime.now(UTC)
     tally = Tally(on_result)
     todo = plan if overwrite else _without_current(plan, storage, tally)
     results: list[CellResult] = list(tally.results)
@@ -75,16 +83,17 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
         with interruptible(tally, len(plan.tasks), in_process=workers == 1 or bool(scheduler)):
             if workers == 1 or scheduler:
                 for batch in todo.batches:
-                    results += process_batch(batch, plan.pipeline, output, overwrite=overwrite,
+                    results += process_batch(batch, plan.pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source,
                                              scheduler=scheduler, on_result=tally.add)
             elif todo.batches:
-                results = _run_in_processes(todo, output, workers, overwrite, tally)
+                results = _run_in_processes(todo, output, workers, overwrite, on_bad_source, tally)
     except Interrupted:
-        write_report(storage, plan, tally.results)
+        write_catalog(storage, collection_id=plan.pipeline.name)
+        write_report(storage, plan, tally.results, started=started, command=command, outcome="interrupted")
         raise
     storage.sweep()
     write_catalog(storage, collection_id=plan.pipeline.name)
-    write_report(storage, plan, results)
+    write_report(storage, plan, results, started=started, command=command)
     return results
 
 
@@ -113,9 +122,11 @@ def interruptible(tally: Tally, total: int, *, in_process: bool):
         raise Interrupted(f"stopped by signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    COMMITS_STOPPED.clear()  # an earlier run interrupted in this process (a notebook's) is over
     try:
         yield
     except (Interrupted, KeyboardInterrupt) as err:
+        COMMITS_STOPPED.set()
         stop = Interrupted(f"interrupted; {tally.done} tasks done and kept, "
                            f"{total - len(tally.results)} left: rerun to resume")
         stop.hard_exit = in_process
@@ -124,7 +135,8 @@ def interruptible(tally: Tally, total: int, *, in_process: bool):
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_in_processes(plan: Plan, output: str, workers: int, overwrite: bool, tally: Tally) -> list[CellResult]:
+def _run_in_processes(plan: Plan, output: str, workers: int, overwrite: bool, on_bad_source: BadSource,
+                      tally: Tally) -> list[CellResult]:
     """One spawned process per batch, at most `workers` at once. A process that dies (killed, out
     of memory) fails only its batch's unfinished tasks; the other batches go on."""
     ctx = multiprocessing.get_context("spawn")
@@ -140,7 +152,7 @@ def _run_in_processes(plan: Plan, output: str, workers: int, overwrite: bool, ta
                 while pending and len(running) < workers:
                     batch = pending.pop(0)
                     proc = ctx.Process(target=_run_batch, name=f"gridded-batch-{batch.id}",
-                                       args=(artifact, batch.id, output, overwrite, workers, results_q))
+                                       args=(artifact, batch.id, output, overwrite, on_bad_source, workers, results_q))
                     proc.start()
                     running[batch.id] = proc
                 _drain(results_q, tally, timeout_s=0.2)
@@ -162,7 +174,8 @@ def _run_in_processes(plan: Plan, output: str, workers: int, overwrite: bool, ta
                 code = died.get(batch.id)
                 why = (f"worker process died ({_describe_exit(code)}); maybe out of memory: "
                        f"use smaller tiles, fewer --workers, or more memory") if code else "worker gave no result"
-                failed = CellResult(key=task.key, period=task.period.label, status="failed", reason=why)
+                failed = CellResult(key=task.key, period=task.period.label, status="failed", reason=why,
+                                    retryable=True)
                 results.append(failed)
                 tally.add(failed)
     return results
@@ -199,12 +212,38 @@ def _describe_exit(code: int) -> str:
     return f"exit status {code}"
 
 
-def write_report(storage, plan: Plan, results: list[CellResult]) -> None:
-    """run-report.json at the output root: every task's status, machine-readable."""
+def exit_code_for(results: list[CellResult]) -> int:
+    """0 when no task failed; 1 when one failed for a reason a retry may not meet again (a workflow
+    engine retries the step); 2 when every failure is one no retry can fix (a corrupt or refused
+    source), so that it is not retried in vain."""
+    failed = [r for r in results if r.status == "failed"]
+    if not failed:
+        return 0
+    return TRANSIENT_EXIT if any(r.retryable for r in failed) else BAD_INPUT_EXIT
+
+
+def write_report(storage, plan: Plan, results: list[CellResult], *, started: datetime,
+                 command: list[str] | None = None, outcome: str = "completed") -> dict:
+    """run-report.json at the output root (and a copy kept under runs/, named by the start time):
+    what ran, when, how fast, every task's status, and the inputs left out as unreadable."""
+    finished = datetime.now(UTC)
+    elapsed_s = (finished - started).total_seconds()
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     report = {
+        "gridded_version": __version__,
+        "command": command,
         "pipeline": plan.pipeline.name,
-        "finished": datetime.now(timezone.utc).isoformat(),
-        "counts": {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")},
+        "outcome": outcome,
+        "started": started.isoformat(),
+        "finished": finished.isoformat(),
+        "elapsed_s": round(elapsed_s, 3),
+        "tasks_per_s": round(counts["done"] / elapsed_s, 4) if elapsed_s > 0 else None,
+        "counts": counts,
+        "skipped_inputs": [{"cell": list(r.key), "period": r.period, "id": item, "reason": why}
+                           for r in results for item, why in r.skipped_inputs],
         "tasks": [asdict(r) | {"key": list(r.key)} for r in results],
     }
-    storage.put_bytes(REPORT_NAME, json.dumps(report, indent=1).encode())
+    body = json.dumps(report, indent=1).encode()
+    storage.put_bytes(f"{RUNS_DIR}/{started.strftime('%Y%m%dT%H%M%S.%fZ')}.json", body)
+    storage.put_bytes(REPORT_NAME, body)
+    return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,13 +14,15 @@ import pystac.utils
 from shapely.geometry import box, shape
 
 from .errors import ConfigError, GriddedError, SourceError
+from .io.s3 import is_remote, with_retries
 from .period import TimeRange
 
 log = logging.getLogger(__name__)
 
 
 class _StacIO(pystac.stac_io.DefaultStacIO):
-    """pystac's reader, plus s3:// through boto3 (the same client and errors as everything else)."""
+    """pystac's reader, plus s3:// through boto3 (the same client, retries and errors as
+    everything else), and HTTP reads retried while they fail transiently."""
 
     def read_text_from_href(self, href: str) -> str:
         if href.startswith("s3://"):
@@ -28,18 +30,40 @@ class _StacIO(pystac.stac_io.DefaultStacIO):
 
             store, name = storage_for_file(href, source=True)
             return store.get_bytes(name).decode("utf-8")
-        try:
-            return super().read_text_from_href(href)
-        except Exception as err:  # urllib3's errors are not OSErrors: one line for all of them
-            reason = str(err).splitlines()[0][:200] if str(err) else err.__class__.__name__
-            raise SourceError(f"{href}: cannot be read ({reason}); check the path or URL") from err
+        read = super().read_text_from_href
+
+        def fetch() -> str:
+            try:
+                return read(href)
+            except Exception as err:  # urllib3's errors are not OSErrors: one line for all of them
+                reason = str(err).splitlines()[0][:200] if str(err) else err.__class__.__name__
+                raise SourceError(f"{href}: cannot be read ({reason}); check the path or URL",
+                                  retryable=transient_http(err)) from err
+
+        if not is_remote(href):
+            return fetch()
+        return with_retries(fetch, what=href)
 
 
-def walk_items(source: str, on_bad) -> list[pystac.Item]:
+def transient_http(err: BaseException) -> bool:
+    """Whether an HTTP read may succeed later: a 5xx or 429 status, or no answer at all (refused,
+    reset, timed out), anywhere in the error's causes (pystac wraps urllib's errors)."""
+    import urllib.error
+
+    while err is not None:
+        if isinstance(err, urllib.error.HTTPError):
+            return err.code >= 500 or err.code == 429
+        if isinstance(err, (urllib.error.URLError, ConnectionError, TimeoutError)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def walk_items(source: str, on_bad, *, flag: str = "--source") -> list[pystac.Item]:
     """Every item under a static catalog, following child and item links one by one, so that a
     broken link or a bad item is reported to `on_bad(where, reason)` and the walk goes on."""
     stac_io = _StacIO()
-    root = _catalog_href(source)
+    root = _catalog_href(source, flag=flag)
     items, seen, todo = [], set(), [root]
     while todo:
         href = todo.pop()
@@ -49,6 +73,8 @@ def walk_items(source: str, on_bad) -> list[pystac.Item]:
         try:
             doc = json.loads(stac_io.read_text(href))
         except (OSError, ValueError, GriddedError) as err:
+            if isinstance(err, GriddedError) and err.retryable:
+                raise  # transient: the whole walk is worth retrying, not a link to count as broken
             if href == root:
                 raise ConfigError(str(err)) from err
             on_bad(href, f"cannot be read ({err})")
@@ -78,7 +104,7 @@ def read_items(source: str) -> list[pystac.Item]:
     try:
         text = stac_io.read_text(href)
     except GriddedError as err:  # the message starts with the href
-        raise ConfigError(f"--source {err}") from err
+        raise type(err)(f"--source {err}", retryable=err.retryable) from err
     except (OSError, ValueError) as err:
         raise ConfigError(f"--source {source}: cannot be read ({err}); check the path or URL") from err
     try:
@@ -109,20 +135,20 @@ def read_items(source: str) -> list[pystac.Item]:
         raise SourceError(f"--source {source}: a linked file cannot be read ({err}); fix the catalog's links") from err
 
 
-def _catalog_href(source: str) -> str:
+def _catalog_href(source: str, *, flag: str = "--source") -> str:
     """An absolute href of the catalog file; a local directory means its catalog.json or collection.json."""
     parsed = urlparse(source)
     if parsed.scheme in ("s3", "http", "https"):
         return source
     if parsed.scheme not in ("", "file") and len(parsed.scheme) != 1:
-        raise ConfigError(f"--source {source}: scheme {parsed.scheme}:// is not supported; use a path, s3:// or https://")
+        raise ConfigError(f"{flag} {source}: scheme {parsed.scheme}:// is not supported; use a path, s3:// or https://")
     path = Path(parsed.path if parsed.scheme == "file" else source)
     if path.is_dir():
         for name in ("catalog.json", "collection.json"):
             if (path / name).is_file():
                 return str((path / name).resolve())
     if not path.is_file():
-        raise ConfigError(f"--source {source}: no such catalog file; give the path of a catalog.json or collection.json")
+        raise ConfigError(f"{flag} {source}: no such catalog file; give the path of a catalog.json or collection.json")
     return str(path.resolve())
 
 
@@ -132,7 +158,7 @@ def item_time(item: pystac.Item) -> datetime:
     if when is None:
         raise SourceError(f"item {item.id}: no datetime nor start_datetime; fix the item")
     # normalised to datetime.timezone.utc: pystac gives dateutil's tzutc, which the artifact refuses
-    return when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def items_for_query(items: list[pystac.Item], extent_lonlat, time: TimeRange,
@@ -178,9 +204,9 @@ def asset_raster_info(asset: pystac.Asset) -> tuple[str | None, float | None]:
     return dtype, (float(nodata) if isinstance(nodata, (int, float)) else None)
 
 
-def read_ndjson(source: str) -> list[pystac.Item]:
+def read_ndjson(source: str, *, flag: str = "--source") -> list[pystac.Item]:
     """Newline-delimited JSON items (one STAC item per line); blank lines ignored."""
-    text = _StacIO().read_text(_catalog_href(source))
+    text = _StacIO().read_text(_catalog_href(source, flag=flag))
     items = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():

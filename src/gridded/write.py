@@ -6,14 +6,15 @@ import copy
 import json
 import math
 import os
-from datetime import datetime, timezone
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pystac
-from odc.geo.geobox import GeoBox
 
 from . import __version__
+from .errors import Interrupted
 from .grid import cell_outline_lonlat
 from .io.cog import write_cog
 from .io.s3 import is_remote
@@ -68,7 +69,7 @@ def build_item(*, pipeline: Pipeline, task: Task, assets: dict[str, tuple[np.dty
     )
     props = item.properties
     props.update({
-        "created": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "created": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "proj:code": f"EPSG:{epsg}" if epsg else None,
         "proj:shape": list(geobox.shape),
         "proj:transform": list(geobox.affine)[:6],
@@ -130,6 +131,8 @@ def commit_outputs(storage: Storage, *, pipeline: Pipeline, task: Task, arrays: 
         finally:
             path.unlink(missing_ok=True)
     crash_point("cogs-committed")
+    if COMMITS_STOPPED.is_set():  # the run is stopping: its catalog is being written without this cell
+        raise Interrupted("stopped before committing its item; a rerun computes it")
     item = build_item(pipeline=pipeline, task=task, fingerprint=fingerprint, extra=extra,
                       assets={k: (a.dtype, nodata[k]) for k, a in arrays.items()})
     body = json.dumps(item, indent=1).encode()
@@ -144,6 +147,11 @@ def commit_outputs(storage: Storage, *, pipeline: Pipeline, task: Task, arrays: 
             storage.put_bytes(name, body)
     crash_point("item-committed")
     return "done"
+
+
+# Set when a run is interrupted in this process: tasks still running commit no more items, so
+# the catalog written on the way out lists everything committed
+COMMITS_STOPPED = threading.Event()
 
 
 def crash_point(phase: str) -> None:

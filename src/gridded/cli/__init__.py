@@ -56,13 +56,25 @@ for command in (run, plan, tiles, catalog, demo, stac, workflow):
     cli.add_command(command)
 
 
+GLOBAL_FLAGS = frozenset({"-q", "--quiet", "-v", "-vv", "-vvv", "--verbose", "--debug"})
+
+
+def global_flags_first(args: list[str]) -> list[str]:
+    """-q, -v and --debug are the group's, but users put them after the command too
+    (`gridded run ... -v`): moved in front, where click takes them. Values are never flags of
+    that spelling; nothing after `--` is touched."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+
+
 def main() -> None:
     """The `gridded` command. Once a command has finished (its outputs committed, its exit
     handlers run, stdout and stderr flushed) the process leaves at once: tearing the interpreter
     down object by object after a run (a worker's buffers, GDAL's and numba's state) takes longer
     than many a tile."""
     try:
-        cli(prog_name="gridded")
+        cli(args=global_flags_first(sys.argv[1:]), prog_name="gridded")
         code = 0
     except SystemExit as exit_:
         code = exit_.code

@@ -6,7 +6,9 @@ import time
 
 import click
 
-from .options import build_selection, say
+from .logs import command_line
+from ..errors import ConfigError
+from .options import build_selection, check_output, say
 from .progress import Progress, plan_summary, summary_table
 
 
@@ -22,11 +24,16 @@ def demo(ctx, directory, workers, overwrite):
 
     from ..demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME, write_demo_catalog
     from ..plan import plan_for
-    from ..run import run_plan
+    from ..run import exit_code_for, run_plan
 
     started = time.monotonic()
     root = Path(directory)
-    source = write_demo_catalog(root / "catalog")
+    try:
+        check_output(str(root), flag="--dir")
+        source = write_demo_catalog(root / "catalog")
+    except OSError as err:  # a folder that cannot be written: the user's to choose another
+        raise ConfigError(f"--dir {directory}: cannot write the demo there ({err.strerror or err}); "
+                          f"choose a writable folder, e.g. --dir ~/gridded-demo") from err
     output = str(root / "output")
     say(f"demo catalog: {source}")
     selection = build_selection(source=str(source), extent=DEMO_EXTENT, time_=DEMO_TIME, as_of=None,
@@ -35,10 +42,10 @@ def demo(ctx, directory, workers, overwrite):
     plan_ = plan_for(selection)
     say(plan_summary(plan_))
     progress = Progress(len(plan_.tasks), quiet=ctx.obj["quiet"])
-    results = run_plan(plan_, output, workers=workers, overwrite=overwrite, on_result=progress.update)
+    results = run_plan(plan_, output, workers=workers, overwrite=overwrite, on_result=progress.update,
+                       command=command_line())
     click.echo(summary_table(results, time.monotonic() - started, output))
     click.echo(f"catalog: {Path(output) / 'catalog.json'}")
     click.echo(f"items:   {sum(r.status in ('done', 'skipped') for r in results)} "
                f"(one per cell and month; one COG per band plus count)")
-    if any(r.status == "failed" for r in results):
-        ctx.exit(1)
+    ctx.exit(exit_code_for(results))

@@ -12,16 +12,26 @@ SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
 DSN_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 
+def redact(text: str) -> str:
+    """`text` with every secret the environment holds, and DSN passwords, replaced by ***."""
+    redacted = DSN_PASSWORD.sub(r"\1***@", text)
+    for secret in (os.environ[k] for k in SECRET_ENV if len(os.environ.get(k, "")) >= 4):
+        redacted = redacted.replace(secret, "***")
+    return redacted
+
+
+def command_line() -> list[str]:
+    """This process's command line as a report may record it: secrets redacted, `gridded` first."""
+    return ["gridded", *(redact(arg) for arg in sys.argv[1:])]
+
+
 class RedactSecrets(logging.Filter):
     """Debug logs of boto3 and friends may echo a key id or a DSN: replace every secret the
     environment holds (and DSN passwords) before a record is written."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = [os.environ[k] for k in SECRET_ENV if len(os.environ.get(k, "")) >= 4]
         message = record.getMessage()
-        redacted = DSN_PASSWORD.sub(r"\1***@", message)
-        for secret in secrets:
-            redacted = redacted.replace(secret, "***")
+        redacted = redact(message)
         if redacted != message:
             record.msg, record.args = redacted, ()
         return True

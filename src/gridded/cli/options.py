@@ -84,6 +84,12 @@ def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, 
                   tiles_per_worker=tiles_per_worker, allow_roots=allow_root)
 
 
+on_bad_source_option = click.option(
+    "--on-bad-source", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+    help="A source that cannot be read (after retries) fails its cells, or is left out of them "
+         "(the items and the run report name it; a later run retries it).")
+
+
 SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls|ws|wss)://[^\s:/]+:\d{1,5}$")
 
 
@@ -96,7 +102,12 @@ def check_output(uri: str, flag: str = "--output") -> None:
     """Refuse an unwritable output before any planning; creates nothing."""
     from ..io.storage import open_storage
 
-    open_storage(uri).check_writable()
+    try:
+        open_storage(uri).check_writable()
+    except ConfigError as err:
+        if flag == "--output":
+            raise
+        raise ConfigError(str(err).replace("--output", flag, 1)) from err
 
 
 def check_file_target(uri: str, flag: str) -> None:

@@ -26,7 +26,10 @@ def plan_summary(plan) -> str:
 
 
 class Progress:
-    """Tasks done / total, rate and ETA on stderr: one rewritten line on a terminal, else a line per 5%."""
+    """Tasks done / total, rate and ETA on stderr: one rewritten line on a terminal, else a line per 5%.
+
+    The rate counts only tasks computed (done or failed) since the first of them: skipped tasks
+    cost a lookup, not a computation, and would make a resumed run's ETA far too short."""
 
     def __init__(self, total: int, stream=sys.stderr, quiet: bool = False):
         self.total, self.stream, self.quiet = total, stream, quiet
@@ -34,23 +37,29 @@ class Progress:
         self.results: list[CellResult] = []
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
         self.started = time.monotonic()
+        self.computing_since = self.started  # after the skipped tasks that came before any computed one
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self._last_step = -1
+        self._width = 0
 
     def update(self, result: CellResult) -> None:
         self.results.append(result)
         self.done += 1
         self.counts[result.status] = self.counts.get(result.status, 0) + 1
+        computed = self.counts["done"] + self.counts["failed"]
+        if result.status == "skipped" and not computed:
+            self.computing_since = time.monotonic()
         if self.quiet:
             return
-        elapsed = time.monotonic() - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        elapsed = time.monotonic() - self.computing_since
+        rate = computed / elapsed if computed and elapsed > 0 else 0.0
+        eta = f"ETA {(self.total - self.done) / rate:.0f} s" if rate > 0 else "ETA -"
         line = (f"tasks {self.done}/{self.total}  done {self.counts['done']} skipped {self.counts['skipped']} "
-                f"failed {self.counts['failed']}  {rate:.2f}/s  ETA {eta:.0f}s")
+                f"failed {self.counts['failed']}  {rate:.2f}/s  {eta}")
         step = int(20 * self.done / max(self.total, 1))
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if self.done == self.total else ""))
+        if self.tty:  # padded to the last line's width: a shorter line leaves no characters behind
+            self.stream.write("\r" + line.ljust(self._width) + ("\n" if self.done == self.total else ""))
+            self._width = len(line)
         elif step != self._last_step or self.done == self.total:
             self.stream.write(line + "\n")
         self._last_step = step

@@ -8,7 +8,8 @@ import time
 import click
 
 from ..errors import ConfigError
-from .options import build_selection, check_output, check_scheduler, say, selection_options
+from .logs import command_line
+from .options import build_selection, check_output, check_scheduler, on_bad_source_option, say, selection_options
 from .plan import plan_rows
 from .progress import Progress, plan_summary, summary_table
 
@@ -20,11 +21,12 @@ from .progress import Progress, plan_summary, summary_table
 @click.option("--overwrite", is_flag=True, help="Recompute cells whose outputs are up to date.")
 @click.option("--dry-run", is_flag=True, help="Plan and print what would run; write nothing.")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786).")
+@on_bad_source_option
 @click.pass_context
-def run(ctx, output, workers, overwrite, dry_run, scheduler, **kwargs):
+def run(ctx, output, workers, overwrite, dry_run, scheduler, on_bad_source, **kwargs):
     """Plan the cells, then compute every batch on this machine."""
     from ..plan import plan_for
-    from ..run import run_plan
+    from ..run import exit_code_for, run_plan
 
     started = time.monotonic()
     selection = build_selection(**kwargs)
@@ -42,8 +44,7 @@ def run(ctx, output, workers, overwrite, dry_run, scheduler, **kwargs):
         say("nothing to do: no source item meets the extent and time; check --extent, --time and --collection")
         return
     progress = Progress(len(plan.tasks), quiet=ctx.obj["quiet"])
-    results = run_plan(plan, output, workers=workers, overwrite=overwrite, scheduler=scheduler,
-                       on_result=progress.update)
+    results = run_plan(plan, output, workers=workers, overwrite=overwrite, on_bad_source=on_bad_source,
+                       scheduler=scheduler, on_result=progress.update, command=command_line())
     click.echo(summary_table(results, time.monotonic() - started, output))
-    if any(r.status == "failed" for r in results):
-        ctx.exit(1)
+    ctx.exit(exit_code_for(results))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC
 
 import click
 
@@ -57,7 +58,7 @@ def stac_ingest(source, index, collection, bbox, datetime_, page_size):
 @click.option("--json", "as_json", is_flag=True, help="Print the items as newline-delimited JSON.")
 def stac_search(index, bbox, datetime_, collection, as_json):
     """Show what the index holds for a place and a time: a count and a table."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from ..extent import parse_extent
     from ..index import open_index
@@ -67,8 +68,8 @@ def stac_search(index, bbox, datetime_, collection, as_json):
     when = parse_time(datetime_) if datetime_ else None
     db = open_index(index)
     try:
-        items = db.search(bbox=box, start=when.start if when else datetime(1, 1, 1, tzinfo=timezone.utc),
-                          end=when.end if when else datetime(9999, 12, 31, tzinfo=timezone.utc), collection=collection)
+        items = db.search(bbox=box, start=when.start if when else datetime(1, 1, 1, tzinfo=UTC),
+                          end=when.end if when else datetime(9999, 12, 31, tzinfo=UTC), collection=collection)
     finally:
         db.close()
     if as_json:

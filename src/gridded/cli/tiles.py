@@ -13,6 +13,7 @@ from .options import (
     check_file_target,
     check_output,
     check_scheduler,
+    on_bad_source_option,
     say,
     selection_options,
     source_access_options,
@@ -58,14 +59,16 @@ def tiles_generate(cells, **kwargs):
 @click.option("--output", required=True, help="Output root: a local directory or s3://bucket/prefix.")
 @click.option("--overwrite", is_flag=True, help="Recompute cells whose outputs are up to date.")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
+@on_bad_source_option
 @click.pass_context
-def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler):
+def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler, on_bad_source):
     """Process one batch of the cells artifact into the output."""
     from ..artifact import read_batch
     from ..catalog import write_catalog
+    from ..errors import Interrupted
     from ..io.storage import open_storage
     from ..process import process_batch
-    from ..run import Tally, interruptible
+    from ..run import Tally, exit_code_for, interruptible
 
     started = time.monotonic()
     check_scheduler(scheduler)
@@ -74,11 +77,14 @@ def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler):
     storage = open_storage(output)
     progress = Progress(len(batch.tasks), quiet=ctx.obj["quiet"])
     tally = Tally(progress.update)
-    with interruptible(tally, len(batch.tasks), in_process=True):
-        results = process_batch(batch, pipeline, output, overwrite=overwrite, scheduler=scheduler,
-                                on_result=tally.add)
+    try:
+        with interruptible(tally, len(batch.tasks), in_process=True):
+            results = process_batch(batch, pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source,
+                                    scheduler=scheduler, on_result=tally.add)
+    except Interrupted:  # the catalog lists what is committed, whatever stopped the pod
+        write_catalog(storage, collection_id=pipeline.name)
+        raise
     storage.sweep()
     write_catalog(storage, collection_id=pipeline.name)
     click.echo(summary_table(results, time.monotonic() - started, output))
-    if any(r.status == "failed" for r in results):
-        ctx.exit(1)
+    ctx.exit(exit_code_for(results))

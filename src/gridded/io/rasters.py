@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from ..compute.arrays import as_dtype
 from ..errors import SourceError
-from .s3 import gdal_path, is_remote
+from .s3 import backoff_s, gdal_path, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,7 @@ GDAL_DEFAULTS = {
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
 }
 READ_ATTEMPTS = 4
-RETRY_DELAY_S = 0.5
 MAX_SOURCE_PIXELS = 1 << 34  # a header claiming more is corrupt or hostile
-_GAVE_UP: dict[str, str] = {}  # remote files this process gave up on, and why
 SOURCE_POOL_SIZE = 256  # open source datasets a batch keeps for its next tasks
 
 
@@ -181,38 +179,62 @@ def _retrying(href: str, what: str, read):
     remote = is_remote(href)
     attempts = READ_ATTEMPTS if remote else 1
     path = gdal_path(href)
-    if path in _GAVE_UP:  # failed every attempt for an earlier cell: fail this one without a retry storm
-        raise SourceError(f"{what}: {_GAVE_UP[path]}")
+    pool = _POOL
+    if pool is not None and path in pool.gave_up:  # failed every attempt for an earlier task of the batch:
+        raise SourceError(f"{what}: {pool.gave_up[path]}")  # fail this one without a retry storm
     for attempt in range(1, attempts + 1):
         try:
             if attempt == 1:
-                return _read_once(path, what, read)
+                return _read_once(path, what, read, remote=remote)
             # GDAL keeps what it fetched of a file, a body cut short included: read past its cache
             with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):
-                return _read_once(path, what, read, reuse=False)
+                return _read_once(path, what, read, remote=remote, reuse=False)
         except SourceError as err:
-            if attempt == attempts or not _retryable(err):
-                if remote:
-                    _GAVE_UP[path] = str(err).split(": ", 1)[-1]
+            if attempt == attempts or not err.retryable:
+                if remote and pool is not None:
+                    pool.gave_up[path] = str(err).split(": ", 1)[-1]
                 raise
-            log.info("%s: read failed (%s), retry %d of %d", what, err, attempt, attempts - 1)
-            time.sleep(RETRY_DELAY_S * 2 ** (attempt - 1))
+            delay = backoff_s(attempt)
+            log.info("%s: read failed (%s), retry %d of %d in %.2f s", what, err, attempt, attempts - 1, delay)
+            time.sleep(delay)
     raise AssertionError("unreachable")
 
 
-def _retryable(err: SourceError) -> bool:
-    text = str(err)
-    return not any(s in text for s in ("403", "404", "Access Denied", "does not exist", "not recognized", "refusing"))
+# GDAL's error numbers (CPLE_*) that say a read cannot succeed however often it is tried: the
+# object or bucket is not there, access is refused, or the bytes are not a raster GDAL reads
+CPLE_OPEN_FAILED, CPLE_NOT_SUPPORTED = 4, 6
+CPLE_REFUSED = frozenset({CPLE_OPEN_FAILED, CPLE_NOT_SUPPORTED, 12, 13, 14, 15, 16})
 
 
-def _read_once(path: str, what: str, read, *, reuse: bool = True):
+def _gdal_causes(err: BaseException) -> list[BaseException]:
+    """The error and the GDAL errors behind it, outermost first."""
+    chain = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def source_error(err: rasterio.errors.RasterioError, what: str, *, remote: bool) -> SourceError:
+    """A failed GDAL read -> one line with GDAL's own innermost message (not rasterio's "See previous
+    exception for details"), retryable when it may be transient: any failure of a remote read
+    (throttling, a 5xx, a body cut short) but those GDAL's error number says are final."""
+    causes = _gdal_causes(err)
+    messages = [str(c).strip().splitlines()[0] for c in causes if str(c).strip()]
+    message = messages[-1] if messages else err.__class__.__name__
+    numbers = {getattr(c, "errno", None) for c in causes}
+    retryable = remote and not (numbers & CPLE_REFUSED)
+    return SourceError(f"{what}: cannot be read ({message})", retryable=retryable)
+
+
+def _read_once(path: str, what: str, read, *, remote: bool, reuse: bool = True):
     try:
         with _source(path, reuse=reuse) as src:
             if src.width * src.height > MAX_SOURCE_PIXELS:
                 raise SourceError(f"{what}: header claims {src.width}x{src.height} pixels; refusing to read it")
             return read(src)
     except rasterio.errors.RasterioError as err:
-        raise SourceError(f"{what}: cannot be read ({str(err).splitlines()[0]})") from err
+        raise source_error(err, what, remote=remote) from err
 
 
 class SourcePool:
@@ -227,6 +249,7 @@ class SourcePool:
         self._idle: OrderedDict[str, list] = OrderedDict()
         self._count = 0
         self._lock = threading.Lock()
+        self.gave_up: dict[str, str] = {}  # remote files this batch gave up on, and why
 
     def take(self, path: str):
         with self._lock:

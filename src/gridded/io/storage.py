@@ -20,8 +20,9 @@ from http.client import HTTPException
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import ProtocolError
 
-from ..errors import ConfigError, OutputError, SourceError
-from .s3 import requester_pays, s3_client, split_s3, translate_error, unsigned_requested
+from ..errors import ConfigError, GriddedError, OutputError, SourceError
+from .s3 import (http_status, requester_pays, s3_client, split_s3, translate_error, unsigned_requested,
+                 with_retries)
 
 
 class Storage(Protocol):
@@ -42,7 +43,6 @@ class Storage(Protocol):
 
 TEMP_MARK = ".gridded-tmp-"
 TEMP_MAX_AGE_S = 24 * 3600
-BODY_ATTEMPTS = 4
 HOST = socket.gethostname()
 
 
@@ -235,32 +235,38 @@ class S3Storage:
         return f"s3://{self.bucket}/{self._key(name)}"
 
     def _call(self, name: str, method: str, **kwargs):
+        """One S3 call for `name`, retried while it fails transiently, its last failure translated."""
+        return self._retried(name, lambda: getattr(self.client, method)(Bucket=self.bucket, **kwargs))
+
+    def _retried(self, name: str, call, *, source: bool | None = None):
+        uri = self._uri(name) if name else self.uri
         try:
-            return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
-        except (ClientError, BotoCoreError) as err:
-            raise translate_error(err, self._uri(name), source=self.source) from err
+            return with_retries(call, what=uri)
+        except (ClientError, BotoCoreError, OSError, HTTPException, ProtocolError) as err:
+            if isinstance(err, GriddedError):
+                raise
+            raise translate_error(err, uri, source=self.source if source is None else source) from err
 
     def exists(self, name: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(name), **self._extra())
-            return True
-        except ClientError as err:
-            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise translate_error(err, self._uri(name), source=self.source) from err
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self._key(name), **self._extra())
+                return True
+            except ClientError as err:
+                if http_status(err) == 404:
+                    return False
+                raise
+
+        return self._retried(name, head)
 
     def _read(self, name: str, **kwargs) -> bytes:
-        """GET an object's body; botocore retries the request but not a body cut short, so we do."""
-        for attempt in range(1, BODY_ATTEMPTS + 1):
-            resp = self._call(name, "get_object", Key=self._key(name), **kwargs, **self._extra())
-            try:
-                return resp["Body"].read()
-            except (BotoCoreError, OSError, HTTPException, ProtocolError) as err:
-                if attempt == BODY_ATTEMPTS:
-                    raise SourceError(f"{self._uri(name)}: the body was cut short {attempt} times "
-                                      f"({err.__class__.__name__}); retry later") from err
-                time.sleep(0.2 * 2 ** attempt)
-        raise AssertionError("unreachable")
+        """GET an object's body, the request and the reading of its body retried together (a body
+        cut short is a failure botocore would not retry)."""
+        def get() -> bytes:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(name), **kwargs,
+                                          **self._extra())["Body"].read()
+
+        return self._retried(name, get)
 
     def get_bytes(self, name: str) -> bytes:
         return self._read(name)
@@ -280,30 +286,38 @@ class S3Storage:
         self._call(name, "put_object", Key=self._key(name), Body=data, ContentType=_content_type(name))
 
     def put_file(self, name: str, local_path: Path) -> None:
-        with open(local_path, "rb") as body:
-            self._call(name, "put_object", Key=self._key(name), Body=body, ContentType=_content_type(name))
+        def put() -> None:
+            with open(local_path, "rb") as body:  # opened per attempt: a retry sends it from the start
+                self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=body,
+                                       ContentType=_content_type(name))
+
+        self._retried(name, put)
 
     def create_only(self, name: str, data: bytes) -> bool:
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data,
-                                   ContentType=_content_type(name), IfNoneMatch="*")
-            return True
-        except ClientError as err:
-            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
-                return False  # committed already (maybe by our own retried PUT): the caller checks it
-            raise translate_error(err, self._uri(name), source=False) from err
+        def put() -> bool:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data,
+                                       ContentType=_content_type(name), IfNoneMatch="*")
+                return True
+            except ClientError as err:
+                if http_status(err) in (409, 412):
+                    return False  # committed already (maybe by our own retried PUT): the caller checks it
+                raise
+
+        return self._retried(name, put, source=False)
 
     def list(self, suffix: str) -> list[str]:
         base = f"{self.prefix}/" if self.prefix else ""
-        names = []
-        try:
+
+        def listing() -> list[str]:  # retried whole: a listing is idempotent
+            names = []
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
                 for obj in page.get("Contents", []):
                     if obj["Key"].endswith(suffix):
                         names.append(obj["Key"][len(base):])
-        except (ClientError, BotoCoreError) as err:
-            raise translate_error(err, self.uri, source=self.source) from err
-        return sorted(names)
+            return sorted(names)
+
+        return self._retried("", listing)
 
     def delete(self, name: str) -> None:
         self._call(name, "delete_object", Key=self._key(name))
@@ -319,15 +333,16 @@ class S3Storage:
         return 0
 
     def check_writable(self) -> None:
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as err:
-            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                raise ConfigError(f"--output {self.uri}: bucket {self.bucket} does not exist; "
-                                  f"check the bucket name (and AWS_ENDPOINT_URL)") from err
-            raise translate_error(err, self.uri, source=False) from err
-        except BotoCoreError as err:
-            raise translate_error(err, self.uri, source=False) from err
+        def head_bucket() -> None:
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as err:
+                if http_status(err) == 404:
+                    raise ConfigError(f"--output {self.uri}: bucket {self.bucket} does not exist; "
+                                      f"check the bucket name (and AWS_ENDPOINT_URL)") from err
+                raise
+
+        self._retried("", head_bucket, source=False)
 
 
 def _content_type(name: str) -> str:
