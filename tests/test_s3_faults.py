@@ -80,9 +80,10 @@ def test_a_persistent_fault_fails_its_cells_by_name_without_a_retry_storm(faulty
     report = json.loads((tmp_path / "out" / "run-report.json").read_text())
     assert report["counts"]["failed"] == len(failed)
     assert report["counts"]["done"] == 6 - len(failed)
-    # bounded, not one storm per cell: at most the reads in flight when it gives up (2 threads)
-    # x 4 attempts x (1 + 2 GDAL retries) x 2 requests per open; then later cells fail at once
-    assert len(proxy.injected) <= 2 * 4 * 3 * 2
+    # bounded, not one storm per cell: per batch (2; a batch gives up on the file for the rest of
+    # its tasks), at most the reads in flight when it gives up (2 threads) x 4 attempts x
+    # (1 + 2 GDAL retries) x 2 requests per open; then later cells of the batch fail at once
+    assert len(proxy.injected) <= 2 * 2 * 4 * 3 * 2
 
 
 def test_access_denied_is_one_line_exit_2_and_not_retried(faulty, tmp_path):

@@ -66,7 +66,7 @@ def test_batch_reads_reuse_open_sources_and_a_failed_read_closes_its_dataset(tmp
         assert opened == [hrefs["red"]]  # the second read took the open dataset
         np.testing.assert_array_equal(first, again)
         with pytest.raises(ZeroDivisionError):
-            rasters._read_once(hrefs["red"], "red", lambda src: 1 / 0)
+            rasters._read_once(hrefs["red"], "red", lambda src: 1 / 0, remote=False)
         assert pool.take(hrefs["red"]) is None  # the dataset of the failed read was not given back
     read_window(hrefs["red"], geobox, fill=0, what="red")  # outside a batch: opened and closed
     assert len(opened) == 2
