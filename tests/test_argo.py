@@ -476,3 +476,13 @@ def test_golden_workflows_are_current(name):
     assert path.is_file(), f"{path} missing; run GRIDDED_REGEN_GOLDEN=1 python -m pytest tests/test_argo.py -k golden"
     assert path.read_text() == fresh, (
         f"{path} is stale; run GRIDDED_REGEN_GOLDEN=1 python -m pytest tests/test_argo.py -k golden and review the diff")
+
+
+def test_on_bad_source_skip_reaches_the_processors_and_only_them():
+    doc = yaml.safe_load(render(SELECTION, options(on_bad_source="skip")))
+    args = {name: t["container"]["args"] for name, t in container_templates(doc).items()}
+    assert args["process"][-2:] == ["--on-bad-source", "skip"]
+    assert all("--on-bad-source" not in a for name, a in args.items() if name != "process")
+    assert schema_errors(doc) == []
+    with pytest.raises(ConfigError, match="--on-bad-source maybe"):
+        options(on_bad_source="maybe")

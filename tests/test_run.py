@@ -190,3 +190,15 @@ def test_demo_command_with_two_workers(tmp_path, monkeypatch):
     assert report_counts(out) == {"done": 18, "skipped": 0, "failed": 0}
     assert "gridded-demo/output/catalog.json" in result.output
     assert check_pixels(out, demo / "catalog" / "catalog.json")["tasks"] == 18
+
+
+def test_a_run_on_its_own_output_takes_each_cells_own_items_only(demo_run, tmp_path):
+    # the output items of neighbouring cells share edges with each cell: touching is not covering,
+    # so each cell's inputs are its own three monthly items, and a change next door changes nothing
+    out, _, _ = demo_run
+    from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
+
+    result = run_cli(["plan", "--source", str(out / "catalog.json"), "--extent", DEMO_EXTENT, "--time", DEMO_TIME,
+                      "--grid", str(DEMO_GRID), "--bands", "red", "--mask", "none", "--period", "P3M", "--json"])
+    rows = json.loads(result.stdout)
+    assert len(rows) == 6 and all(r["observations"] == 3 for r in rows), rows

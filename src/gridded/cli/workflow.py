@@ -6,7 +6,7 @@ import os
 
 import click
 
-from .options import make_selection_options, say
+from .options import make_selection_options, on_bad_source_option, say
 
 
 @click.group()
@@ -52,14 +52,15 @@ def _workflow_options(*, output=None, style="dag", **kwargs):
 @make_selection_options(time_required=False)
 @click.option("--output", required=True, help="s3://bucket/prefix for the products (pods share no disk).")
 @click.option("--style", default="dag", show_default=True, help="dag or steps.")
+@on_bad_source_option
 @argo_options
-def workflow_render(output, style, image, kind, schedule, timezone, name, namespace, service_account, parallelism,
-                    s3_secret, aws_endpoint_url, cpu, memory, retries, deadline, owner, **kwargs):
+def workflow_render(output, style, on_bad_source, image, kind, schedule, timezone, name, namespace, service_account,
+                    parallelism, s3_secret, aws_endpoint_url, cpu, memory, retries, deadline, owner, **kwargs):
     """Print the Argo Workflow (or CronWorkflow, WorkflowTemplate) YAML of a run."""
     from ..workflow.render import render_workflow
 
     options = _workflow_options(
-        output=output, style=style, image=image, kind=kind, schedule=schedule, timezone=timezone, name=name,
+        output=output, style=style, on_bad_source=on_bad_source, image=image, kind=kind, schedule=schedule, timezone=timezone, name=name,
         namespace=namespace, service_account=service_account, parallelism=parallelism, s3_secret=s3_secret,
         aws_endpoint_url=aws_endpoint_url, cpu=cpu, memory=memory, retries=retries, deadline=deadline, owner=owner)
     flags = {"time" if k == "time_" else k: v for k, v in kwargs.items()}

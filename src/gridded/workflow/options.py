@@ -60,10 +60,12 @@ class WorkflowOptions:
     artifact_bucket: str | None = None  # default: the output's bucket
     artifact_prefix: str | None = None  # default: <output prefix>/_workflows
     version: str = __version__          # the gridded/version label
+    on_bad_source: str = "fail"         # fail, or skip: tiles process leaves unreadable sources out
 
     def __post_init__(self):
         check_choice("--style", self.style, STYLES)
         check_choice("--kind", self.kind, KINDS)
+        check_choice("--on-bad-source", self.on_bad_source, ("fail", "skip"))
         check_image(self.image)
         if self.schedule is not None:
             check_cron(self.schedule)

@@ -77,6 +77,8 @@ def render(selection: dict[str, str | None], options: WorkflowOptions) -> str:
                            s3=_s3_location(options, bucket, key))
     process_args = ["tiles", "process", "--cells", CELLS_PATH, "--batch", "{{inputs.parameters.batch}}",
                     "--output", "{{workflow.parameters.output}}"]
+    if options.on_bad_source != "fail":
+        process_args += ["--on-bad-source", options.on_bad_source]
     templates = [
         _main_template(options.style),
         _container_template("generate", generate_args, options, outputs=m.Outputs(artifacts=[cells_out])),
