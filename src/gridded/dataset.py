@@ -18,9 +18,9 @@ from .grid import Grid, cells_for_extent, load_grid
 from .masks import MaskRule
 from .period import parse_time, periods_for
 from .pipeline import Pipeline
-from .plan import ObservationFinder, Task, resolve_mask
-from .selection import extent_geometry, recipe_for
-from .source import items_for_query, read_items
+from .plan import ObservationFinder, Task
+from .selection import extent_geometry, names_of, recipe_for
+from .source import ItemQuery, items_for_query, read_items
 
 if TYPE_CHECKING:
     import xarray
@@ -32,7 +32,8 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
               time: str, bands: str | Sequence[str], statistic: str = "median", period: str = "P1M",
               mask: str | MaskRule | None = None, grid: str | Grid | None = None,
               chunks: int | dict[str, int] | None = None, progress: Callable[[int, int], None] | None = None,
-              pipeline: str | Pipeline | None = None, collection: str | None = None) -> xarray.Dataset:
+              pipeline: str | Pipeline | None = None, collection: str | Sequence[str] | None = None
+              ) -> xarray.Dataset:
     """Composites as a lazy Dataset: one variable per band (plus `count`, and a statistic's extra
     assets), dims (time, y, x) with `time` the period starts, the GeoBox attached (`ds.odc.geobox`).
 
@@ -55,13 +56,14 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
 
     recipe = recipe_for(pipeline, statistic=statistic, period=period, bands=bands, mask=mask)
     when = parse_time(time)
-    items = _items(source_or_items)
     gbox, chunk_yx, region = _output_grid(extent, geobox, grid if grid is not None else recipe.grid, chunks)
-    items = items_for_query(items, region, when, collection)
+    collections = names_of(collection)
+    items = _items(source_or_items, ItemQuery(collections=collections, bbox=tuple(region.boundingbox), time=when))
+    items = items_for_query(items, region, when, collections)
     if not items:
         raise ConfigError("composite: no item meets the extent and time; check extent, time and collection")
-    recipe = resolve_mask(recipe, items)
     finder = ObservationFinder(items, recipe, None)
+    recipe = finder.resolve(recipe)
     periods = periods_for(when, recipe.period)
     tiles = GeoboxTiles(gbox, chunk_yx)
     kinds = _asset_kinds(recipe, finder.observations[0])
@@ -96,9 +98,9 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
     })
 
 
-def _items(source_or_items) -> list[pystac.Item]:
+def _items(source_or_items, query: ItemQuery) -> list[pystac.Item]:
     if isinstance(source_or_items, str):
-        return read_items(source_or_items)
+        return read_items(source_or_items, query)
     items = [it if isinstance(it, pystac.Item) else pystac.Item.from_dict(it) for it in source_or_items]
     for item in items:
         if item.get_self_href():  # relative asset hrefs resolve against the item's own file

@@ -21,6 +21,7 @@ import pystac
 from .errors import ConfigError, SourceError
 
 DEFAULT_INDEX = "sqlite:///gridded-index.db"
+INGEST_BATCH = 2000  # items upserted per transaction
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,12 +69,18 @@ class IngestCounts:
     unchanged: int = 0
     skipped: int = 0
 
+    def add(self, other: IngestCounts) -> None:
+        self.added += other.added
+        self.replaced += other.replaced
+        self.unchanged += other.unchanged
+        self.skipped += other.skipped
+
 
 class Index(Protocol):
     dsn: str
 
     def upsert(self, items: Iterable[IndexedItem]) -> IngestCounts: ...
-    def search(self, *, bbox, start: datetime, end: datetime, collection: str | None) -> list[pystac.Item]: ...
+    def search(self, *, bbox, start: datetime, end: datetime, collections: tuple[str, ...] = ()) -> list[pystac.Item]: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
 
@@ -122,14 +129,14 @@ class SQLiteIndex:
                     counts.unchanged += 1
         return counts
 
-    def search(self, *, bbox, start, end, collection=None) -> list[pystac.Item]:
+    def search(self, *, bbox, start, end, collections=()) -> list[pystac.Item]:
         sql = ('SELECT i.doc FROM items i JOIN items_bbox b ON b.rowid = i.rowid '
                'WHERE b.maxx >= ? AND b.minx <= ? AND b.maxy >= ? AND b.miny <= ? '
                'AND i."end" >= ? AND i.start <= ?')
         params = [bbox[0], bbox[2], bbox[1], bbox[3], _utc(start.isoformat()), _utc(end.isoformat())]
-        if collection is not None:
-            sql += " AND i.collection = ?"
-            params.append(collection)
+        if collections:
+            sql += f" AND i.collection IN ({', '.join('?' * len(collections))})"
+            params.extend(collections)
         rows = self.db.execute(sql + " ORDER BY i.start, i.id", params).fetchall()
         return [pystac.Item.from_dict(json.loads(r[0]), preserve_dict=False) for r in rows]
 
@@ -188,12 +195,12 @@ class PostgresIndex:
                     counts.unchanged += 1
         return counts
 
-    def search(self, *, bbox, start, end, collection=None) -> list[pystac.Item]:
+    def search(self, *, bbox, start, end, collections=()) -> list[pystac.Item]:
         sql = ("SELECT doc::text FROM gridded_items WHERE bbox && %s::box AND end_time >= %s AND start_time <= %s")
         params = [f"(({bbox[0]},{bbox[1]}),({bbox[2]},{bbox[3]}))", start, end]
-        if collection is not None:
-            sql += " AND collection = %s"
-            params.append(collection)
+        if collections:
+            sql += " AND collection = ANY(%s)"
+            params.append(list(collections))
         rows = self.db.execute(sql + " ORDER BY start_time, id", params).fetchall()
         return [pystac.Item.from_dict(json.loads(r[0]), preserve_dict=False) for r in rows]
 
@@ -249,32 +256,33 @@ def ingest(source: str, index: Index, *, collection: str | None = None, bbox: st
     (21, 0, 21)
     >>> index.close()
     """
-    from .source import is_stac_api, read_ndjson, search_api, walk_items
+    from .period import parse_time
+    from .selection import names_of
+    from .source import ItemQuery, iter_items
 
     box = None
     if bbox:
         try:
-            box = [float(v) for v in bbox.split(",")]
+            box = tuple(float(v) for v in bbox.split(","))
             assert len(box) == 4 and box[0] < box[2] and box[1] < box[3]
         except (ValueError, AssertionError) as err:
             raise ConfigError(f"--bbox {bbox}: use minx,miny,maxx,maxy in degrees with min < max") from err
+    query = ItemQuery(collections=names_of(collection), bbox=box, page_size=page_size,
+                      time=parse_time(datetime_) if datetime_ else None)
     skipped: list[str] = []
-    if source.endswith((".ndjson", ".jsonl")):
-        items = read_ndjson(source, flag="SOURCE")
-    elif is_stac_api(source):
-        items = search_api(source, collection=collection, bbox=box, datetime_=datetime_, progress=progress,
-                           page_size=page_size)
-    else:
-        items = walk_items(source, on_bad=lambda where, reason: skipped.append(f"{where}: {reason}"), flag="SOURCE")
-    rows = []
+    counts = IngestCounts()
+    rows: list[IndexedItem] = []
+    items = iter_items(source, query, flag="SOURCE", on_bad=lambda where, reason: skipped.append(f"{where}: {reason}"),
+                       progress=progress)
     for item in items:
-        if collection and item.collection_id != collection:
-            continue
         try:
             rows.append(IndexedItem.from_item(item))
         except (SourceError, ValueError, TypeError) as err:
             skipped.append(f"{item.id}: {err}")
-    counts = index.upsert(rows)
+        if len(rows) >= INGEST_BATCH:  # one transaction per few thousand items: memory stays flat
+            counts.add(index.upsert(rows))
+            rows = []
+    counts.add(index.upsert(rows))
     counts.skipped = len(skipped)
     for reason in skipped[:20]:
         if progress:

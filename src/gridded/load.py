@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from odc.geo.geobox import GeoBox
 
-from .compute.arrays import as_dtype
+from .compute.arrays import as_dtype, reencode
 from .compute.masking import mask_into
 from .errors import SourceError
 from .io.rasters import Coarse, read_mask_window, read_window
@@ -50,19 +50,27 @@ def _clear_rule(coarse: Coarse | None, mask: MaskRule | None, geobox: GeoBox):
 
 
 def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nodata: float | None, *,
-              skip_bad_sources: bool = False) -> Stacks:
+              encodings: dict[str, tuple[float, float]] | None = None, skip_bad_sources: bool = False) -> Stacks:
     """Read every observation of a task, mask unclear pixels to the sentinel, mosaic same-day groups.
 
     Each band window is read straight into its layer of the stack and masked there in one pass
     with the clear rule (no per-scene masks or masked copies); a same-day group's later scenes
-    fill only what the earlier left unclear. With `skip_bad_sources`, an observation that cannot
-    be read (after its retries) is left out and named in `Stacks.skipped`; without, it fails the task."""
+    fill only what the earlier left unclear. Each observation is masked by its own clear rule (or
+    `mask` when it has none) and its band values are brought to `encodings` (per band the
+    (scale, offset) to store them in) when they are stored otherwise. With `skip_bad_sources`, an
+    observation that cannot be read (after its retries) is left out and named in `Stacks.skipped`;
+    without, it fails the task."""
     geobox = task.geobox
     skipped: dict[str, SourceError] = {}
 
     def read_bands(obs, fill, outs):
-        return [read_window(obs.href(b), geobox, fill=fill(b), what=f"item {obs.item_id} asset {b}", out=out)
-                for b, out in zip(bands, outs)]
+        reads = [read_window(obs.href(b), geobox, fill=fill(b), what=f"item {obs.item_id} asset {b}", out=out)
+                 for b, out in zip(bands, outs)]
+        for b, (values, nodata) in zip(bands, reads):
+            target = (encodings or {}).get(b)
+            if target is not None and obs.encoding(b) != target:
+                reencode(values, nodata, obs.encoding(b), target)
+        return reads
 
     # the first readable observation fixes each band's dtype and sentinel; then each same-day group
     # is read, its scenes in order (several groups at once for remote sources)
@@ -98,16 +106,17 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
                     reads = first
                 else:
                     reads = read_bands(obs, lambda b: sentinels[b], layers if empty else [None] * len(bands))
+                rule = obs.mask or mask
                 coarse = None
-                if mask is not None:
-                    coarse = read_mask_window(obs.href(mask.asset), geobox, fill=mask.fill_value,
-                                              what=f"item {obs.item_id} mask asset {mask.asset}")
+                if rule is not None:
+                    coarse = read_mask_window(obs.href(rule.asset), geobox, fill=rule.fill_value,
+                                              what=f"item {obs.item_id} mask asset {rule.asset}")
             except SourceError as err:
                 if not skip_bad_sources:
                     raise
                 skipped[obs.item_id] = err
                 continue
-            mask_into(layers, [r[0] for r in reads], empty, _clear_rule(coarse, mask, geobox),
+            mask_into(layers, [r[0] for r in reads], empty, _clear_rule(coarse, rule, geobox),
                       [sentinels[b] for b in bands], [r[1] for r in reads])
             empty = False
         if empty:  # every scene of the group was left out: nothing in it is clear

@@ -14,6 +14,7 @@ from .masks import MaskRule, parse_mask
 from .period import PERIOD
 
 INFER = "infer"  # the mask rule comes from the items' assets
+RESOLVED_FIELDS = frozenset({"encodings", "descriptions"})  # what planning fills in from the items
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,6 +32,13 @@ class Pipeline:
     nodata: float | None = None  # None: the source's nodata
     max_iterations: int = 1000  # geomedian
     tolerance: float = 1e-7  # geomedian
+    # Sentinel-2 L2A: every observation brought to one encoding, the one before processing baseline
+    # 04.00 (reflectance = DN / 10000), so a period straddling 2022-01-25 reduces like with like
+    harmonize: bool = False
+    # resolved from the items when planning (as an inferred mask is), never written in a recipe: per
+    # band the (scale, offset) its outputs are stored in, and its band description (JSON) to carry on
+    encodings: tuple[tuple[str, float, float], ...] = ()
+    descriptions: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
@@ -60,6 +68,8 @@ class Pipeline:
         if not isinstance(self.max_iterations, int) or self.max_iterations < 1:
             raise ConfigError(f"pipeline {self.name}: max_iterations must be a positive integer, "
                               f"got {self.max_iterations!r}; set e.g. max_iterations: 1000")
+        if not isinstance(self.harmonize, bool):
+            raise ConfigError(f"pipeline {self.name}: harmonize must be true or false, got {self.harmonize!r}")
         if not isinstance(self.tolerance, (int, float)) or not 0 < self.tolerance < 1:
             raise ConfigError(f"pipeline {self.name}: tolerance must be a number in (0, 1), "
                               f"got {self.tolerance!r}; set e.g. tolerance: 1e-7")
@@ -83,7 +93,22 @@ class Pipeline:
         }
         if STATISTICS[self.statistic].iterative:
             params.update(max_iterations=self.max_iterations, tolerance=self.tolerance)
+        if self.harmonize:
+            params["harmonize"] = True
+        stored = {band: [scale, offset] for band, scale, offset in self.encodings if (scale, offset) != (1.0, 0.0)}
+        if stored:
+            params["encodings"] = stored
         return params
+
+    def encoding(self, band: str) -> tuple[float, float]:
+        """(scale, offset) of a band's outputs: physical value = stored x scale + offset."""
+        return next(((s, o) for b, s, o in self.encodings if b == band), (1.0, 0.0))
+
+    def description(self, band: str) -> dict:
+        """The band's description from the source items (name, common name, wavelengths), maybe empty."""
+        import json
+
+        return next((json.loads(d) for b, d in self.descriptions if b == band), {})
 
 
 def load_pipeline(name_or_path: str) -> Pipeline:
@@ -91,7 +116,7 @@ def load_pipeline(name_or_path: str) -> Pipeline:
     path, doc = load_recipe_yaml("pipelines", name_or_path, flag="--pipeline")
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a pipeline is a mapping (name, bands, statistic, period, ...)")
-    allowed = {f for f in Pipeline.__dataclass_fields__}
+    allowed = set(Pipeline.__dataclass_fields__) - RESOLVED_FIELDS
     unknown = set(doc) - allowed
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")

@@ -18,13 +18,15 @@ from odc.geo.geobox import GeoBox
 from shapely.geometry import box, shape
 from shapely.strtree import STRtree
 
+from .assets import (SENTINEL2_SCALE, BandInfo, band_info, find_band_asset, is_sentinel2_reflectance,
+                     stored_encoding)
 from .errors import ConfigError
 from .grid import Grid, cell_outline_lonlat, cells_for_extent
 from .masks import MaskRule, infer_mask
 from .period import Period, TimeRange, periods_for
 from .pipeline import INFER, Pipeline
 from .selection import Selection, local_roots
-from .source import find_asset, item_time, items_for_query, read_items
+from .source import item_time, items_for_query, read_items
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,14 @@ class Observation:
     solar_day: str
     hrefs: tuple[tuple[str, str], ...]  # (band or mask asset key, absolute href)
     self_href: str | None = None
+    mask: MaskRule | None = None  # the clear rule of this item (a catalog may mix sensors)
+    encodings: tuple[tuple[str, float, float], ...] = ()  # per band (scale, offset) of its stored values
 
     def href(self, band: str) -> str:
         return dict(self.hrefs)[band]
+
+    def encoding(self, band: str) -> tuple[float, float]:
+        return next(((s, o) for b, s, o in self.encodings if b == band), (1.0, 0.0))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +98,8 @@ class Plan:
     n_cells_in_extent: int
     n_items: int
     empty_cells: tuple[tuple[int, int], ...] = field(default=())
+    # what is read for each band: (band, asset key, data type, scale, offset, items), one row per way
+    bands_read: tuple[tuple[str, str, str | None, float, float, int], ...] = ()
 
     @property
     def tasks(self) -> list[Task]:
@@ -150,15 +159,18 @@ def check_href(href: str, *, item_id: str, asset: str, local_roots: tuple[Path, 
                               f"({where}); pass --allow-root DIR to read it")
 
 
-def observation_for(item: pystac.Item, bands: tuple[str, ...], mask: MaskRule | None,
-                    local_roots: tuple[Path, ...] | None = None) -> Observation:
-    """The hrefs of the bands (and mask asset) of one item; an unknown band is a one-line error."""
-    hrefs = []
-    wanted = list(bands) + ([mask.asset] if mask is not None else [])
+def observation_for(item: pystac.Item, pipeline: Pipeline,
+                    local_roots: tuple[Path, ...] | None = None) -> tuple[Observation, dict[str, BandInfo]]:
+    """The hrefs of the bands (and mask asset) of one item, the clear rule that applies to it (the
+    recipe's, or the one its assets imply) and how its band values read; an unknown band is a
+    one-line error."""
+    mask = infer_mask(set(item.assets)) if pipeline.mask == INFER else pipeline.mask
+    hrefs, infos = [], {}
+    wanted = list(pipeline.bands) + ([mask.asset] if mask is not None else [])
     for band in wanted:
-        found = find_asset(item, band)
+        found = find_band_asset(item, band)
         if found is None:
-            if mask is not None and band == mask.asset and band not in bands:
+            if mask is not None and band == mask.asset and band not in pipeline.bands:
                 raise ConfigError(
                     f"item {item.id}: no mask asset {band!r} (assets: {', '.join(sorted(item.assets))}); "
                     f"pass --mask ASSET:... naming one of them, or --mask none"
@@ -167,30 +179,61 @@ def observation_for(item: pystac.Item, bands: tuple[str, ...], mask: MaskRule | 
                 f"item {item.id}: no asset for band {band!r} (assets: {', '.join(sorted(item.assets))}); "
                 f"use --bands with asset keys, eo:bands names or common names"
             )
-        href = found[1].get_absolute_href() or found[1].href
-        check_href(href, item_id=item.id, asset=found[0], local_roots=local_roots)
+        key, asset = found
+        href = asset.get_absolute_href() or asset.href
+        check_href(href, item_id=item.id, asset=key, local_roots=local_roots)
         hrefs.append((band, href))
+        if band in pipeline.bands:
+            infos[band] = band_info(item, key, asset)
     minx, _, maxx, _ = item.bbox or shape(item.geometry).bounds
     when = item_time(item)
-    return Observation(
+    platform = item.properties.get("platform", item.properties.get("constellation", ""))
+    observation = Observation(
         item_id=item.id,
         time=when,
-        platform=str(item.properties.get("platform", item.properties.get("constellation", ""))),
+        # providers spell platforms differently (Sentinel-2A, sentinel-2a): one platform, one mosaic a day
+        platform=str(platform).strip().lower(),
         updated=str(item.properties.get("updated", "")),
         solar_day=solar_day(when, (minx + maxx) / 2),
         hrefs=tuple(hrefs),
         self_href=item.get_self_href(),
+        mask=mask,
+        encodings=tuple((band, *stored_encoding(item, band, info)) for band, info in infos.items()),
     )
+    return observation, infos
 
 
-def resolve_mask(pipeline: Pipeline, items: list[pystac.Item]) -> Pipeline:
-    """Replace an `infer` mask by the rule the items' assets imply."""
+def resolve_recipe(pipeline: Pipeline, observations: list[Observation],
+                   infos: list[dict[str, BandInfo]]) -> Pipeline:
+    """The recipe with what the items decide: an inferred mask made concrete when every item has the
+    same rule, and per band the encoding of its outputs and its description. The outputs' encoding
+    is the one most observations have (the later on a tie), or with `harmonize` Sentinel-2's first
+    encoding (DN / 10000): observations stored otherwise are converted to it before reducing."""
     from dataclasses import replace
 
-    if pipeline.mask != INFER:
-        return pipeline
-    keys = set().union(*(set(it.assets) for it in items)) if items else set()
-    return replace(pipeline, mask=infer_mask(keys))
+    changes: dict = {}
+    if pipeline.mask == INFER:
+        rules = {o.mask for o in observations}
+        changes["mask"] = rules.pop() if len(rules) == 1 else (None if not rules else INFER)
+    encodings = []
+    for band in pipeline.bands:
+        seen = [o.encoding(band) for o in sorted(observations, key=lambda o: o.time)]
+        if pipeline.harmonize and any(is_sentinel2_reflectance(s, o) for s, o in seen):
+            target = (SENTINEL2_SCALE, 0.0)
+        elif seen:
+            votes = {e: (seen.count(e), i) for i, e in enumerate(seen)}
+            target = max(votes, key=lambda e: votes[e])
+        else:
+            target = (1.0, 0.0)
+        encodings.append((band, *target))
+    changes["encodings"] = tuple(encodings)
+    descriptions = {}
+    for info in infos:
+        for band, band_meta in info.items():
+            if band not in descriptions and band_meta.description:
+                descriptions[band] = json.dumps(band_meta.description, sort_keys=True)
+    changes["descriptions"] = tuple(sorted(descriptions.items()))
+    return replace(pipeline, **changes)
 
 
 def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items: list[pystac.Item],
@@ -198,10 +241,10 @@ def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items:
     """Cells x periods x items -> tasks, batched by cell. Cells with no observation are left out."""
     if tiles_per_worker < 1:
         raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
-    pipeline = resolve_mask(pipeline, items)
     cells = cells_for_extent(grid, extent)
-    periods = periods_for(time, pipeline.period)
     finder = ObservationFinder(items, pipeline, local_roots)
+    pipeline = finder.resolve(pipeline)
+    periods = periods_for(time, pipeline.period)
     tasks_by_cell: dict[tuple[int, int], list[Task]] = {}
     empty = []
     for key, gbox in cells:
@@ -216,7 +259,7 @@ def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items:
         for i, start in enumerate(range(0, len(keys), tiles_per_worker))
     )
     return Plan(pipeline=pipeline, grid=grid, batches=batches, n_cells_in_extent=len(cells),
-                n_items=len(items), empty_cells=tuple(empty))
+                n_items=len(items), empty_cells=tuple(empty), bands_read=finder.bands_read())
 
 
 class ObservationFinder:
@@ -224,9 +267,32 @@ class ObservationFinder:
     footprints: the tasks of any cell, for any periods."""
 
     def __init__(self, items: list[pystac.Item], pipeline: Pipeline, local_roots: tuple[Path, ...] | None):
-        self.observations = [observation_for(it, pipeline.bands, pipeline.mask, local_roots) for it in items]
+        collections = sorted({it.collection_id or "" for it in items})
+        self.observations, self.infos = [], []
+        for item in items:
+            try:
+                observation, info = observation_for(item, pipeline, local_roots)
+            except ConfigError as err:
+                if len(collections) > 1:  # most likely one sensor's band names asked of another's items
+                    raise ConfigError(f"{err}; the source mixes collections ({', '.join(collections)}): "
+                                      f"pass --collection to composite one of them") from err
+                raise
+            self.observations.append(observation)
+            self.infos.append(info)
         self.footprints = np.array([shape(it.geometry) if it.geometry else box(*it.bbox) for it in items])
         self.tree = STRtree(self.footprints) if len(self.footprints) else None
+
+    def resolve(self, pipeline: Pipeline) -> Pipeline:
+        return resolve_recipe(pipeline, self.observations, self.infos)
+
+    def bands_read(self) -> tuple[tuple[str, str, str | None, float, float, int], ...]:
+        """Per band and way of reading it (asset key, data type, stored encoding), how many items."""
+        ways: dict[tuple, int] = {}
+        for observation, info in zip(self.observations, self.infos):
+            for band, meta in info.items():
+                way = (band, meta.key, meta.data_type, *observation.encoding(band))
+                ways[way] = ways.get(way, 0) + 1
+        return tuple((*way, n) for way, n in sorted(ways.items(), key=lambda kv: (kv[0][0], -kv[1])))
 
     def inputs_of(self, gbox: GeoBox) -> list[int]:
         """The items whose footprints cover some of the cell: more than half a pixel of it, so that
@@ -270,15 +336,18 @@ def plan_for(selection: Selection) -> Plan:
     if selection.index:
         from .index import open_index
 
+        if selection.query or selection.filter:
+            raise ConfigError("--query and --filter need a STAC API --source; the index plans by collection, "
+                              "place and time")
         index = open_index(selection.index)
         try:
             candidates = index.search(bbox=selection.extent.boundingbox, start=selection.time.start,
-                                      end=selection.time.end, collection=selection.collection)
+                                      end=selection.time.end, collections=selection.collections)
         finally:
             index.close()
     else:
-        candidates = read_items(selection.source)
-    items = items_for_query(candidates, selection.extent, selection.time, selection.collection)
+        candidates = read_items(selection.source, selection.item_query())
+    items = items_for_query(candidates, selection.extent, selection.time, selection.collections)
     return make_plan(pipeline=selection.pipeline, grid=selection.grid, extent=selection.extent,
                      time=selection.time, items=items, tiles_per_worker=selection.tiles_per_worker,
                      local_roots=local_roots(selection))

@@ -17,6 +17,7 @@ from .compute.masking import clear_count
 from .compute.statistics import STATISTICS, warm_kernels
 from .errors import ClusterError, GriddedError
 from .io.storage import Storage, open_storage
+from .masks import MaskRule
 from .pipeline import Pipeline
 from .plan import Batch, Task
 from .write import COUNT_ASSET, COUNT_NODATA, commit_outputs, item_name
@@ -71,7 +72,9 @@ def compute_task(task: Task, pipeline: Pipeline, *, on_bad_source: BadSource = "
     inputs left out and why."""
     from .load import load_task
 
-    stacks = load_task(task, pipeline.bands, pipeline.mask, pipeline.nodata, skip_bad_sources=on_bad_source == "skip")
+    stacks = load_task(task, pipeline.bands, pipeline.mask if isinstance(pipeline.mask, MaskRule) else None,
+                       pipeline.nodata, encodings={b: pipeline.encoding(b) for b in pipeline.bands},
+                       skip_bad_sources=on_bad_source == "skip")
     arrays, nodata = {}, {}
     for band in pipeline.bands:
         dtype = np.dtype(pipeline.dtype) if pipeline.dtype else stacks.source_dtype[band]

@@ -16,6 +16,7 @@ from .grid import Grid, load_grid
 from .masks import MaskRule, parse_mask
 from .period import TimeRange, parse_as_of, parse_time
 from .pipeline import Pipeline, load_pipeline, with_overrides
+from .source import ItemQuery
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,12 +29,19 @@ class Selection:
     grid: Grid
     pipeline: Pipeline
     tiles_per_worker: int = 1
-    collection: str | None = None
+    collections: tuple[str, ...] = ()  # only items of these collections (all when empty)
+    query: tuple[str, ...] = ()  # STAC API query extension terms, e.g. "eo:cloud_cover<80"
+    filter: str | None = None  # a CQL2 filter (text, or JSON) for a STAC API search
     index: str | None = None  # plan from this index instead of reading the source
     allow_roots: tuple[str, ...] = ()  # more local folders asset hrefs may point into
 
     def __post_init__(self):
         _check_where_and_how_many(self.source, self.index, self.tiles_per_worker)
+
+    def item_query(self) -> ItemQuery:
+        """What to ask the source for: the collections, the extent's bbox and the time range."""
+        return ItemQuery(collections=self.collections, bbox=tuple(self.extent.boundingbox), time=self.time,
+                         query=self.query, filter=self.filter)
 
 
 def _check_where_and_how_many(source, index, tiles_per_worker) -> None:
@@ -46,7 +54,8 @@ def _check_where_and_how_many(source, index, tiles_per_worker) -> None:
 def select(source: str | None = None, *, extent, time: str | TimeRange, index: str | None = None,
            as_of: str | datetime | None = None, pipeline: str | Pipeline | None = None, grid: str | Grid | None = None,
            statistic: str | None = None, period: str | None = None, bands: str | Sequence[str] | None = None,
-           mask: str | MaskRule | None = None, collection: str | None = None, tiles_per_worker: int = 4,
+           mask: str | MaskRule | None = None, collection: str | Sequence[str] | None = None,
+           query: str | Sequence[str] = (), filter: str | None = None, tiles_per_worker: int = 4,
            allow_roots: Sequence[str] = ()) -> Selection:
     """A Selection from loose values: a recipe name or file with every given value put over it.
 
@@ -76,10 +85,20 @@ def select(source: str | None = None, *, extent, time: str | TimeRange, index: s
         grid=grid if isinstance(grid, Grid) else load_grid(grid),
         pipeline=recipe,
         tiles_per_worker=tiles_per_worker,
-        collection=collection,
+        collections=names_of(collection),
+        query=names_of(query),
+        filter=filter or None,
         index=index,
         allow_roots=tuple(allow_roots),
     )
+
+
+def names_of(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """None, "a,b", or ["a", "b,c"] -> ("a", "b", "c")."""
+    if value is None:
+        return ()
+    parts = [value] if isinstance(value, str) else list(value)
+    return tuple(name.strip() for part in parts for name in str(part).split(",") if name.strip())
 
 
 def recipe_for(pipeline: str | Pipeline | None, *, statistic: str | None = None, period: str | None = None,

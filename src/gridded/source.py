@@ -1,9 +1,14 @@
-"""Static STAC catalogs and collections -> the items that match a place and a time."""
+"""STAC sources -> the items that match a place and a time: a static catalog or collection (walked
+link by link), a saved search result (a FeatureCollection, or newline-delimited items, known by
+content), one item, or a STAC API (searched once, page by page, through pystac-client).
+Items come as they are read (`iter_items`), so a large source need not be held in memory."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,6 +23,30 @@ from .io.s3 import is_remote, with_retries
 from .period import TimeRange
 
 log = logging.getLogger(__name__)
+
+API_PAGE_SIZE = 500
+# a search that returns more is a typo (the world for years) or a server paging forever
+API_MAX_ITEMS = 2_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ItemQuery:
+    """What to ask a source for. Static sources are filtered here by collection, place and time;
+    a STAC API is asked for all of it (and `query` / `filter`, which only an API understands)."""
+
+    collections: tuple[str, ...] = ()
+    bbox: tuple[float, float, float, float] | None = None  # lon/lat
+    time: TimeRange | None = None
+    query: tuple[str, ...] = ()  # STAC API query extension, e.g. "eo:cloud_cover<80"
+    filter: str | None = None  # CQL2 text, or CQL2 JSON when it starts with "{"
+    page_size: int = API_PAGE_SIZE
+    max_items: int = API_MAX_ITEMS
+
+    @property
+    def datetime(self) -> str | None:
+        if self.time is None:
+            return None
+        return f"{self.time.start.isoformat().replace('+00:00', 'Z')}/{self.time.end.isoformat().replace('+00:00', 'Z')}"
 
 
 class _StacIO(pystac.stac_io.DefaultStacIO):
@@ -45,7 +74,7 @@ class _StacIO(pystac.stac_io.DefaultStacIO):
         return with_retries(fetch, what=href)
 
 
-def transient_http(err: BaseException) -> bool:
+def transient_http(err: BaseException | None) -> bool:
     """Whether an HTTP read may succeed later: a 5xx or 429 status, or no answer at all (refused,
     reset, timed out), anywhere in the error's causes (pystac wraps urllib's errors)."""
     import urllib.error
@@ -59,80 +88,133 @@ def transient_http(err: BaseException) -> bool:
     return False
 
 
-def walk_items(source: str, on_bad, *, flag: str = "--source") -> list[pystac.Item]:
-    """Every item under a static catalog, following child and item links one by one, so that a
-    broken link or a bad item is reported to `on_bad(where, reason)` and the walk goes on."""
+def read_items(source: str, query: ItemQuery | None = None, *, flag: str = "--source") -> list[pystac.Item]:
+    """Every item of a source (see iter_items) that the query selects, in a list."""
+    return list(iter_items(source, query, flag=flag))
+
+
+def iter_items(source: str, query: ItemQuery | None = None, *, flag: str = "--source",
+               on_bad: Callable[[str, str], None] | None = None,
+               progress: Callable[[str], None] | None = None) -> Iterator[pystac.Item]:
+    """The items of a static catalog or collection, a FeatureCollection, ndjson, one item or a STAC
+    API, as they are read. Broken links and bad items under a catalog go to `on_bad(where, why)`
+    and the walk goes on (without `on_bad` they fail it); a root that cannot be read or is not STAC
+    is a one-line error naming `flag`."""
+    query = query or ItemQuery()
+    api = is_stac_api(source)
+    if (query.query or query.filter) and not api:
+        raise ConfigError(f"{flag} {source}: --query and --filter need a STAC API source (item search); "
+                          f"drop them, or give the API's URL")
+    if api:
+        yield from search_api(source, query, progress=progress)
+        return
+    href = _catalog_href(source, flag=flag)
+    try:
+        text = _StacIO().read_text(href)
+    except GriddedError as err:  # the message starts with the href
+        raise type(err)(f"{flag} {err}", retryable=err.retryable) from err
+    items = _parse_source(text, href, source, flag=flag, on_bad=on_bad)
+    for item in items:
+        if _wanted(item, query):
+            yield item
+
+
+def _parse_source(text: str, href: str, source: str, *, flag: str, on_bad) -> Iterator[pystac.Item]:
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = None
+    if doc is None:
+        if text.lstrip().startswith("{"):  # several JSON documents, one a line: ndjson
+            return _ndjson_items(text, source, flag=flag)
+        raise ConfigError(f"{flag} {source}: not JSON; give a STAC catalog, collection, item collection or "
+                          f"newline-delimited items")
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    if kind == "FeatureCollection":
+        return _feature_items(doc.get("features") or [], href, source, flag=flag)
+    if kind == "Feature":
+        return _feature_items([doc], href, source, flag=flag)
+    if kind in ("Catalog", "Collection"):
+        return _walk(href, doc, on_bad=on_bad or _refuse(flag, source))
+    raise ConfigError(f"{flag} {source}: not a STAC catalog, collection, item or item collection "
+                      f"(no STAC 'type'); give a catalog.json, collection.json or a saved search")
+
+
+def _item_from(doc, where: str, href: str | None = None) -> pystac.Item:
+    try:
+        item = pystac.Item.from_dict(doc, href=href, preserve_dict=False)
+    except (pystac.STACError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ConfigError(f"{where}: not a valid STAC item ({str(err)[:200]}); fix or remove it") from err
+    if href is not None:
+        item.set_self_href(href)
+        item.make_asset_hrefs_absolute()
+    return item
+
+
+def _feature_items(features: list, href: str, source: str, *, flag: str) -> Iterator[pystac.Item]:
+    for n, feature in enumerate(features, 1):
+        item = _item_from(feature, f"{flag} {source} feature {n}")
+        _absolute_assets(item, href)
+        yield item
+
+
+def _ndjson_items(text: str, source: str, *, flag: str) -> Iterator[pystac.Item]:
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{flag} {source} line {n}: not a STAC item ({err}); fix or remove the line") from err
+        item = _item_from(doc, f"{flag} {source} line {n}")
+        _absolute_assets(item, source)
+        yield item
+
+
+def _absolute_assets(item: pystac.Item, base: str) -> None:
+    """Relative asset hrefs of items saved in one file resolve against that file."""
+    for asset in item.assets.values():
+        asset.href = pystac.utils.make_absolute_href(asset.href, base)
+
+
+def _walk(root: str, root_doc: dict, *, on_bad: Callable[[str, str], None]) -> Iterator[pystac.Item]:
+    """Items under a static catalog, following child and item links one by one."""
     stac_io = _StacIO()
-    root = _catalog_href(source, flag=flag)
-    items, seen, todo = [], set(), [root]
+    seen, todo = set(), [(root, root_doc)]
     while todo:
-        href = todo.pop()
+        href, doc = todo.pop()
         if href in seen:
             continue
         seen.add(href)
-        try:
-            doc = json.loads(stac_io.read_text(href))
-        except (OSError, ValueError, GriddedError) as err:
-            if isinstance(err, GriddedError) and err.retryable:
-                raise  # transient: the whole walk is worth retrying, not a link to count as broken
-            if href == root:
-                raise ConfigError(str(err)) from err
-            on_bad(href, f"cannot be read ({err})")
-            continue
+        if doc is None:
+            try:
+                doc = json.loads(stac_io.read_text(href))
+            except (OSError, ValueError, GriddedError) as err:
+                if isinstance(err, GriddedError) and err.retryable:
+                    raise  # transient: the whole walk is worth retrying, not a link to count as broken
+                on_bad(href, f"cannot be read ({err})")
+                continue
         kind = doc.get("type") if isinstance(doc, dict) else None
         if kind == "Feature":
             try:
-                item = pystac.Item.from_dict(doc, href=href, preserve_dict=False)
-                item.set_self_href(href)
-                items.append(item)
-            except (pystac.STACError, KeyError, TypeError, ValueError) as err:
-                on_bad(href, f"not a valid STAC item ({err})")
+                yield _item_from(doc, href, href=href)
+            except ConfigError as err:
+                on_bad(href, str(err).split(": ", 1)[-1])
             continue
         if kind not in ("Catalog", "Collection"):
             on_bad(href, "not a STAC catalog, collection or item")
             continue
-        for link in doc.get("links", []):
-            if link.get("rel") in ("child", "item") and link.get("href"):
-                todo.append(pystac.utils.make_absolute_href(link["href"], href))
-    return sorted(items, key=lambda it: it.id)
+        links = [link for link in doc.get("links", []) if link.get("rel") in ("child", "item") and link.get("href")]
+        for link in reversed(links):  # depth first, in the catalog's own order
+            todo.append((pystac.utils.make_absolute_href(link["href"], href), None))
 
 
-def read_items(source: str) -> list[pystac.Item]:
-    """Every item under a static catalog, collection or item collection: a path, file://, s3:// or https://."""
-    href = _catalog_href(source)
-    stac_io = _StacIO()
-    try:
-        text = stac_io.read_text(href)
-    except GriddedError as err:  # the message starts with the href
-        raise type(err)(f"--source {err}", retryable=err.retryable) from err
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"--source {source}: cannot be read ({err}); check the path or URL") from err
-    try:
-        doc = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"--source {source}: not JSON ({err}); give a STAC catalog or collection") from err
-    if not isinstance(doc, dict) or doc.get("type") not in ("Catalog", "Collection", "FeatureCollection", "Feature"):
-        raise ConfigError(f"--source {source}: not a STAC catalog, collection or item collection "
-                          f"(no STAC 'type'); give a catalog.json or collection.json")
-    try:
-        if doc["type"] == "FeatureCollection":
-            return list(pystac.ItemCollection.from_dict(doc, preserve_dict=False).items)
-        if doc["type"] == "Feature":
-            return [pystac.Item.from_dict(doc, href=href)]
-        root = pystac.read_dict(doc, href=href, stac_io=stac_io)
-        return list(root.get_items(recursive=True))
-    except GriddedError:
-        raise
-    except pystac.STACTypeError as err:
-        raise ConfigError(f"--source {source}: not a valid STAC catalog, collection or item ({err}); "
-                          f"give a STAC catalog.json or collection.json") from err
-    except pystac.STACError as err:
-        raise SourceError(f"--source {source}: {err}; fix the catalog's links or give another source") from err
-    except (KeyError, TypeError, AttributeError) as err:
-        raise ConfigError(f"--source {source}: not a valid STAC document (missing or bad {err}); "
-                          f"give a STAC catalog.json or collection.json") from err
-    except (OSError, json.JSONDecodeError, ValueError) as err:
-        raise SourceError(f"--source {source}: a linked file cannot be read ({err}); fix the catalog's links") from err
+def _refuse(flag: str, source: str) -> Callable[[str, str], None]:
+    """What a broken link or bad item under a catalog does when nobody counts them: fail."""
+    def refuse(where: str, why: str) -> None:
+        raise SourceError(f"{flag} {source}: {where} {why}; fix the catalog's links or give another source")
+
+    return refuse
 
 
 def _catalog_href(source: str, *, flag: str = "--source") -> str:
@@ -148,7 +230,8 @@ def _catalog_href(source: str, *, flag: str = "--source") -> str:
             if (path / name).is_file():
                 return str((path / name).resolve())
     if not path.is_file():
-        raise ConfigError(f"{flag} {source}: no such catalog file; give the path of a catalog.json or collection.json")
+        raise ConfigError(f"{flag} {source}: no such catalog file; give the path of a catalog.json or "
+                          f"collection.json")
     return str(path.resolve())
 
 
@@ -161,13 +244,27 @@ def item_time(item: pystac.Item) -> datetime:
     return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def _wanted(item: pystac.Item, query: ItemQuery) -> bool:
+    if query.collections and item.collection_id not in query.collections:
+        return False
+    if query.time is not None and not query.time.start <= item_time(item) <= query.time.end:
+        return False
+    if query.bbox is not None and item.bbox:
+        minx, miny, maxx, maxy = (item.bbox[0], item.bbox[1], item.bbox[-3 if len(item.bbox) == 6 else 2],
+                                  item.bbox[-2 if len(item.bbox) == 6 else 3])
+        qx0, qy0, qx1, qy1 = query.bbox
+        if maxx < qx0 or minx > qx1 or maxy < qy0 or miny > qy1:
+            return False
+    return True
+
+
 def items_for_query(items: list[pystac.Item], extent_lonlat, time: TimeRange,
-                    collection: str | None = None) -> list[pystac.Item]:
+                    collections: tuple[str, ...] = ()) -> list[pystac.Item]:
     """The items whose footprint intersects the extent and whose time is in the range, by time then id."""
     region = extent_lonlat.geom
     selected = []
     for item in items:
-        if collection is not None and item.collection_id != collection:
+        if collections and item.collection_id not in collections:
             continue
         when = item_time(item)
         if not time.start <= when <= time.end:
@@ -181,73 +278,62 @@ def items_for_query(items: list[pystac.Item], extent_lonlat, time: TimeRange,
     return sorted(selected, key=lambda it: (item_time(it), it.id))
 
 
-def find_asset(item: pystac.Item, band: str) -> tuple[str, pystac.Asset] | None:
-    """The asset for a band name: the asset key, else an `eo:bands` name, else a common name."""
-    lowered = band.lower()
-    for key, asset in item.assets.items():
-        if key.lower() == lowered:
-            return key, asset
-    for attr in ("name", "common_name"):
-        for key, asset in item.assets.items():
-            for entry in asset.extra_fields.get("eo:bands", []) + asset.extra_fields.get("bands", []):
-                if str(entry.get(attr, "")).lower() == lowered or str(entry.get(f"eo:{attr}", "")).lower() == lowered:
-                    return key, asset
-    return None
-
-
-def asset_raster_info(asset: pystac.Asset) -> tuple[str | None, float | None]:
-    """(data_type, nodata) declared by the asset's `raster:bands`, or None for either."""
-    bands = asset.extra_fields.get("raster:bands") or asset.extra_fields.get("bands") or [{}]
-    first = bands[0] if bands else {}
-    dtype = first.get("data_type")
-    nodata = first.get("nodata", asset.extra_fields.get("nodata"))
-    return dtype, (float(nodata) if isinstance(nodata, (int, float)) else None)
-
-
-def read_ndjson(source: str, *, flag: str = "--source") -> list[pystac.Item]:
-    """Newline-delimited JSON items (one STAC item per line); blank lines ignored."""
-    text = _StacIO().read_text(_catalog_href(source, flag=flag))
-    items = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            items.append(pystac.Item.from_dict(json.loads(line), preserve_dict=False))
-        except (json.JSONDecodeError, pystac.STACError, KeyError, TypeError, ValueError) as err:
-            raise SourceError(f"{source} line {n}: not a STAC item ({err}); fix or remove the line") from err
-    return items
-
-
 def is_stac_api(source: str) -> bool:
     """An http(s) root whose landing page declares item search (a STAC API, not a static catalog)."""
     if urlparse(source).scheme not in ("http", "https"):
         return False
     try:
         doc = json.loads(_StacIO().read_text(source))
+    except GriddedError as err:
+        if err.retryable:
+            raise type(err)(f"--source {err}", retryable=True) from err
+        return False
     except (OSError, ValueError):
         return False
     conforms = " ".join(doc.get("conformsTo", [])) if isinstance(doc, dict) else ""
     links = doc.get("links", []) if isinstance(doc, dict) else []
-    return "item-search" in conforms or any(link.get("rel") == "search" for link in links)
+    return "item-search" in conforms or any(isinstance(link, dict) and link.get("rel") == "search" for link in links)
 
 
-def search_api(source: str, *, collection: str | None, bbox: list[float] | None, datetime_: str | None,
-               progress=None, page_size: int = 500) -> list[pystac.Item]:
-    """Every item a STAC API search returns, page after page (pystac-client follows the `next` links)."""
+def search_api(source: str, query: ItemQuery, *, progress: Callable[[str], None] | None = None) -> Iterator[pystac.Item]:
+    """Every item a STAC API search returns, page after page as they come (pystac-client follows the
+    `next` links); more than `query.max_items` is refused, so a server paging forever stops."""
     import pystac_client
+    from pystac_client.exceptions import APIError
 
+    options = {}
+    if query.filter:
+        text = query.filter.strip()
+        options["filter"] = json.loads(text) if text.startswith("{") else text
+        options["filter_lang"] = "cql2-json" if text.startswith("{") else "cql2-text"
+    if query.query:
+        options["query"] = list(query.query)
     try:
         client = pystac_client.Client.open(source)
-        search = client.search(collections=[collection] if collection else None, bbox=bbox, datetime=datetime_,
-                               limit=page_size)
-        items = []
+        search = client.search(collections=list(query.collections) or None, bbox=query.bbox,
+                               datetime=query.datetime, limit=query.page_size, max_items=query.max_items + 1,
+                               **options)
+        n = 0
         for item in search.items():
-            items.append(item)
-            if progress and len(items) % page_size == 0:
-                progress(f"{len(items)} items read from {source}")
-        return items
-    except pystac_client.exceptions.APIError as err:
-        raise SourceError(f"{source}: the STAC API refused the search ({str(err).splitlines()[0][:200]}); "
-                          f"check --collection, --bbox and --datetime") from err
-    except OSError as err:
-        raise ConfigError(f"{source}: the STAC API cannot be reached ({err.__class__.__name__}); check the URL") from err
+            n += 1
+            if n > query.max_items:
+                raise ConfigError(f"--source {source}: the search returned more than {query.max_items:,} items; "
+                                  f"narrow --extent, --time, --collection or --filter")
+            if progress and n % query.page_size == 0:
+                progress(f"{n} items read from {source}")
+            yield item
+    except GriddedError:
+        raise
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--filter {query.filter}: not CQL2 JSON ({err}); give CQL2 text or JSON") from err
+    except APIError as err:
+        status = getattr(err, "status_code", None)
+        transient = status is not None and (status >= 500 or status == 429)
+        raise SourceError(f"--source {source}: the STAC API refused the search ({str(err).splitlines()[0][:200]}); "
+                          + ("retry later" if transient else "check --collection, --query and --filter"),
+                          retryable=transient) from err
+    except (OSError, ValueError, TypeError) as err:
+        transient = transient_http(err) or isinstance(err, OSError)
+        raise SourceError(f"--source {source}: the STAC API cannot be searched ({err.__class__.__name__}: "
+                          f"{str(err)[:160]}); " + ("check the URL or retry later" if transient else "check the URL"),
+                          retryable=transient) from err

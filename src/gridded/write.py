@@ -97,6 +97,9 @@ def build_item(*, pipeline: Pipeline, task: Task, assets: dict[str, tuple[np.dty
             band["nodata"] = nodata.item() if hasattr(nodata, "item") else nodata
         elif nodata is not None:
             band["nodata"] = "nan"
+        scale, offset = pipeline.encoding(key)
+        if (scale, offset) != (1.0, 0.0):  # how the stored values become the physical quantity
+            band.update(scale=scale, offset=offset)
         item.add_asset(key, pystac.Asset(
             href=f"./{Path(asset_name(pipeline, task, key)).name}",
             media_type=pystac.MediaType.COG,
@@ -125,7 +128,7 @@ def commit_outputs(storage: Storage, *, pipeline: Pipeline, task: Task, arrays: 
         name = asset_name(pipeline, task, key)
         path = storage.scratch_path(name)
         try:
-            write_cog(path, array, geobox, nodata[key])
+            write_cog(path, array, geobox, nodata[key], encoding=pipeline.encoding(key))
             crash_point("cog-written")
             storage.put_file(name, path)
         finally:

@@ -43,7 +43,8 @@ def make_selection_options(*, time_required: bool):
     """The flags that choose what to compute: shared by run, plan, tiles generate, workflow render."""
     options = [
         click.option("--source", default=None,
-                     help="Static STAC catalog or collection: path, file://, s3:// or https://."),
+                     help="A STAC API (https://...), a static catalog or collection, a saved search (FeatureCollection "
+                          "or ndjson) or one item: a path, file://, s3:// or https://."),
         click.option("--index", default=None, help="Plan from an index instead: sqlite:///file.db or postgresql://..."),
         click.option("--extent", required=True, help="lon/lat bbox minx,miny,maxx,maxy, a GeoJSON file, or WKT."),
         click.option("--time", "time_", required=time_required,
@@ -56,7 +57,11 @@ def make_selection_options(*, time_required: bool):
         click.option("--bands", default=None, help="Comma-separated band names (asset keys, eo:bands or common names)."),
         click.option("--mask", default=None,
                      help="s2, landsat, none, ASSET:CLASSES (scl:0,1,3,8,9,10) or ASSET:bits:BITS. Default: inferred."),
-        click.option("--collection", default=None, help="Only items of this collection id."),
+        click.option("--collection", multiple=True, help="Only items of this collection (repeatable, or a,b)."),
+        click.option("--query", multiple=True,
+                     help="STAC API search term, e.g. eo:cloud_cover<80 (repeatable; STAC API sources only)."),
+        click.option("--filter", "filter_", default=None,
+                     help="CQL2 filter of a STAC API search, as text (eo:cloud_cover < 80) or JSON."),
         click.option("--tiles-per-worker", type=int, default=4, show_default=True, help="Cells per batch."),
         click.option("--allow-root", "allow_root", multiple=True, type=click.Path(file_okay=False),
                      help="A local folder asset files may be read from besides the catalog's own (repeatable)."),
@@ -75,13 +80,13 @@ selection_options = make_selection_options(time_required=True)
 
 
 def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, period, bands, mask,
-                    collection, tiles_per_worker, index=None, allow_root=()):
+                    collection, tiles_per_worker, index=None, allow_root=(), query=(), filter_=None):
     """The selection flags -> a Selection (their values normalised by `select`)."""
     from ..selection import select
 
     return select(source, extent=extent, time=time_, index=index, as_of=as_of, pipeline=pipeline, grid=grid,
                   statistic=statistic, period=period, bands=bands, mask=mask, collection=collection,
-                  tiles_per_worker=tiles_per_worker, allow_roots=allow_root)
+                  query=query, filter=filter_, tiles_per_worker=tiles_per_worker, allow_roots=allow_root)
 
 
 on_bad_source_option = click.option(

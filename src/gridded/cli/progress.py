@@ -14,15 +14,32 @@ def plan_summary(plan) -> str:
     tasks = plan.tasks
     cells = {t.key for t in tasks}
     obs = sum(len(t.observations) for t in tasks)
+    mask = plan.pipeline.mask
+    mask_text = "none" if mask is None else (mask if isinstance(mask, str) else mask.spec())
+    if mask_text == "infer":
+        mask_text = "per item, from its assets"
     return (
         f"pipeline {plan.pipeline.name}: {plan.pipeline.statistic} of {','.join(plan.pipeline.bands)} "
-        f"per {plan.pipeline.period}, mask {plan.pipeline.mask.spec() if plan.pipeline.mask else 'none'}\n"
+        f"per {plan.pipeline.period}, mask {mask_text}\n"
         f"grid {plan.grid.name} ({plan.grid.crs}, {plan.grid.resolution:g} m, tiles "
         f"{plan.grid.tile_shape_px[1]}x{plan.grid.tile_shape_px[0]} px)\n"
         f"{plan.n_items} source items; {plan.n_cells_in_extent} cells meet the extent, {len(cells)} with data, "
         f"{len(plan.empty_cells)} without\n"
         f"{len(tasks)} tasks ({obs} observations) in {len(plan.batches)} batches"
+        + "".join(f"\n{line}" for line in bands_read(plan))
     )
+
+
+def bands_read(plan) -> list[str]:
+    """One line per band and way it is read: the asset, its data type and what its values mean."""
+    lines = []
+    for band, key, data_type, scale, offset, n in sorted(plan.bands_read, key=lambda r: plan.pipeline.bands.index(r[0])):
+        target = plan.pipeline.encoding(band)
+        meaning = "" if (scale, offset) == (1.0, 0.0) else f", value x {scale:g} {offset:+g}"
+        converted = "" if (scale, offset) == target else f" (converted to x {target[0]:g} {target[1]:+g})"
+        lines.append(f"band {band}: asset {key} ({data_type or 'type from the file'}{meaning}){converted}, "
+                     f"{n} items")
+    return lines
 
 
 class Progress:

@@ -8,6 +8,7 @@ from datetime import UTC
 
 import click
 
+from ..selection import names_of
 from .options import say, source_access_options
 
 
@@ -25,7 +26,7 @@ def index_option(func):
 @stac.command("ingest")
 @click.argument("source")
 @index_option
-@click.option("--collection", default=None, help="Only items of this collection.")
+@click.option("--collection", multiple=True, help="Only items of this collection (repeatable, or a,b).")
 @click.option("--bbox", default=None, help="Only items meeting minx,miny,maxx,maxy (STAC API sources).")
 @click.option("--datetime", "datetime_", default=None, help="Only items in START/END (STAC API sources).")
 @click.option("--page-size", type=click.IntRange(1, 10000), default=500, show_default=True,
@@ -54,7 +55,7 @@ def stac_ingest(source, index, collection, bbox, datetime_, page_size):
 @index_option
 @click.option("--bbox", default=None, help="minx,miny,maxx,maxy in degrees (default: everywhere).")
 @click.option("--datetime", "datetime_", default=None, help="START/END (default: all time).")
-@click.option("--collection", default=None, help="Only this collection.")
+@click.option("--collection", multiple=True, help="Only these collections (repeatable, or a,b).")
 @click.option("--json", "as_json", is_flag=True, help="Print the items as newline-delimited JSON.")
 def stac_search(index, bbox, datetime_, collection, as_json):
     """Show what the index holds for a place and a time: a count and a table."""
@@ -69,7 +70,7 @@ def stac_search(index, bbox, datetime_, collection, as_json):
     db = open_index(index)
     try:
         items = db.search(bbox=box, start=when.start if when else datetime(1, 1, 1, tzinfo=UTC),
-                          end=when.end if when else datetime(9999, 12, 31, tzinfo=UTC), collection=collection)
+                          end=when.end if when else datetime(9999, 12, 31, tzinfo=UTC), collections=names_of(collection))
     finally:
         db.close()
     if as_json:

@@ -63,7 +63,7 @@ def workflow_render(output, style, on_bad_source, image, kind, schedule, timezon
         output=output, style=style, on_bad_source=on_bad_source, image=image, kind=kind, schedule=schedule, timezone=timezone, name=name,
         namespace=namespace, service_account=service_account, parallelism=parallelism, s3_secret=s3_secret,
         aws_endpoint_url=aws_endpoint_url, cpu=cpu, memory=memory, retries=retries, deadline=deadline, owner=owner)
-    flags = {"time" if k == "time_" else k: v for k, v in kwargs.items()}
+    flags = {{"time_": "time", "filter_": "filter"}.get(k, k): v for k, v in kwargs.items()}
     click.echo(render_workflow(flags, options), nl=False)
 
 

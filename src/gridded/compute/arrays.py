@@ -75,3 +75,26 @@ def to_output(values: np.ndarray, dtype: np.dtype, nodata: float | None, *, out:
 def as_dtype(value, dtype):
     """`value` as `dtype` holds it (wrapped or truncated as numpy casts)."""
     return np.array(value).astype(dtype)
+
+
+def reencode(values: np.ndarray, nodata, source: tuple[float, float], target: tuple[float, float]) -> np.ndarray:
+    """Values stored as `source` (scale, offset) re-stored as `target`, in place: the same physical
+    value, rounded half to even and clipped to the dtype for integers. Nodata stays nodata, and a
+    value that would land on nodata or past its side of the range takes the nearest other value
+    (Sentinel-2's DN 500 stored without the offset becomes 1, not the nodata 0)."""
+    (s1, o1), (s2, o2) = source, target
+    valid = np.ones(values.shape, dtype=bool) if nodata is None or np.isnan(nodata) else values != nodata
+    if np.issubdtype(values.dtype, np.floating):
+        valid &= ~np.isnan(values)
+    converted = (values.astype(np.float64) * s1 + (o1 - o2)) / s2
+    if np.issubdtype(values.dtype, np.integer):
+        info = np.iinfo(values.dtype)
+        low, high = float(info.min), float(info.max)
+        if nodata is not None and not np.isnan(nodata):
+            if nodata <= low:
+                low = float(nodata) + 1
+            elif nodata >= high:
+                high = float(nodata) - 1
+        converted = np.clip(np.rint(converted), low, high)
+    np.copyto(values, converted.astype(values.dtype), where=valid)
+    return values

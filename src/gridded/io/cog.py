@@ -28,8 +28,10 @@ def overview_count(shape_yx: tuple[int, int]) -> int:
     return max(1, math.ceil(math.log2(max(shape_yx) / 256))) if max(shape_yx) > 256 else 1
 
 
-def write_cog(path: Path, array: np.ndarray, geobox: GeoBox, nodata: float | None) -> None:
-    """One band as a COG: tiled 512, ZSTD with a predictor, nearest-neighbour overviews, nodata, CRS.
+def write_cog(path: Path, array: np.ndarray, geobox: GeoBox, nodata: float | None, *,
+              encoding: tuple[float, float] = (1.0, 0.0)) -> None:
+    """One band as a COG: tiled 512, ZSTD with a predictor, nearest-neighbour overviews, nodata, CRS,
+    and the band's scale and offset (physical = stored x scale + offset), which GDAL and QGIS apply.
 
     The band and its overviews are made in memory and GDAL copies them as a COG: the COG driver
     would otherwise build the overviews through a temporary file (twice the time), and rasterio's
@@ -45,6 +47,8 @@ def write_cog(path: Path, array: np.ndarray, geobox: GeoBox, nodata: float | Non
         crs=str(geobox.crs), transform=geobox.affine, nodata=nodata,
     ) as mem:
         mem.write(array, 1)
+        if encoding != (1.0, 0.0):
+            mem.scales, mem.offsets = (encoding[0],), (encoding[1],)
         mem.build_overviews([2 ** i for i in range(1, overview_count(array.shape) + 1)], Resampling.nearest)
         copy(mem, str(path), driver="COG", OVERVIEWS="FORCE_USE_EXISTING", **COG_OPTIONS)
     if not _checked_layout:  # GDAL writes every COG of a process alike: check the first

@@ -21,7 +21,7 @@ from .options import INDEX_SECRET_KEY, WorkflowOptions, check_index_dsn, dns_nam
 
 # The selection flags of `tiles generate`, in the order the CLI lists them (and parameters render).
 SELECTION_FLAGS = ("source", "extent", "time", "as_of", "pipeline", "grid", "statistic", "period", "bands",
-                   "mask", "collection", "tiles_per_worker")
+                   "mask", "collection", "query", "filter", "tiles_per_worker")
 PARAMETER_HELP = {
     "source": "STAC catalog, collection or API to read (s3:// or https:// so pods can reach it)",
     "extent": "lon/lat bbox minx,miny,maxx,maxy or WKT",
@@ -33,7 +33,9 @@ PARAMETER_HELP = {
     "period": "ISO 8601 period of each composite",
     "bands": "comma-separated band names",
     "mask": "clear-observation rule",
-    "collection": "only items of this collection id",
+    "collection": "only items of these collection ids (comma-separated)",
+    "query": "STAC API search terms, comma-separated (e.g. eo:cloud_cover<80)",
+    "filter": "CQL2 filter of the STAC API search (text or JSON)",
     "tiles_per_worker": "cells per batch (one pod each)",
     "output": "s3:// root of the COGs, items and catalog",
     "aws_endpoint_url": "S3 endpoint for boto3 and GDAL (MinIO, Ceph); not a secret",
@@ -120,6 +122,10 @@ def portable_selection(flags: Mapping[str, object]) -> dict[str, str | None]:
     from ..selection import select
 
     flags = {k: flags.get(k) for k in (*SELECTION_FLAGS, "index", "allow_root")}
+    for listed in ("collection", "query"):  # repeatable flags travel as one comma-separated parameter
+        value = flags[listed]
+        if value is not None and not isinstance(value, str):
+            flags[listed] = ",".join(str(v) for v in value) or None
     flags["tiles_per_worker"] = flags["tiles_per_worker"] or 4
     flags["allow_root"] = flags["allow_root"] or ()
     if flags.get("source") is None:
