@@ -31,11 +31,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 import rasterio
+import shapely
 from affine import Affine
 from pyproj import Transformer
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
-from shapely import ops
 from shapely.geometry import box, shape
 
 DATA = Path(__file__).parent / "data" / "providers"
@@ -70,6 +70,7 @@ WINDOW_PX = 512  # the default data window, in pixels of the finest listed asset
 STEP_PX = 256  # the default window is searched on this lattice (a block multiple)
 MARGIN_M = 1000.0  # the default window keeps this far inside the published footprint
 BLOCK = 256
+RASTER_TYPES = ("image/tiff", "geotiff", "image/jp2")  # ES 2025 `cloud`/`snow` exist as JP2 only
 NAV_RELS = frozenset({"self", "root", "parent", "collection"})  # links a catalog or server writes itself
 
 SCL_CLASSES = {4: 0.30, 5: 0.20, 6: 0.10, 3: 0.10, 8: 0.10, 9: 0.10, 10: 0.10}  # clear 4-6, unclear 3, 8-10
@@ -123,6 +124,10 @@ def asset_grid(item: dict, key: str) -> tuple[str, Affine, tuple[int, int]]:
     """(crs, transform, shape_yx) of an asset from its `proj:*` fields, else the item's (Landsat
     keeps them in the item properties only); `proj:code` or `proj:epsg`."""
     asset, props = item["assets"][key], item["properties"]
+    media = asset.get("type", "image/tiff")
+    if not any(kind in media for kind in RASTER_TYPES):  # item-level proj:* reach a Landsat JPEG thumbnail too
+        raise ValueError(f"item {item['id']} asset {key}: type {media!r} is not a raster gridded reads; "
+                         f"materialize a GeoTIFF or JPEG 2000 asset")
 
     def field(name):
         return asset.get(name, props.get(name))
@@ -160,12 +165,12 @@ def default_window(item: dict, key: str) -> Window2D:
     inside the item's footprint."""
     crs, t, (height, width) = asset_grid(item, key)
     to_crs = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    inner = ops.transform(to_crs.transform, shape(item["geometry"])).buffer(-MARGIN_M)
+    inner = shapely.transform(shape(item["geometry"]), to_crs.transform, interleaved=False).buffer(-MARGIN_M)
     candidates = sorted(((r, c) for r in range(0, height - WINDOW_PX + 1, STEP_PX)
                          for c in range(0, width - WINDOW_PX + 1, STEP_PX)), key=lambda rc: (sum(rc), rc[0]))
     for row, col in candidates:
-        x0, y0 = t * (col, row)
-        x1, y1 = t * (col + WINDOW_PX, row + WINDOW_PX)
+        x0, y0 = t @ (col, row)
+        x1, y1 = t @ (col + WINDOW_PX, row + WINDOW_PX)
         if inner.contains(box(x0, y1, x1, y0)):
             return slice(row, row + WINDOW_PX), slice(col, col + WINDOW_PX)
     raise ValueError(f"item {item['id']} asset {key}: no {WINDOW_PX}-pixel window fits in the footprint; "
@@ -176,8 +181,8 @@ def window_bounds(item: dict, key: str, window: Window2D) -> tuple[float, float,
     """(minx, miny, maxx, maxy) of a pixel window of `key`, in the asset's CRS."""
     _, t, _ = asset_grid(item, key)
     rows, cols = window
-    x0, y0 = t * (cols.start, rows.start)
-    x1, y1 = t * (cols.stop, rows.stop)
+    x0, y0 = t @ (cols.start, rows.start)
+    x1, y1 = t @ (cols.stop, rows.stop)
     return x0, y1, x1, y0
 
 
@@ -194,8 +199,8 @@ def same_ground(item: dict, key: str, bounds: tuple[float, float, float, float])
     exact wherever the pixel size divides the bounds (10 and 20 m on a 5,120 m box; not 60 m)."""
     _, t, (height, width) = asset_grid(item, key)
     inv = ~t
-    c0, r0 = inv * (bounds[0], bounds[3])
-    c1, r1 = inv * (bounds[2], bounds[1])
+    c0, r0 = inv @ (bounds[0], bounds[3])
+    c1, r1 = inv @ (bounds[2], bounds[1])
     eps = 1e-6
     rows = slice(max(0, int(np.floor(r0 + eps))), min(height, int(np.ceil(r1 - eps))))
     cols = slice(max(0, int(np.floor(c0 + eps))), min(width, int(np.ceil(c1 - eps))))

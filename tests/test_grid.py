@@ -323,3 +323,36 @@ def test_the_bbox_of_continental_africa_at_10m_is_allowed(monkeypatch):
     """The largest job in practice must stay under the limits."""
     monkeypatch.setattr(GridSpec, "tiles", lambda *a, **k: iter(()))
     assert cells_for_extent(load_grid("africa-10m"), parse_extent("-18,-35,52,38")) == []
+
+
+@pytest.mark.parametrize("name, extent, epsg, resolution", [
+    ("auto", "146.9,-36.1,147.1,-35.9", 32755, 10),
+    ("utm-10m", "-74.1,40.6,-73.9,40.8", 32618, 10),
+    ("utm-30m", "-105.5,39.5,-105.0,40.0", 32613, 30),
+    ("auto", "2.2,48.8,2.4,48.9", 32631, 10),
+])
+def test_auto_grids_take_the_utm_zone_of_the_extents_centre(name, extent, epsg, resolution):
+    grid = load_grid(name, extent=parse_extent(extent))
+    assert CRS.from_user_input(grid.crs).to_epsg() == epsg and grid.resolution == resolution
+    assert grid.tile_shape_px == (2048, 2048) and grid.name.endswith(f"-{resolution}m")
+    assert cells_for_extent(grid, parse_extent(extent))
+
+
+def test_an_auto_grid_without_an_extent_is_one_line():
+    with pytest.raises(ConfigError, match="name the zone, e.g. --grid utm55s-10m"):
+        load_grid("auto")
+
+
+@pytest.mark.parametrize("name, epsg, resolution, tile, extent", [
+    ("conus-albers-30m", 5070, 30, 150_000, "-105.5,39.5,-105.0,40.0"),
+    ("europe-laea-10m", 3035, 10, 100_000, "2.2,48.8,2.4,48.9"),
+])
+def test_the_continental_grids_cover_their_continents(name, epsg, resolution, tile, extent):
+    grid = load_grid(name)
+    assert CRS.from_user_input(grid.crs).to_epsg() == epsg and grid.resolution == resolution
+    assert grid.tile_size == (tile, tile)
+    cells = cells_for_extent(grid, parse_extent(extent))
+    assert 1 <= len(cells) <= 4
+    if name == "conus-albers-30m":  # on the Landsat ARD lattice: tile edges 150 km from its corner
+        left = cells[0][1].boundingbox.left
+        assert (left - -2565585) % 150_000 == 0

@@ -116,8 +116,8 @@ def _output_grid(extent, geobox: GeoBox | None, grid, chunks) -> tuple[GeoBox, t
         return geobox, _chunk_shape(chunks, (DEFAULT_CHUNK_PX, DEFAULT_CHUNK_PX)), geobox.extent.to_crs(4326)
     if extent is None or grid is None:
         raise ConfigError("composite: give extent= and grid= (e.g. grid='utm55s-10m'), or geobox=")
-    grid = grid if isinstance(grid, Grid) else load_grid(grid)
     region = extent_geometry(extent)
+    grid = grid if isinstance(grid, Grid) else load_grid(grid, extent=region)
     cells = cells_for_extent(grid, region)
     if not cells:
         raise ConfigError("composite: the extent meets no cell of the grid; check extent and grid")

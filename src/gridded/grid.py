@@ -15,8 +15,10 @@ from odc.geo.gridspec import GridSpec
 from ._data import load_recipe_yaml
 from .errors import ConfigError
 
-UTM_NAME = re.compile(r"^utm(?P<zone>\d{1,2})(?P<hemi>[ns])-10m$")
-UTM_TILE_M = 20480
+UTM_NAME = re.compile(r"^utm(?P<zone>\d{1,2})(?P<hemi>[ns])-(?P<res>10|20|30|60)m$")
+# the UTM zone of the extent's centre, at 10 m (`auto`, `utm-10m`) or another resolution
+AUTO_UTM = re.compile(r"^(auto|utm-(?P<res>10|20|30|60)m)$")
+UTM_TILE_PX = 2048  # pixels a side of a UTM grid's cells (20,480 m at 10 m)
 # a plan larger than these is a typo (the whole globe at 10 m is 5e12 pixels), not a job; the
 # bbox of continental Africa at 10 m, the largest job in practice, is about 6e11 pixels
 MAX_CELLS = 1_000_000
@@ -70,17 +72,33 @@ class Grid:
 
 
 
-def load_grid(name_or_path: str) -> Grid:
-    """A built-in grid name, a `utmNNs-10m` name or a YAML file -> Grid."""
+def load_grid(name_or_path: str, *, extent: Geometry | None = None) -> Grid:
+    """A built-in grid name, `utmNNs-10m` (zone, hemisphere, 10/20/30/60 m), `auto` or `utm-30m`
+    (the UTM zone of the extent's centre), or a YAML file -> Grid."""
+    auto = AUTO_UTM.match(name_or_path)
+    if auto:
+        if extent is None:
+            raise ConfigError(f"--grid {name_or_path}: picks the UTM zone of the extent, which is not known here; "
+                              f"name the zone, e.g. --grid utm55s-10m")
+        name_or_path = f"{utm_zone_of(extent)}-{auto['res'] or 10}m"
     m = UTM_NAME.match(name_or_path)
     if m:
         zone = int(m["zone"])
         if not 1 <= zone <= 60:
             raise ConfigError(f"--grid {name_or_path}: UTM zone must be 1..60, got {zone}")
         epsg = (32600 if m["hemi"] == "n" else 32700) + zone
-        return Grid(name=name_or_path, crs=f"EPSG:{epsg}", resolution=10, tile_size=(UTM_TILE_M, UTM_TILE_M))
+        resolution = int(m["res"])
+        tile = UTM_TILE_PX * resolution
+        return Grid(name=name_or_path, crs=f"EPSG:{epsg}", resolution=resolution, tile_size=(tile, tile))
     path, doc = load_recipe_yaml("grids", name_or_path, flag="--grid")
     return grid_from_mapping(doc, where=str(path))
+
+
+def utm_zone_of(extent: Geometry) -> str:
+    """`utmNNh`: the UTM zone and hemisphere of a lon/lat geometry's centre."""
+    lon, lat = extent.geom.centroid.coords[0]
+    zone = min(60, int((lon + 180) // 6) + 1)
+    return f"utm{zone}{'n' if lat >= 0 else 's'}"
 
 
 def grid_from_mapping(doc, *, where: str) -> Grid:

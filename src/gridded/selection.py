@@ -82,7 +82,7 @@ def select(source: str | None = None, *, extent, time: str | TimeRange, index: s
         source=source,
         extent=region,
         time=time if isinstance(time, TimeRange) else parse_time(time, as_of=as_of),
-        grid=grid if isinstance(grid, Grid) else load_grid(grid),
+        grid=grid if isinstance(grid, Grid) else load_grid(grid, extent=region),
         pipeline=recipe,
         tiles_per_worker=tiles_per_worker,
         collections=names_of(collection),

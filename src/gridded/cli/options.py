@@ -51,7 +51,7 @@ def make_selection_options(*, time_required: bool):
                      help="ISO interval START/END (dates inclusive), or last:P1M relative to --as-of."),
         click.option("--as-of", default=None, help="Reference time for --time last:PERIOD (default: now, UTC)."),
         click.option("--pipeline", default=None, help="Built-in recipe name or YAML file; flags override it."),
-        click.option("--grid", default=None, help="Built-in grid name (e.g. au-albers-30m, utm55s-10m) or YAML file."),
+        click.option("--grid", default=None, help="Built-in grid name (e.g. utm55s-10m, auto: the UTM zone of the extent, conus-albers-30m) or YAML file."),
         click.option("--statistic", type=click.Choice(sorted(STATISTICS)), default=None, help="Default: median."),
         click.option("--period", default=None, help="ISO 8601 period: P1M (default), P3M, P1Y, P10D."),
         click.option("--bands", default=None, help="Comma-separated band names (asset keys, eo:bands or common names)."),
