@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -342,6 +343,16 @@ def _relative(src: Path, dest: Path) -> str:
     return f"./{Path(os.path.relpath(dest, src.parent)).as_posix()}".replace("./../", "../")
 
 
+def _link(rel: str, src: Path, dest: Path) -> dict:
+    media = "application/geo+json" if rel == "item" else "application/json"
+    return {"rel": rel, "href": _relative(src, dest), "type": media}
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
 def _absolute_hrefs(item: dict) -> dict:
     out = copy.deepcopy(item)
     for asset in out["assets"].values():
@@ -382,35 +393,26 @@ def write_static_catalog(items: Sequence[dict], folder: Path, collections: Seque
     for item in items:
         grouped.setdefault(item.get("collection") or "items", []).append(item)
     catalog_path = folder / "catalog.json"
-    catalog = {"type": "Catalog", "stac_version": "1.0.0", "id": "providers",
-               "description": "Real provider items with local pixels (tests/providers.py)",
-               "links": [{"rel": "root", "href": "./catalog.json", "type": "application/json"}]}
+    catalog: dict[str, Any] = {"type": "Catalog", "stac_version": "1.0.0", "id": "providers",
+                               "description": "Real provider items with local pixels (tests/providers.py)",
+                               "links": [_link("root", catalog_path, catalog_path)]}
     for collection_id, members in grouped.items():
         col_path = folder / collection_id / "collection.json"
-        col_path.parent.mkdir(parents=True, exist_ok=True)
         collection = copy.deepcopy(by_id.get(collection_id) or _minimal_collection(collection_id, members))
         collection["links"] = [link for link in collection.get("links", [])
                                if link.get("rel") not in NAV_RELS | {"items", "child", "item"}]
-        collection["links"] += [{"rel": "root", "href": _relative(col_path, catalog_path), "type": "application/json"},
-                                {"rel": "parent", "href": _relative(col_path, catalog_path),
-                                 "type": "application/json"}]
+        collection["links"] += [_link("root", col_path, catalog_path), _link("parent", col_path, catalog_path)]
         for item in members:
             item_path = col_path.parent / item["id"] / f"{item['id']}.json"
-            item_path.parent.mkdir(parents=True, exist_ok=True)
             local = _absolute_hrefs(item)
             local["links"] = [link for link in item.get("links", []) if link.get("rel") not in NAV_RELS]
-            local["links"] += [{"rel": "root", "href": _relative(item_path, catalog_path), "type": "application/json"},
-                               {"rel": "parent", "href": _relative(item_path, col_path), "type": "application/json"},
-                               {"rel": "collection", "href": _relative(item_path, col_path),
-                                "type": "application/json"}]
-            item_path.write_text(json.dumps(local, indent=2, ensure_ascii=False), encoding="utf-8")
-            collection["links"].append({"rel": "item", "href": _relative(col_path, item_path),
-                                        "type": "application/geo+json"})
-        col_path.write_text(json.dumps(collection, indent=2, ensure_ascii=False), encoding="utf-8")
-        catalog["links"].append({"rel": "child", "href": _relative(catalog_path, col_path),
-                                 "type": "application/json"})
-    catalog_path.parent.mkdir(parents=True, exist_ok=True)
-    catalog_path.write_text(json.dumps(catalog, indent=2), encoding="utf-8")
+            local["links"] += [_link("root", item_path, catalog_path), _link("parent", item_path, col_path),
+                               _link("collection", item_path, col_path)]
+            _write_json(item_path, local)
+            collection["links"].append(_link("item", col_path, item_path))
+        _write_json(col_path, collection)
+        catalog["links"].append(_link("child", catalog_path, col_path))
+    _write_json(catalog_path, catalog)
     return catalog_path
 
 

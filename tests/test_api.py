@@ -53,6 +53,8 @@ def cogs_of(out: Path) -> dict[tuple[str, str, str], tuple[np.ndarray, rasterio.
         item = json.loads(path.read_text())
         start = item["properties"]["start_datetime"][:10]
         for key, asset in item["assets"].items():
+            if "thumbnail" in asset.get("roles", []):
+                continue
             with rasterio.open(path.parent / asset["href"]) as src:
                 found[(start, key, path.name)] = (src.read(1), src.bounds)
     return found

@@ -15,10 +15,6 @@ import pystac
 import pytest
 import rasterio
 from affine import Affine
-from pyproj import Transformer
-from rasterio.windows import Window
-from shapely.geometry import Polygon, box, shape
-
 from providers import (
     DATA,
     ES_24MUV_2025,
@@ -42,6 +38,9 @@ from providers import (
     write_static_catalog,
     written,
 )
+from pyproj import Transformer
+from rasterio.windows import Window
+from shapely.geometry import Polygon, box, shape
 
 MAX_FILE_BYTES = 400_000  # a 10980 x 10980 header with one 512 x 512 window of data
 
@@ -262,7 +261,7 @@ def test_stac_api_searches_by_bbox_datetime_collection_with_paging(tmp_path):
         search = client.search(collections=["sentinel-2-l2a"], bbox=bbox, datetime=f"{start}/{end}", limit=3)
         pages = [[it.id for it in p.items] for p in search.pages()]
         assert [len(p) for p in pages] == [3, 1]  # two pages: limit is below the 4 matches
-        assert sorted(sum(pages, [])) == sorted(want)
+        assert sorted(i for p in pages for i in p) == sorted(want)
         got = {it.id: it for it in search.items()}
         local = got["S2A_32TMT_20200305_0_L2A"]
         assert Path(local.assets["red"].href) == written(served[0], "red").path  # hrefs served as given

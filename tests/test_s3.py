@@ -56,8 +56,8 @@ def test_run_from_s3_to_s3_is_pixel_exact(s3, s3_source, demo_catalog, tmp_path)
     # the outputs are COGs that GDAL reads in place through /vsis3/ (configured by the test itself)
     host = s3.meta.endpoint_url.split("://", 1)[1]
     with rasterio.Env(AWS_S3_ENDPOINT=host, AWS_HTTPS="NO", AWS_VIRTUAL_HOSTING="FALSE"), rasterio.open(
-            "/vsis3/products/s2-median/x235/y2343/2024-01--P1M/s2-monthly-median_x235_y2343_2024-01--P1M_red.tif") as src:
-        local = tmp_path / "out" / "x235/y2343/2024-01--P1M/s2-monthly-median_x235_y2343_2024-01--P1M_red.tif"
+            "/vsis3/products/s2-median/x235/y2343/2024-01--P1M/s2-monthly-median_x235_y2343_2024-01--p1m_red.tif") as src:
+        local = tmp_path / "out" / "x235/y2343/2024-01--P1M/s2-monthly-median_x235_y2343_2024-01--p1m_red.tif"
         with rasterio.open(local) as ref:
             np.testing.assert_array_equal(src.read(1), ref.read(1))
     assert s3.list_multipart_uploads(Bucket="products").get("Uploads", []) == []

@@ -149,7 +149,7 @@ def _asset_kinds(recipe: Pipeline, first) -> dict[str, tuple[np.dtype, float | i
     from .compute.statistics import STATISTICS
     from .io.rasters import band_info, configure_gdal
     from .process import output_nodata
-    from .write import COUNT_ASSET, COUNT_NODATA
+    from .items import COUNT_ASSET, COUNT_NODATA
 
     configure_gdal(s3=any(href.startswith("s3://") for _, href in first.hrefs))
     kinds: dict[str, tuple[np.dtype, float | int | None]] = {}

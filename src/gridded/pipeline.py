@@ -35,6 +35,7 @@ class Pipeline:
     # Sentinel-2 L2A: every observation brought to one encoding, the one before processing baseline
     # 04.00 (reflectance = DN / 10000), so a period straddling 2022-01-25 reduces like with like
     harmonize: bool = False
+    license: str = "other"  # the products' licence (SPDX id), for the output collection
     # resolved from the items when planning (as an inferred mask is), never written in a recipe: per
     # band the (scale, offset) its outputs are stored in, and its band description (JSON) to carry on
     encodings: tuple[tuple[str, float, float], ...] = ()

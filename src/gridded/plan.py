@@ -15,6 +15,7 @@ import pystac
 import shapely
 from affine import Affine
 from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry
 from shapely.geometry import box, shape
 from shapely.strtree import STRtree
 
@@ -29,6 +30,8 @@ from .selection import Selection, local_roots
 from .source import item_time, items_for_query, read_items
 
 log = logging.getLogger(__name__)
+
+MAX_MAP_FOOTPRINTS = 5000  # a plan keeps its items' footprints for a map up to this many
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +103,8 @@ class Plan:
     empty_cells: tuple[tuple[int, int], ...] = field(default=())
     # what is read for each band: (band, asset key, data type, scale, offset, items), one row per way
     bands_read: tuple[tuple[str, str, str | None, float, float, int], ...] = ()
+    extent: Geometry | None = None  # the lon/lat extent asked for
+    footprints: tuple = ()  # the items' lon/lat footprints (shapely), for a map; none for a large plan
 
     @property
     def tasks(self) -> list[Task]:
@@ -259,7 +264,8 @@ def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items:
         for i, start in enumerate(range(0, len(keys), tiles_per_worker))
     )
     return Plan(pipeline=pipeline, grid=grid, batches=batches, n_cells_in_extent=len(cells),
-                n_items=len(items), empty_cells=tuple(empty), bands_read=finder.bands_read())
+                n_items=len(items), empty_cells=tuple(empty), bands_read=finder.bands_read(), extent=extent,
+                footprints=tuple(finder.footprints) if len(finder.footprints) <= MAX_MAP_FOOTPRINTS else ())
 
 
 class ObservationFinder:

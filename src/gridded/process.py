@@ -20,7 +20,8 @@ from .io.storage import Storage, open_storage
 from .masks import MaskRule
 from .pipeline import Pipeline
 from .plan import Batch, Task
-from .write import COUNT_ASSET, COUNT_NODATA, commit_outputs, item_name
+from .items import COUNT_ASSET, COUNT_NODATA, item_name
+from .write import commit_outputs
 
 log = logging.getLogger(__name__)
 

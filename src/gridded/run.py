@@ -22,6 +22,7 @@ from .errors import BAD_INPUT_EXIT, TRANSIENT_EXIT, ConfigError, Interrupted
 from .io.storage import open_storage
 from .plan import Batch, Plan
 from .process import BadSource, CellResult, process_batch
+from .status import StatusWriter, write_plan, write_status
 from .write import COMMITS_STOPPED
 
 REPORT_NAME = "run-report.json"
@@ -56,7 +57,7 @@ def _run_batch(artifact: str, batch_id: int, output: str, overwrite: bool, on_ba
 
 def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = False, on_bad_source: BadSource = "fail",
              scheduler: str | None = None, on_result: Callable[[CellResult], None] | None = None,
-             command: list[str] | None = None) -> list[CellResult]:
+             command: list[str] | None = None, on_status: Callable[[dict], None] | None = None) -> list[CellResult]:
     """Execute every batch of a plan into `output`; then the catalog and the run report. Each
     task's result goes to `on_result` as soon as it is known (skipped ones first).
 
@@ -69,18 +70,22 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
 
     On SIGTERM (or Ctrl-C) the workers are stopped, the catalog and the report are written for
     what finished, and Interrupted is raised: every committed cell stays committed (and listed),
-    a rerun resumes the rest. `command` is what the report records as the command line."""
+    a rerun resumes the rest. `command` is what the report records as the command line. While it
+    runs, OUT/status.geojson is kept current (see gridded.status), each version also passed to
+    `on_status`."""
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
     storage = open_storage(output)
     storage.check_writable()
     started = datetime.now(UTC)
+    write_plan(storage, plan)  # what `gridded status` compares the output with, during the run and after
     tally = Tally(on_result)
     todo = plan if overwrite else _without_current(plan, storage, tally)
     results: list[CellResult] = list(tally.results)
     workers = min(workers, max(1, len(todo.batches)))
     try:
-        with interruptible(tally, len(plan.tasks), in_process=workers == 1 or bool(scheduler)):
+        with interruptible(tally, len(plan.tasks), in_process=workers == 1 or bool(scheduler)), \
+                StatusWriter(storage, on_status=on_status):
             if workers == 1 or scheduler:
                 for batch in todo.batches:
                     results += process_batch(batch, plan.pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source,
@@ -88,12 +93,13 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
             elif todo.batches:
                 results = _run_in_processes(todo, output, workers, overwrite, on_bad_source, tally)
     except Interrupted:
-        write_catalog(storage, collection_id=plan.pipeline.name)
+        write_catalog(storage, collection_id=plan.pipeline.name, license=plan.pipeline.license)
         write_report(storage, plan, tally.results, started=started, command=command, outcome="interrupted")
         raise
     storage.sweep()
-    write_catalog(storage, collection_id=plan.pipeline.name)
+    write_catalog(storage, collection_id=plan.pipeline.name, license=plan.pipeline.license)
     write_report(storage, plan, results, started=started, command=command)
+    write_status(storage)
     return results
 
 

@@ -135,6 +135,10 @@ def _parse_source(text: str, href: str, source: str, *, flag: str, on_bad) -> It
     if kind == "Feature":
         return _feature_items([doc], href, source, flag=flag)
     if kind in ("Catalog", "Collection"):
+        missing = [field for field in ("id", "description", "links") if field not in doc]
+        if missing or not isinstance(doc.get("links"), list):
+            raise ConfigError(f"{flag} {source}: not a valid STAC {kind.lower()} (no {', '.join(missing) or 'links list'}); "
+                              f"give a STAC catalog.json or collection.json")
         return _walk(href, doc, on_bad=on_bad or _refuse(flag, source))
     raise ConfigError(f"{flag} {source}: not a STAC catalog, collection, item or item collection "
                       f"(no STAC 'type'); give a catalog.json, collection.json or a saved search")
@@ -143,7 +147,7 @@ def _parse_source(text: str, href: str, source: str, *, flag: str, on_bad) -> It
 def _item_from(doc, where: str, href: str | None = None) -> pystac.Item:
     try:
         item = pystac.Item.from_dict(doc, href=href, preserve_dict=False)
-    except (pystac.STACError, KeyError, TypeError, ValueError, AttributeError) as err:
+    except (pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise ConfigError(f"{where}: not a valid STAC item ({str(err)[:200]}); fix or remove it") from err
     if href is not None:
         item.set_self_href(href)

@@ -17,8 +17,10 @@ from .catalog import catalog
 from .demo import demo
 from .logs import configure_logging
 from .plan import plan
+from .quicklook import quicklook
 from .run import run
 from .stac import stac
+from .status import status
 from .tiles import tiles
 from .workflow import workflow
 
@@ -52,7 +54,7 @@ def cli(ctx, verbose, quiet, debug):
     ctx.obj = {"quiet": quiet, "debug": debug}
 
 
-for command in (run, plan, tiles, catalog, demo, stac, workflow):
+for command in (run, plan, status, quicklook, tiles, catalog, demo, stac, workflow):
     cli.add_command(command)
 
 

@@ -10,13 +10,17 @@ from ..errors import ConfigError
 @click.command()
 @click.option("--output", required=True, help="The output root whose catalog.json to rebuild.")
 @click.option("--collection-id", default=None, help="Collection id (default: the items' collection).")
-def catalog(output, collection_id):
+@click.option("--relative", is_flag=True,
+              help="Rewrite the items' asset hrefs relative to them: a self-contained catalog to copy anywhere.")
+def catalog(output, collection_id, relative):
     """Rebuild catalog.json and collection.json at an output root from its items."""
-    from ..catalog import write_catalog
+    from ..catalog import make_relative, write_catalog
     from ..io.storage import open_storage
 
     storage = open_storage(output)
     if not storage.list(".stac-item.json"):
         raise ConfigError(f"--output {output}: no STAC items there; give the output root of a run")
+    if relative:
+        make_relative(storage)
     n = write_catalog(storage, collection_id=collection_id)
     click.echo(f"catalog of {n} items written to {output}")

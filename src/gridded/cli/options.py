@@ -128,3 +128,11 @@ def check_file_target(uri: str, flag: str) -> None:
         store.check_writable()
     except ConfigError as err:
         raise ConfigError(str(err).replace("--output", flag, 1)) from err
+
+
+def write_local_file(uri: str, body: bytes, *, flag: str) -> None:
+    """A file the user asked for (a map, GeoJSON), written whole: a path or s3:// URI."""
+    from ..io.storage import storage_for_file
+
+    store, name = storage_for_file(uri)
+    store.put_bytes(name, body)

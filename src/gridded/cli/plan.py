@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import build_selection, check_file_target, say, selection_options
+from .options import build_selection, check_file_target, say, selection_options, write_local_file
 from .progress import plan_summary
 
 
@@ -20,22 +20,32 @@ def plan_rows(plan) -> list[dict]:
 
 @click.command()
 @selection_options
-@click.option("--output", default=None, help="Show which tasks are done, to do or changed in this output.")
-@click.option("--png", default=None, type=click.Path(dir_okay=False), help="Draw the cells on a map image.")
+@click.option("--output", default=None, help="Show which tasks are done, to do, changed or failed in this output.")
+@click.option("--png", default=None, type=click.Path(dir_okay=False),
+              help="Draw the plan on a map: cells by state, extent, scene footprints.")
+@click.option("--geojson", default=None, type=click.Path(dir_okay=False),
+              help="Write the cells x periods as GeoJSON (state, batch, observations, item) for QGIS.")
 @click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON instead of a table.")
-def plan(output, png, as_json, **kwargs):
+def plan(output, png, geojson, as_json, **kwargs):
     """Show what would run, and where: cells, periods, observations, batches."""
     from ..plan import plan_for
 
     selection = build_selection(**kwargs)
-    if png:
-        check_file_target(png, "--png")
+    for target, flag in ((png, "--png"), (geojson, "--geojson")):
+        if target:
+            check_file_target(target, flag)
     plan_ = plan_for(selection)
     say(plan_summary(plan_))
     rows = plan_rows(plan_)
     by_task = {(tuple(r["cell"]), r["period"]): r for r in rows}
+    states, storage = None, None
     if output:
-        for (key, period), state in plan_.status(output).items():
+        from ..io.storage import open_storage
+        from ..status import plan_states
+
+        storage = open_storage(output)
+        states = plan_states(plan_, storage)
+        for (key, period), state in states.items():
             by_task[(key, period)]["state"] = state
     if as_json:
         click.echo(json.dumps(rows, indent=1))
@@ -44,8 +54,15 @@ def plan(output, png, as_json, **kwargs):
         for r in rows:
             cell = f"x{r['cell'][0]} y{r['cell'][1]}"
             click.echo(f"{r['batch']:>5}  {cell:<14} {r['period']:<14} {r['observations']:>4}  {r.get('state', '')}")
-    if png:
-        from ..plan_map import draw_plan
+    if png or geojson:
+        from ..status import plan_features
 
-        draw_plan(plan_, png)
-        say(f"map written to {png}")
+        features = plan_features(plan_, states, storage)
+        if geojson:
+            write_local_file(geojson, json.dumps(features).encode(), flag="--geojson")
+            say(f"cells written to {geojson}")
+        if png:
+            from ..maps import draw_plan
+
+            draw_plan(plan_, png, features)
+            say(f"map written to {png}")

@@ -82,9 +82,9 @@ def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler, on_bad_sou
             results = process_batch(batch, pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source,
                                     scheduler=scheduler, on_result=tally.add)
     except Interrupted:  # the catalog lists what is committed, whatever stopped the pod
-        write_catalog(storage, collection_id=pipeline.name)
+        write_catalog(storage, collection_id=pipeline.name, license=pipeline.license)
         raise
     storage.sweep()
-    write_catalog(storage, collection_id=pipeline.name)
+    write_catalog(storage, collection_id=pipeline.name, license=pipeline.license)
     click.echo(summary_table(results, time.monotonic() - started, output))
     ctx.exit(exit_code_for(results))

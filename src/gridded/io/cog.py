@@ -29,7 +29,7 @@ def overview_count(shape_yx: tuple[int, int]) -> int:
 
 
 def write_cog(path: Path, array: np.ndarray, geobox: GeoBox, nodata: float | None, *,
-              encoding: tuple[float, float] = (1.0, 0.0)) -> None:
+              encoding: tuple[float, float] = (1.0, 0.0), description: str | None = None) -> None:
     """One band as a COG: tiled 512, ZSTD with a predictor, nearest-neighbour overviews, nodata, CRS,
     and the band's scale and offset (physical = stored x scale + offset), which GDAL and QGIS apply.
 
@@ -49,6 +49,8 @@ def write_cog(path: Path, array: np.ndarray, geobox: GeoBox, nodata: float | Non
         mem.write(array, 1)
         if encoding != (1.0, 0.0):
             mem.scales, mem.offsets = (encoding[0],), (encoding[1],)
+        if description:  # what QGIS and gdalinfo name the band
+            mem.set_band_description(1, description)
         mem.build_overviews([2 ** i for i in range(1, overview_count(array.shape) + 1)], Resampling.nearest)
         copy(mem, str(path), driver="COG", OVERVIEWS="FORCE_USE_EXISTING", **COG_OPTIONS)
     if not _checked_layout:  # GDAL writes every COG of a process alike: check the first

@@ -30,6 +30,7 @@ class Storage(Protocol):
 
     def exists(self, name: str) -> bool: ...
     def get_bytes(self, name: str) -> bytes: ...
+    def url(self, name: str) -> str: ...
     def get_range(self, name: str, start: int, length: int) -> bytes: ...
     def put_bytes(self, name: str, data: bytes) -> None: ...
     def put_file(self, name: str, local_path: Path) -> None: ...
@@ -87,6 +88,10 @@ class LocalStorage:
 
     def exists(self, name: str) -> bool:
         return self._path(name).exists()
+
+    def url(self, name: str) -> str:
+        """Where `name` is, as an absolute path (what asset hrefs and links point at)."""
+        return str(self._path(name))
 
     def get_bytes(self, name: str) -> bytes:
         try:
@@ -234,6 +239,10 @@ class S3Storage:
     def _uri(self, name: str) -> str:
         return f"s3://{self.bucket}/{self._key(name)}"
 
+    def url(self, name: str) -> str:
+        """Where `name` is, as an s3:// URI (what asset hrefs and links point at)."""
+        return self._uri(name)
+
     def _call(self, name: str, method: str, **kwargs):
         """One S3 call for `name`, retried while it fails transiently, its last failure translated."""
         return self._retried(name, lambda: getattr(self.client, method)(Bucket=self.bucket, **kwargs))
@@ -374,3 +383,15 @@ def storage_for_file(uri: str, *, source: bool = False) -> tuple[Storage, str]:
     if parent in ("s3:/", "s3:"):
         raise ConfigError(f"{uri}: needs a key after the bucket, e.g. s3://bucket/runs/cells.pickle")
     return open_storage(parent or ".", source=source), name
+
+
+def put_if_changed(storage: Storage, name: str, body: bytes) -> bool:
+    """Write `name` unless it already holds `body` (a rerun that changed nothing writes nothing);
+    True when written."""
+    try:
+        if storage.exists(name) and storage.get_bytes(name) == body:
+            return False
+    except SourceError:  # unreadable as it is: write it anew
+        pass
+    storage.put_bytes(name, body)
+    return True
