@@ -55,7 +55,7 @@ def cogs_of(out: Path) -> dict[tuple[str, str, str], tuple[np.ndarray, rasterio.
         for key, asset in item["assets"].items():
             if "thumbnail" in asset.get("roles", []):
                 continue
-            with rasterio.open(path.parent / asset["href"]) as src:
+            with rasterio.open(asset["href"]) as src:
                 found[(start, key, path.name)] = (src.read(1), src.bounds)
     return found
 

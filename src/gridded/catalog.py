@@ -145,9 +145,9 @@ def make_relative(storage: Storage | str) -> int:
         item = json.loads(storage.get_bytes(name))
         folder = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
         for asset in item.get("assets", {}).values():
-            href = asset["href"]
-            if href.startswith(storage.url(folder).rstrip("/") + "/") or href.startswith(storage.url("")):
-                asset["href"] = "./" + href.rsplit("/", 1)[-1]
+            filename = asset["href"].rsplit("/", 1)[-1]
+            if storage.exists(folder + filename):  # its file is beside the item, wherever it was written
+                asset["href"] = "./" + filename
         item["links"] = [link for link in item.get("links", []) if link.get("rel") != "self"]
         storage.put_bytes(name, json.dumps(item, indent=1).encode())
     return len(names)

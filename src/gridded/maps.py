@@ -32,9 +32,15 @@ def _pyplot():
 
 
 def draw_plan(plan: Plan, path: str, status: dict | None = None) -> None:
-    """A PNG map of the plan: each cell filled by its state (the worst of its periods), labelled
-    with its key, the extent outlined, the scenes' footprints drawn, with a legend and lon/lat axes.
-    `status` is the plan's features with states (gridded.status); without it, all is to-do."""
+    """A PNG map of the plan (see plan_figure)."""
+    _save(plan_figure(plan, status), path, flag="--png")
+
+
+def plan_figure(plan: Plan, status: dict | None = None):
+    """The plan on a lon/lat map: each cell filled by its state (the worst of its periods),
+    labelled with its key, the extent outlined, the scenes' footprints drawn, with a legend, a
+    graticule and a title naming the grid, the periods and the counts. `status` is the plan's
+    features with states (gridded.status); without it, all is to-do. A matplotlib Figure."""
     from .status import plan_features
 
     status = status or plan_features(plan)
@@ -76,7 +82,7 @@ def draw_plan(plan: Plan, path: str, status: dict | None = None) -> None:
     axes.set_title(f"{plan.pipeline.name} on grid {plan.grid.name}, {span}\n"
                    f"{len(cells)} cells; tasks: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
                    fontsize=10)
-    _save(figure, path, flag="--png")
+    return figure
 
 
 def _middle_latitude(cells) -> float:
@@ -103,8 +109,16 @@ def _save(figure, path: str, *, flag: str) -> None:
 
 
 def quicklook(storage: Storage, path: str, *, period: str | None = None) -> int:
-    """One picture of a period for the whole output: every item's thumbnail placed on the grid (in
-    the grid's CRS), with a scale bar and the period in the title. Returns the thumbnails used."""
+    """One picture of a period for the whole output (see quicklook_figure), as a PNG; returns the
+    number of thumbnails used."""
+    figure, n = quicklook_figure(storage, period=period)
+    _save(figure, path, flag="--png")
+    return n
+
+
+def quicklook_figure(storage: Storage, *, period: str | None = None):
+    """(Figure, thumbnails used): every item's thumbnail of a period placed on the grid (in the
+    grid's CRS), with a scale bar and the period in the title; the latest period by default."""
     import rasterio
 
     items = [json.loads(storage.get_bytes(name)) for name in storage.list(".stac-item.json")]
@@ -138,8 +152,7 @@ def quicklook(storage: Storage, path: str, *, period: str | None = None) -> int:
     axes.set_title(f"{chosen[0].get('collection', '')} {period}: {len(chosen)} cells ({crs.pop()})", fontsize=10)
     axes.set_xticks([])
     axes.set_yticks([])
-    _save(figure, path, flag="--png")
-    return len(chosen)
+    return figure, len(chosen)
 
 
 def _read(storage: Storage, href: str) -> bytes:

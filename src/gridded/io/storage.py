@@ -90,8 +90,9 @@ class LocalStorage:
         return self._path(name).exists()
 
     def url(self, name: str) -> str:
-        """Where `name` is, as an absolute path (what asset hrefs and links point at)."""
-        return str(self._path(name))
+        """Where `name` is, as a file:// URL (what asset hrefs and links point at: absolute, also when
+        an item is served by an API, against whose address a bare path would resolve)."""
+        return self._path(name).as_uri()
 
     def get_bytes(self, name: str) -> bytes:
         try:
