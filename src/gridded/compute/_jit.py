@@ -393,3 +393,104 @@ def mask_into(layers, values, in_place, first, coarse, k, r_off, c_off, lut, sen
                     hole = (test_s & (cur == s)) | (cur != cur)
                     if hole & clear[x] & ((not test_nd) | (v != nd)) & (v == v):
                         layer[y, x] = v
+
+
+# --- mean, min, max, std ---------------------------------------------------------------------
+# Row by row: each layer's row is one straight SIMD loop into per-pixel accumulators. The sums run
+# over the layers in time order, as numpy's reduction over the first axis of a (time, y, x) array
+# adds them, so the results are numpy's to the bit (no `reassoc`, which would reorder them).
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def store(target, x, m, n, fill, rounded, low, high):
+    # to_output's rule for one value: no value where nothing is clear or the result is NaN,
+    # otherwise rounded half to even and clipped for an integer output
+    ok = (n > 0) & (m == m)
+    if rounded:
+        m = min(max(np.rint(m), low), high)
+    target[x] = m if ok else fill
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def add_clear(stack, j, y, sentinel, use_sentinel, total, count):
+    values = stack[j, y]
+    for x in range(values.shape[0]):
+        v = values[x]
+        clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+        total[x] += np.float64(v) if clear else 0.0
+        count[x] += 1.0 if clear else 0.0
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def mean_rows(stack, sentinel, use_sentinel, r0, r1, out, fill, rounded, low, high):
+    # numpy.nanmean: the clear values' float64 sum over their count
+    t, _, nx = stack.shape
+    total = np.empty(nx)
+    count = np.empty(nx)
+    for y in range(r0, r1):
+        total[:] = 0.0
+        count[:] = 0.0
+        for j in range(t):
+            add_clear(stack, j, y, sentinel, use_sentinel, total, count)
+        target = out[y]
+        for x in range(nx):
+            store(target, x, total[x] / count[x], count[x], fill, rounded, low, high)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def std_rows(stack, sentinel, use_sentinel, r0, r1, out, fill, rounded, low, high):
+    # numpy.nanstd (ddof 0), as numpy.nanvar computes it: the mean first, then the squared
+    # deviations of the clear values added in time order, over the count, and the root
+    t, _, nx = stack.shape
+    mean = np.empty(nx)
+    count = np.empty(nx)
+    squares = np.empty(nx)
+    for y in range(r0, r1):
+        mean[:] = 0.0
+        count[:] = 0.0
+        squares[:] = 0.0
+        for j in range(t):
+            add_clear(stack, j, y, sentinel, use_sentinel, mean, count)
+        for x in range(nx):
+            mean[x] = mean[x] / count[x]
+        for j in range(t):  # the row's layers are still in cache
+            values = stack[j, y]
+            for x in range(nx):
+                v = values[x]
+                clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+                d = np.float64(v) - mean[x]
+                squares[x] += d * d if clear else 0.0
+        target = out[y]
+        for x in range(nx):
+            store(target, x, np.sqrt(squares[x] / count[x]), count[x], fill, rounded, low, high)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def extreme_rows(stack, sentinel, use_sentinel, largest, start, r0, r1, out, fill, rounded, low, high):
+    # numpy.nanmin (or nanmax with `largest`) in the stack's own dtype: an unclear value counts as
+    # `start` (the dtype's largest value for the minimum, its smallest for the maximum, or an
+    # infinity), which a clear value can only equal, never pass
+    t, _, nx = stack.shape
+    best = np.empty(nx, dtype=stack.dtype)
+    count = np.empty(nx)
+    for y in range(r0, r1):
+        best[:] = start
+        count[:] = 0.0
+        for j in range(t):
+            values = stack[j, y]
+            if largest:
+                for x in range(nx):
+                    v = values[x]
+                    clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+                    best[x] = max(best[x], v if clear else start)
+                    count[x] += 1.0 if clear else 0.0
+            else:
+                for x in range(nx):
+                    v = values[x]
+                    clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+                    best[x] = min(best[x], v if clear else start)
+                    count[x] += 1.0 if clear else 0.0
+        target = out[y]
+        for x in range(nx):
+            store(target, x, np.float64(best[x]), count[x], fill, rounded, low, high)
+
