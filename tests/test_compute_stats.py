@@ -12,7 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridded.compute.arrays import to_output
+from gridded.compute.percentile import (
+    percentile_name,
+    percentiles_of_stack,
+    reduce_percentile,
+    reduce_percentiles,
+)
 from gridded.compute.summary import reduce_max, reduce_mean, reduce_min, reduce_std
+from gridded.errors import ConfigError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32")
@@ -158,3 +165,105 @@ def test_summaries_of_long_and_short_series(dtype, t):
 def test_summaries_of_an_empty_series_are_nan():
     for reduce, _ in SUMMARIES.values():
         assert np.isnan(reduce({"b": np.zeros((0, 2, 3), np.uint16)}, {"b": 0})["b"]).all()
+
+
+# --- percentiles --------------------------------------------------------------------------------
+
+QS = st.lists(st.sampled_from([0.0, 100.0, 50.0, 2.5, 10.0, 90.0, 33.3]) | st.floats(0, 100), min_size=1,
+              max_size=4).map(tuple)
+
+
+@SETTINGS
+@given(masked_stacks(), QS, st.sampled_from(["linear", "nearest"]))
+def test_percentiles_are_numpys_to_the_bit(data, qs, method):
+    (stack,), (sentinel,) = data[0].values(), data[1].values()
+    got = percentiles_of_stack(stack, sentinel, qs, method=method)
+    assert got.shape == (len(qs), *stack.shape[1:]) and got.dtype == np.float64
+    for i, q in enumerate(qs):
+        want = numpy_of(np.nanpercentile, stack, sentinel, q=q, method=method)
+        np.testing.assert_array_equal(got[i], want, err_msg=f"q={q!r} {method}")
+
+
+@SETTINGS
+@given(masked_stacks(bands=("red", "nir")), QS, st.sampled_from(["linear", "nearest"]), st.sampled_from(OUTPUTS))
+def test_percentiles_write_into_out_as_to_output_converts_numpys(data, qs, method, output):
+    stacks, nodata = data
+    dtype, out_nodata = output
+    names = [percentile_name(q) for q in qs]
+    out = {name: {b: np.empty(s.shape[1:], dtype=dtype) for b, s in stacks.items()} for name in names}
+    got = reduce_percentiles(stacks, nodata, qs=qs, method=method, out=out,
+                             out_nodata={b: out_nodata for b in stacks})
+    assert set(got) == set(names)
+    for q, name in zip(qs, names):
+        single = {b: np.empty(s.shape[1:], dtype=dtype) for b, s in stacks.items()}
+        reduce_percentile(stacks, nodata, q=q, method=method, out=single, out_nodata={b: out_nodata for b in stacks})
+        for band, stack in stacks.items():
+            assert got[name][band] is out[name][band]
+            want = to_output(numpy_of(np.nanpercentile, stack, nodata[band], q=q, method=method), np.dtype(dtype),
+                             out_nodata)
+            np.testing.assert_array_equal(got[name][band], want, err_msg=f"{name} {band} {dtype}")
+            np.testing.assert_array_equal(single[band], want, err_msg=f"{name} {band} {dtype} alone")
+
+
+def test_percentiles_by_hand():
+    # pixels: [1, 2, 3, 4], [1, 2, 3], none clear, [7]; 0 is nodata
+    stack = np.array([[4, 3, 0, 0], [1, 1, 0, 7], [3, 2, 0, 0], [2, 0, 0, 0]], dtype=np.uint16)[:, None, :]
+    linear = percentiles_of_stack(stack, 0, (0, 25, 50, 90, 100))[:, 0]
+    np.testing.assert_array_equal(linear, [[1, 1, np.nan, 7], [1.75, 1.5, np.nan, 7], [2.5, 2, np.nan, 7],
+                                           [3.7, 2.8, np.nan, 7], [4, 3, np.nan, 7]])
+    # nearest: the virtual index rounded half to even: (4 - 1) x 0.5 = 1.5 -> 2; (3 - 1) x 0.25 = 0.5 -> 0
+    nearest = percentiles_of_stack(stack, 0, (25, 50, 75), method="nearest")[:, 0]
+    np.testing.assert_array_equal(nearest, [[2, 1, np.nan, 7], [3, 2, np.nan, 7], [3, 3, np.nan, 7]])
+
+
+def test_percentiles_of_infinities_are_numpys_nan_and_all():
+    # numpy interpolates with _lerp, which gives NaN next to an infinity at gamma 0 and from the last
+    # value taken twice when it is infinite: the linear method keeps that, nearest takes values
+    f = np.array([[np.inf, -np.inf, 1.0, 1.0, np.inf], [1.0, 2.0, np.inf, np.nan, np.inf],
+                  [2.0, 3.0, np.inf, np.nan, -np.inf]], dtype=np.float32)[:, None, :]
+    for method in ("linear", "nearest"):
+        got = percentiles_of_stack(f, None, (0, 25, 50, 100), method=method)
+        for i, q in enumerate((0, 25, 50, 100)):
+            np.testing.assert_array_equal(got[i], numpy_of(np.nanpercentile, f, None, q=q, method=method))
+        out = np.empty((4, 1, 5), dtype=np.int16)
+        percentiles_of_stack(f, None, (0, 25, 50, 100), method=method, out=out, out_nodata=-1)
+        np.testing.assert_array_equal(out, to_output(got, np.int16, -1))
+
+
+@pytest.mark.parametrize("dtype, sentinel", [(np.uint16, 0), (np.uint16, 65535), (np.int16, -32768), (np.uint8, 255),
+                                             (np.uint32, 0), (np.int32, 0), (np.float32, -9999.0),
+                                             (np.float64, float("nan"))])
+@pytest.mark.parametrize("t", [1, 2, 3, 36, 70, 300])  # 300: ranks past what a uint8 holds
+def test_percentiles_of_long_and_short_series(dtype, sentinel, t):
+    rng = np.random.default_rng(t)
+    top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1e6
+    stack = rng.choice(np.array([1, 2, 3, 50, top], dtype=dtype), size=(t, 4, 70))
+    stack[rng.random(stack.shape) < 0.4] = sentinel
+    stack[:, 0, :5] = sentinel
+    stack[:, 1, :5] = sentinel
+    stack[0, 1, :5] = 7  # one clear observation: every percentile is it
+    qs = (0, 10, 50, 90, 100)
+    for method in ("linear", "nearest"):
+        got = percentiles_of_stack(stack, sentinel, qs, method=method, threads=2)
+        for i, q in enumerate(qs):
+            np.testing.assert_array_equal(got[i], numpy_of(np.nanpercentile, stack, sentinel, q=q, method=method))
+        assert np.isnan(got[:, 0, :5]).all() and (got[:, 1, :5] == 7).all()
+
+
+def test_percentiles_of_the_most_observations_counted_and_one_more():
+    t = 65_535
+    stack = (np.arange(t, dtype=np.uint32) % 1000 + 1).astype(np.uint16).reshape(t, 1, 1).repeat(2, axis=2)
+    stack[::3, 0, 1] = 0
+    got = percentiles_of_stack(stack, 0, (10, 90))
+    for i, q in enumerate((10, 90)):
+        np.testing.assert_array_equal(got[i], numpy_of(np.nanpercentile, stack, 0, q=q))
+    with pytest.raises(ConfigError, match="65536 observations .* use a shorter --period"):
+        percentiles_of_stack(np.ones((65_536, 1, 1), dtype=np.uint16), 0, (50,))
+
+
+def test_percentiles_of_an_empty_series_are_nan_and_bad_options_are_refused():
+    assert np.isnan(percentiles_of_stack(np.zeros((0, 2, 3), np.uint16), 0, (10, 90))).all()
+    with pytest.raises(ConfigError, match="percentile method 'lower': unknown; use one of linear, nearest"):
+        percentiles_of_stack(np.ones((3, 1, 1), np.uint16), 0, (50,), method="lower")
+    with pytest.raises(ConfigError, match="percentile 101: outside 0-100"):
+        percentiles_of_stack(np.ones((3, 1, 1), np.uint16), 0, (101,))

@@ -494,3 +494,81 @@ def extreme_rows(stack, sentinel, use_sentinel, largest, start, r0, r1, out, fil
         for x in range(nx):
             store(target, x, np.float64(best[x]), count[x], fill, rounded, low, high)
 
+
+# --- percentiles -----------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def sort_span(stack, y, x0, sentinel, use_sentinel, last, pairs, keys, count):
+    # as median_rows: SPAN pixels of row y from x0, their missing values made `last`, sorted at
+    # once by the sorting network; afterwards the first count[c] keys of column c are its clear
+    # values in order
+    t, _, nx = stack.shape
+    width = min(SPAN, nx - x0)
+    count[:] = 0
+    for j in range(t):
+        values = stack[j, y, x0:x0 + width]
+        row = keys[j]
+        for c in range(width):
+            v = values[c]
+            clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+            row[c] = v if clear else last
+            count[c] += clear
+        for c in range(width, SPAN):
+            row[c] = last
+    for p in range(pairs.shape[0]):
+        a = keys[pairs[p, 0]]
+        b = keys[pairs[p, 1]]
+        for c in range(SPAN):
+            lo = a[c]
+            hi = b[c]
+            a[c] = min(lo, hi)
+            b[c] = max(lo, hi)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def percentile_of_sorted(keys, c, k, fraction, nearest):
+    # numpy's quantile of the k sorted values keys[:k, c] at `fraction` (q / 100), with numpy's
+    # own arithmetic: the virtual index (k - 1) q, then for "nearest" the value at that index
+    # rounded half to even; for "linear" the values at its floor and the next, and _lerp's
+    # two-sided formula with gamma the index's fraction. At or past the last index numpy takes the
+    # last value twice, with gamma the index + 1 (its previous index is -1), and keeps what that
+    # gives: NaN for an infinity, as from an infinity next to a finite value at gamma 0
+    index = np.float64(k - 1) * fraction
+    if nearest:
+        return np.float64(keys[np.int64(np.rint(index)), c])
+    if index >= k - 1:
+        a = np.float64(keys[k - 1, c])
+        b = a
+        gamma = index + 1.0
+    else:
+        below = np.floor(index)
+        j = np.int64(below)
+        a = np.float64(keys[j, c])
+        b = np.float64(keys[j + 1, c])
+        gamma = index - below
+    diff = b - a
+    if gamma >= 0.5:
+        return b - diff * (1.0 - gamma)
+    return a + diff * gamma
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def percentile_rows(stack, sentinel, use_sentinel, last, pairs, fractions, nearest, r0, r1, out, fill, rounded,
+                    low, high):
+    # every percentile of `fractions` from one sort of each pixel's series, into out[i] (float64
+    # with NaN, or the output dtype as to_output converts)
+    t, _, nx = stack.shape
+    keys = np.empty((max(t, 1), SPAN), dtype=stack.dtype)
+    count = np.empty(SPAN, dtype=np.uint16)  # observations per period: at most 65,535
+    for y in range(r0, r1):
+        for x0 in range(0, nx, SPAN):
+            width = min(SPAN, nx - x0)
+            sort_span(stack, y, x0, sentinel, use_sentinel, last, pairs, keys, count)
+            for i in range(fractions.shape[0]):
+                target = out[i, y, x0:x0 + width]
+                for c in range(width):
+                    k = np.int64(count[c])
+                    m = percentile_of_sorted(keys, c, k, fractions[i], nearest) if k > 0 else np.nan
+                    store(target, c, m, k, fill, rounded, low, high)
+
