@@ -12,6 +12,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridded.compute.arrays import to_output
+from gridded.compute.mosaic import (
+    LAYER,
+    best_layer,
+    first_layer,
+    medoid_layer,
+    reduce_best,
+    reduce_first,
+    reduce_last,
+    reduce_medoid,
+    values_at_layer,
+)
 from gridded.compute.percentile import (
     percentile_name,
     percentiles_of_stack,
@@ -267,3 +278,162 @@ def test_percentiles_of_an_empty_series_are_nan_and_bad_options_are_refused():
         percentiles_of_stack(np.ones((3, 1, 1), np.uint16), 0, (50,), method="lower")
     with pytest.raises(ConfigError, match="percentile 101: outside 0-100"):
         percentiles_of_stack(np.ones((3, 1, 1), np.uint16), 0, (101,))
+
+
+# --- first, last, best, medoid ------------------------------------------------------------------
+
+
+def check_values_at(result: dict, stacks: dict, layer: np.ndarray) -> None:
+    """Every band of result is its stack's value at `layer` (NaN at -1), and result[LAYER] is layer."""
+    np.testing.assert_array_equal(result[LAYER], layer)
+    assert result[LAYER].dtype == np.int32
+    for band, stack in stacks.items():
+        taken = np.take_along_axis(stack, np.maximum(layer, 0)[None], axis=0)[0].astype(np.float64)
+        np.testing.assert_array_equal(result[band], np.where(layer >= 0, taken, np.nan), err_msg=band)
+
+
+@SETTINGS
+@given(masked_stacks(bands=("blue", "red", "nir")))
+def test_first_and_last_take_every_band_from_one_observation_clear_in_all(data):
+    stacks, nodata = data
+    clear = clear_in_every_band(stacks, nodata)
+    t = clear.shape[0]
+    some = clear.any(axis=0)
+    first = np.where(some, np.argmax(clear, axis=0), -1)
+    last = np.where(some, t - 1 - np.argmax(clear[::-1], axis=0), -1)
+    check_values_at(reduce_first(stacks, nodata), stacks, first)
+    check_values_at(reduce_last(stacks, nodata), stacks, last)
+
+
+def best_by_search(clear: np.ndarray, rank: np.ndarray, maximize: bool) -> np.ndarray:
+    """Per pixel: the usable layers, the best rank among them, the first layer having it."""
+    _, ny, nx = clear.shape
+    layer = np.full((ny, nx), -1)
+    for y in range(ny):
+        for x in range(nx):
+            usable = np.flatnonzero(clear[:, y, x] & ~np.isnan(rank[:, y, x]))
+            if usable.size:
+                ranks = rank[usable, y, x]
+                target = ranks.max() if maximize else ranks.min()
+                layer[y, x] = usable[np.flatnonzero(ranks == target)[0]]
+    return layer
+
+
+@SETTINGS
+@given(masked_stacks(bands=("red", "nir")), st.integers(0, 2**32 - 1), st.booleans())
+def test_best_is_the_first_of_the_best_ranked_usable_observations(data, seed, maximize):
+    stacks, nodata = data
+    rng = np.random.default_rng(seed)
+    shape = stacks["red"].shape
+    rank = rng.choice(np.array([0, 1, 2, np.inf, -np.inf, 0.5], dtype=np.float32), size=shape)  # ties
+    rank[rng.random(shape) < 0.3] = np.nan
+    want = best_by_search(clear_in_every_band(stacks, nodata), rank, maximize)
+    check_values_at(reduce_best(stacks, nodata, rank=rank, maximize=maximize), stacks, want)
+
+
+def medoid_by_brute_force(stacks: dict, nodata: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(layer, its sum of distances) per pixel: the full distance matrix of the clear observations,
+    each row added in time order (np.cumsum), the first least; and the sums as hdmedians adds them
+    (np.sum), to check the choice is least by its definition too."""
+    clear = clear_in_every_band(stacks, nodata)
+    cube = np.stack([stacks[b].astype(np.float64) for b in stacks], axis=-1)  # (t, y, x, bands)
+    _, ny, nx, nb = cube.shape
+    layer = np.full((ny, nx), -1)
+    least = np.full((ny, nx), np.nan)
+    for y in range(ny):
+        for x in range(nx):
+            idx = np.flatnonzero(clear[:, y, x])
+            if not idx.size:
+                continue
+            p = cube[idx, y, x]
+            squares = np.zeros((idx.size, idx.size))
+            for b in range(nb):
+                squares += (p[:, None, b] - p[None, :, b]) ** 2
+            dist = np.sqrt(squares)
+            sums = np.cumsum(dist, axis=1)[:, -1]
+            layer[y, x] = idx[np.argmin(sums)]
+            least[y, x] = np.sum(dist, axis=1).min()
+    return layer, least
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(masked_stacks(bands=("blue", "red", "nir"), dtypes=("uint16", "int16", "float32")))
+def test_medoid_is_the_brute_force_medoid(data):
+    stacks, nodata = data
+    want, least = medoid_by_brute_force(stacks, nodata)
+    result = reduce_medoid(stacks, nodata)
+    check_values_at(result, stacks, want)
+    # and least by hdmedians' own sums (added in another order), to rounding
+    cube = np.stack([stacks[b].astype(np.float64) for b in stacks], axis=-1)
+    clear = clear_in_every_band(stacks, nodata)
+    for y, x in zip(*np.nonzero(want >= 0)):
+        p = cube[clear[:, y, x], y, x]
+        chosen = cube[want[y, x], y, x]
+        assert np.linalg.norm(p - chosen, axis=1).sum() <= least[y, x] * (1 + 1e-12)
+
+
+def test_medoid_by_hand():
+    # pixel 0: a square's corners and its centre (the centre); 1: two copies of a point and one far
+    # away (the earlier copy); 2: two points (the earlier); 3: one; 4: none. 65535 is nodata (N).
+    N = 65535
+    a = np.array([[0, 5, 1, N, N], [10, 5, N, N, N], [0, 9, 3, N, N], [10, N, N, 4, N], [5, N, N, N, N]],
+                 dtype=np.uint16)[:, None, :]
+    b = np.array([[0, 5, 1, N, N], [0, 5, N, N, N], [10, 1, 7, N, N], [10, N, N, 6, N], [5, N, N, N, N]],
+                 dtype=np.uint16)[:, None, :]
+    result = reduce_medoid({"a": a, "b": b}, {"a": N, "b": N})
+    np.testing.assert_array_equal(result[LAYER][0], [4, 0, 0, 3, -1])
+    np.testing.assert_array_equal(result["a"][0], [5, 5, 1, 4, np.nan])
+    np.testing.assert_array_equal(result["b"][0], [5, 5, 1, 6, np.nan])
+
+
+@SETTINGS
+@given(masked_stacks(bands=("red", "nir")), st.sampled_from(OUTPUTS))
+def test_mosaics_write_into_out_as_to_output_converts(data, output):
+    stacks, nodata = data
+    dtype, out_nodata = output
+    rank = np.random.default_rng(1).random(stacks["red"].shape).astype(np.float32)
+    for reduce in (reduce_first, reduce_last, reduce_best, reduce_medoid):
+        floats = reduce(stacks, nodata, rank=rank)
+        out = {b: np.empty(s.shape[1:], dtype=dtype) for b, s in stacks.items()}
+        got = reduce(stacks, nodata, rank=rank, out=out, out_nodata={b: out_nodata for b in stacks})
+        np.testing.assert_array_equal(got[LAYER], floats[LAYER])
+        for band in stacks:
+            assert got[band] is out[band]
+            np.testing.assert_array_equal(got[band], to_output(floats[band], np.dtype(dtype), out_nodata),
+                                          err_msg=f"{reduce.__name__} {band} {dtype}")
+
+
+def test_mosaics_of_mixed_dtypes_float_bands_and_empty_series():
+    rng = np.random.default_rng(5)
+    red = rng.integers(0, 4, (6, 2, 9)).astype(np.uint16)
+    nir = rng.integers(0, 4, (6, 2, 9)).astype(np.int32)
+    nodata = {"red": 0, "nir": 0}
+    as_float = {"red": np.where(red == 0, np.nan, red).astype(np.float32),
+                "nir": np.where(nir == 0, np.nan, nir).astype(np.float32)}
+    rank = rng.random(red.shape).astype(np.float32)
+    for reduce in (reduce_first, reduce_last, reduce_best, reduce_medoid):
+        mixed = reduce({"red": red, "nir": nir}, nodata, rank=rank)
+        floats = reduce(as_float, {"red": None, "nir": None}, rank=rank)
+        for key in ("red", "nir", LAYER):
+            np.testing.assert_array_equal(mixed[key], floats[key], err_msg=f"{reduce.__name__} {key}")
+        empty = reduce({"red": red[:0], "nir": nir[:0]}, nodata, rank=rank[:0])
+        assert (empty[LAYER] == -1).all() and np.isnan(empty["red"]).all()
+
+
+def test_best_without_a_rank_or_with_the_wrong_shape_is_refused():
+    stack = np.ones((3, 1, 2), dtype=np.uint16)
+    with pytest.raises(ConfigError, match="--statistic best: no rank to choose observations by"):
+        reduce_best({"b": stack}, {"b": 0})
+    with pytest.raises(ValueError, match=r"rank has shape \(3, 1, 1\)"):
+        best_layer({"b": stack}, {"b": 0}, np.ones((3, 1, 1), dtype=np.float32))
+
+
+def test_layers_and_values_are_public_for_dates_and_other_bands():
+    # a caller maps the layer to its observation's date, or takes another band at the same layer
+    stack = np.array([[0, 4], [3, 0], [5, 6]], dtype=np.uint16)[:, None, :]
+    stacks, nodata = {"b": stack}, {"b": 0}
+    np.testing.assert_array_equal(first_layer(stacks, nodata), [[1, 0]])
+    np.testing.assert_array_equal(first_layer(stacks, nodata, latest=True), [[2, 2]])
+    np.testing.assert_array_equal(medoid_layer(stacks, nodata), [[1, 0]])  # two points: the earlier
+    other = {"qa": np.arange(6, dtype=np.uint8).reshape(3, 1, 2)}
+    np.testing.assert_array_equal(values_at_layer(other, first_layer(stacks, nodata))["qa"], [[2, 1]])

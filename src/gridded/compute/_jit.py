@@ -572,3 +572,134 @@ def percentile_rows(stack, sentinel, use_sentinel, last, pairs, fractions, neare
                     m = percentile_of_sorted(keys, c, k, fractions[i], nearest) if k > 0 else np.nan
                     store(target, c, m, k, fill, rounded, low, high)
 
+
+# --- one observation per pixel: first, last, best, medoid --------------------------------------
+# These choose a layer per pixel (-1 where no observation is clear in every band); take_rows
+# then copies each band's value at that layer into the band's output.
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def clear_row(bands, sentinels, use_sentinel, j, y, clear):
+    # for layer j of row y: which pixels are clear in every band (bitwise, straight SIMD loops)
+    clear[:] = True
+    for b in range(len(bands)):
+        row = bands[b][j, y]
+        s = row.dtype.type(sentinels[b])
+        ignore = not use_sentinel[b]
+        for x in range(row.shape[0]):
+            v = row[x]
+            clear[x] &= (ignore | (v != s)) & (v == v)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def first_rows(bands, sentinels, use_sentinel, latest, r0, r1, layer):
+    # the earliest layer clear in every band (the latest with `latest`); a row is done once every
+    # pixel has one
+    t, _, nx = bands[0].shape
+    clear = np.empty(nx, dtype=np.bool_)
+    for y in range(r0, r1):
+        chosen = layer[y]
+        chosen[:] = -1
+        for step in range(t):
+            j = t - 1 - step if latest else step
+            clear_row(bands, sentinels, use_sentinel, j, y, clear)
+            todo = 0
+            for x in range(nx):
+                take = (chosen[x] < 0) & clear[x]
+                chosen[x] = j if take else chosen[x]
+                todo += chosen[x] < 0
+            if todo == 0:
+                break
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def best_rows(bands, sentinels, use_sentinel, rank, maximize, r0, r1, layer):
+    # the layer clear in every band with the largest rank (smallest unless `maximize`), NaN ranks
+    # not taken; a later layer must beat the best so far, so ties go to the earliest
+    t, _, nx = bands[0].shape
+    clear = np.empty(nx, dtype=np.bool_)
+    best = np.empty(nx, dtype=rank.dtype)
+    for y in range(r0, r1):
+        chosen = layer[y]
+        chosen[:] = -1
+        best[:] = 0
+        for j in range(t):
+            clear_row(bands, sentinels, use_sentinel, j, y, clear)
+            ranks = rank[j, y]
+            if maximize:
+                for x in range(nx):
+                    r = ranks[x]
+                    take = clear[x] & (r == r) & ((chosen[x] < 0) | (r > best[x]))
+                    best[x] = r if take else best[x]
+                    chosen[x] = j if take else chosen[x]
+            else:
+                for x in range(nx):
+                    r = ranks[x]
+                    take = clear[x] & (r == r) & ((chosen[x] < 0) | (r < best[x]))
+                    best[x] = r if take else best[x]
+                    chosen[x] = j if take else chosen[x]
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def medoid_rows(bands, sentinels, use_sentinel, is_float, r0, r1, layer):
+    # the observation clear in every band with the least sum of Euclidean distances (in band
+    # space) to the others, as hdmedians' medoid, the first such on a tie. Each sum adds the
+    # distances in time order, so equal points have equal sums and the earliest of them wins.
+    nb = len(bands)
+    t, _, nx = bands[0].shape
+    n = max(t, 1)
+    chunk = np.empty((nb, SPAN, n))
+    pts = np.empty((nb, n))
+    index = np.empty(n, dtype=np.int64)
+    total = np.empty(n)
+    d2 = np.empty(n)
+    for y in range(r0, r1):
+        for x0 in range(0, nx, SPAN):
+            x1 = min(x0 + SPAN, nx)
+            gather(bands, y, x0, x1, chunk)
+            for x in range(x0, x1):
+                c = x - x0
+                k = 0
+                for j in range(t):
+                    if clear_at(chunk, c, j, sentinels, use_sentinel, is_float):
+                        for b in range(nb):
+                            pts[b, k] = chunk[b, c, j]
+                        index[k] = j
+                        k += 1
+                if k == 0:
+                    layer[y, x] = -1
+                    continue
+                total[:k] = 0.0
+                for i in range(k - 1):
+                    # distances from point i to the later ones, a SIMD loop over them
+                    d2[i + 1:k] = 0.0
+                    for b in range(nb):
+                        e = pts[b, i]
+                        for m in range(i + 1, k):
+                            d = pts[b, m] - e
+                            d2[m] += d * d
+                    s = total[i]
+                    for m in range(i + 1, k):
+                        d = np.sqrt(d2[m])
+                        total[m] += d
+                        s += d
+                    total[i] = s
+                best = 0
+                for i in range(1, k):
+                    if total[i] < total[best]:
+                        best = i
+                layer[y, x] = index[best]
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def take_rows(stack, layer, r0, r1, out, fill, rounded, low, high):
+    # each pixel's value at its chosen layer, stored as `out` holds it (fill where none is chosen)
+    for y in range(r0, r1):
+        chosen = layer[y]
+        target = out[y]
+        for x in range(chosen.shape[0]):
+            j = chosen[x]
+            v = np.float64(stack[max(j, 0), y, x])
+            if rounded:
+                v = min(max(np.rint(v), low), high)
+            target[x] = v if j >= 0 else fill
