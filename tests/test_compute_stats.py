@@ -29,6 +29,7 @@ from gridded.compute.percentile import (
     reduce_percentile,
     reduce_percentiles,
 )
+from gridded.compute.statistics import STATISTICS, statistic_for
 from gridded.compute.summary import reduce_max, reduce_mean, reduce_min, reduce_std
 from gridded.errors import ConfigError
 
@@ -280,6 +281,44 @@ def test_percentiles_of_an_empty_series_are_nan_and_bad_options_are_refused():
         percentiles_of_stack(np.ones((3, 1, 1), np.uint16), 0, (101,))
 
 
+# --- the registry: fixed names and pNN -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, canonical, q", [("p90", "p90", 90.0), ("p2.5", "p2.5", 2.5), ("p0", "p0", 0.0),
+                                                ("p100", "p100", 100.0), ("p90.0", "p90", 90.0),
+                                                ("p050", "p50", 50.0), ("p99.99", "p99.99", 99.99)])
+def test_statistic_for_a_percentile(name, canonical, q):
+    statistic = statistic_for(name)
+    assert (statistic.name, statistic.q, statistic.extra_assets, statistic.iterative) == (canonical, q, (), False)
+    stack = np.array([4, 1, 0, 3, 2], dtype=np.uint16).reshape(5, 1, 1)
+    got = statistic.reduce({"b": stack}, {"b": 0})["b"][0, 0]
+    assert got == np.nanpercentile([4.0, 1.0, 3.0, 2.0], q)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("p101", "--statistic p101: percentile outside 0-100; use p0 to p100, e.g. p90"),
+    ("p100.5", "--statistic p100.5: percentile outside 0-100; use p0 to p100, e.g. p90"),
+    ("p-5", "--statistic p-5: percentile outside 0-100; use p0 to p100, e.g. p90"),
+    ("p", ("--statistic p: unknown statistic; use one of median, geomedian, geomad, mean, min, max, std, first, "
+           "last, best, medoid or a percentile p0 to p100, e.g. p90")),
+    ("P90", "--statistic P90: unknown statistic; use one of"),
+    ("p9O", "--statistic p9O: unknown statistic; use one of"),
+    ("mode", "--statistic mode: unknown statistic; use one of"),
+])
+def test_statistic_for_an_unknown_name_or_percentile_says_the_fix(name, message):
+    with pytest.raises(ConfigError) as err:
+        statistic_for(name)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_statistic_for_the_fixed_names_is_the_registry():
+    for name, statistic in STATISTICS.items():
+        assert statistic_for(name) is statistic
+    assert {n for n, s in STATISTICS.items() if s.extra_assets == (LAYER,)} == {"first", "last", "best", "medoid"}
+    assert [n for n, s in STATISTICS.items() if s.ranked] == ["best"]
+    assert all(s.q is None for s in STATISTICS.values())
+
+
 # --- first, last, best, medoid ------------------------------------------------------------------
 
 
@@ -437,3 +476,54 @@ def test_layers_and_values_are_public_for_dates_and_other_bands():
     np.testing.assert_array_equal(medoid_layer(stacks, nodata), [[1, 0]])  # two points: the earlier
     other = {"qa": np.arange(6, dtype=np.uint8).reshape(3, 1, 2)}
     np.testing.assert_array_equal(values_at_layer(other, first_layer(stacks, nodata))["qa"], [[2, 1]])
+
+
+# --- threads, and numba's cache ---------------------------------------------------------------------
+
+
+def test_every_new_reducer_gives_the_same_on_several_threads():
+    rng = np.random.default_rng(11)
+    stacks = {b: rng.integers(0, 2000, (20, 37, 130)).astype(np.uint16) for b in ("red", "nir")}
+    for s in stacks.values():
+        s[rng.random(s.shape) < 0.3] = 0
+    nodata = {b: 0 for b in stacks}
+    rank = rng.random(stacks["red"].shape).astype(np.float32)
+    for name in ("mean", "min", "max", "std", "first", "last", "best", "medoid", "p10", "p90"):
+        reduce = statistic_for(name).reduce
+        one = reduce(stacks, nodata, rank=rank, threads=1)
+        three = reduce(stacks, nodata, rank=rank, threads=3)
+        for key in one:
+            np.testing.assert_array_equal(one[key], three[key], err_msg=f"{name} {key}")
+
+
+NEW_KERNELS = ("mean_rows", "std_rows", "extreme_rows", "percentile_rows", "first_rows", "best_rows", "medoid_rows",
+               "take_rows")
+HELPERS = ("store", "add_clear", "sort_span", "percentile_of_sorted", "clear_row")
+
+WARM_NEW_AND_REPORT = f"""
+import json, sys
+from gridded.compute import _jit
+from gridded.compute.statistics import warm_kernels
+for name in ("mean", "min", "max", "std", "first", "last", "best", "medoid", "p90"):
+    warm_kernels(name, 4).join()
+json.dump({{k: [sum(getattr(_jit, k).stats.cache_hits.values()), sum(getattr(_jit, k).stats.cache_misses.values())]
+           for k in {NEW_KERNELS + HELPERS!r}}}, sys.stdout)
+"""
+
+
+def test_every_new_kernel_is_found_in_numbas_cache_by_the_next_process(tmp_path):
+    # a worker that compiled the kernels leaves them in numba's cache; the next process must load
+    # every one of them (a kernel reaching a helper through a closure is compiled anew each time)
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [json.loads(subprocess.run([sys.executable, "-c", WARM_NEW_AND_REPORT], env=env, check=True,
+                                      capture_output=True, text=True).stdout) for _ in range(2)]
+    for name in NEW_KERNELS:
+        assert runs[0][name][1] >= 1, name  # a fresh cache: compiled
+        assert runs[1][name] == [runs[0][name][1], 0], name  # then every signature loaded, none compiled
+    for name in HELPERS:
+        assert runs[1][name][1] == 0, name  # inlined from the callers' cache, never compiled again
