@@ -498,7 +498,7 @@ def test_every_new_reducer_gives_the_same_on_several_threads():
 
 NEW_KERNELS = ("mean_rows", "std_rows", "extreme_rows", "percentile_rows", "first_rows", "best_rows", "medoid_rows",
                "take_rows")
-HELPERS = ("store", "add_clear", "sort_span", "percentile_of_sorted", "clear_row")
+HELPERS = ("store", "add_clear", "sort_span", "percentile_indexes", "clear_row")
 
 WARM_NEW_AND_REPORT = f"""
 import json, sys

@@ -527,40 +527,45 @@ def sort_span(stack, y, x0, sentinel, use_sentinel, last, pairs, keys, count):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def percentile_of_sorted(keys, c, k, fraction, nearest):
-    # numpy's quantile of the k sorted values keys[:k, c] at `fraction` (q / 100), with numpy's
-    # own arithmetic: the virtual index (k - 1) q, then for "nearest" the value at that index
-    # rounded half to even; for "linear" the values at its floor and the next, and _lerp's
-    # two-sided formula with gamma the index's fraction. At or past the last index numpy takes the
-    # last value twice, with gamma the index + 1 (its previous index is -1), and keeps what that
-    # gives: NaN for an infinity, as from an infinity next to a finite value at gamma 0
-    index = np.float64(k - 1) * fraction
-    if nearest:
-        return np.float64(keys[np.int64(np.rint(index)), c])
-    if index >= k - 1:
-        a = np.float64(keys[k - 1, c])
-        b = a
-        gamma = index + 1.0
-    else:
-        below = np.floor(index)
-        j = np.int64(below)
-        a = np.float64(keys[j, c])
-        b = np.float64(keys[j + 1, c])
-        gamma = index - below
-    diff = b - a
-    if gamma >= 0.5:
-        return b - diff * (1.0 - gamma)
-    return a + diff * gamma
+def percentile_indexes(fractions, t, nearest):
+    # For every percentile (q / 100 in `fractions`) and count k of sorted clear values (0..t), where
+    # numpy's quantile reads and how it weighs them, with numpy's own arithmetic: the virtual index
+    # (k - 1) q; for "nearest" that index rounded half to even; for "linear" its floor and the next,
+    # and gamma its fraction. At or past the last index numpy takes the last value twice, with gamma
+    # the index + 1 (its previous index is -1). Depending on k alone, this is made once per call.
+    nq = fractions.shape[0]
+    lower = np.zeros((nq, t + 1), dtype=np.int64)
+    upper = np.zeros((nq, t + 1), dtype=np.int64)
+    gamma = np.zeros((nq, t + 1))
+    for i in range(nq):
+        for k in range(1, t + 1):
+            index = np.float64(k - 1) * fractions[i]
+            if nearest:
+                lower[i, k] = np.int64(np.rint(index))
+                upper[i, k] = lower[i, k]
+            elif index >= k - 1:
+                lower[i, k] = k - 1
+                upper[i, k] = k - 1
+                gamma[i, k] = index + 1.0
+            else:
+                below = np.floor(index)
+                lower[i, k] = np.int64(below)
+                upper[i, k] = lower[i, k] + 1
+                gamma[i, k] = index - below
+    return lower, upper, gamma
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def percentile_rows(stack, sentinel, use_sentinel, last, pairs, fractions, nearest, r0, r1, out, fill, rounded,
                     low, high):
     # every percentile of `fractions` from one sort of each pixel's series, into out[i] (float64
-    # with NaN, or the output dtype as to_output converts)
+    # with NaN, or the output dtype as to_output converts): "nearest" takes the value, "linear"
+    # interpolates as numpy's _lerp, by its two-sided formula, which gives NaN next to an infinity
+    # at gamma 0 and from an infinite last value taken twice, as numpy does
     t, _, nx = stack.shape
     keys = np.empty((max(t, 1), SPAN), dtype=stack.dtype)
     count = np.empty(SPAN, dtype=np.uint16)  # observations per period: at most 65,535
+    lower, upper, gamma = percentile_indexes(fractions, t, nearest)
     for y in range(r0, r1):
         for x0 in range(0, nx, SPAN):
             width = min(SPAN, nx - x0)
@@ -568,8 +573,15 @@ def percentile_rows(stack, sentinel, use_sentinel, last, pairs, fractions, neare
             for i in range(fractions.shape[0]):
                 target = out[i, y, x0:x0 + width]
                 for c in range(width):
-                    k = np.int64(count[c])
-                    m = percentile_of_sorted(keys, c, k, fractions[i], nearest) if k > 0 else np.nan
+                    k = count[c]
+                    a = np.float64(keys[lower[i, k], c])
+                    if nearest:
+                        m = a
+                    else:
+                        b = np.float64(keys[upper[i, k], c])
+                        g = gamma[i, k]
+                        diff = b - a
+                        m = b - diff * (1.0 - g) if g >= 0.5 else a + diff * g
                     store(target, c, m, k, fill, rounded, low, high)
 
 
