@@ -215,7 +215,7 @@ CASES = [
     pytest.param(Case(lambda e: run_cmd(e, bands="red,count"), ("count",)), id="band-reserved-count"),
     pytest.param(Case(lambda e: run_cmd(e, bands="red,smad", statistic="geomad"), ("smad", "geomad")),
                  id="band-named-as-a-geomad-output"),
-    pytest.param(Case(lambda e: run_cmd(e, statistic="mean"), usage="--statistic", sub=True), id="statistic-unknown"),
+    pytest.param(Case(lambda e: run_cmd(e, statistic="mode"), usage="--statistic", sub=True), id="statistic-unknown"),
     pytest.param(Case(lambda e: run_cmd(e, period="monthly"), ("--period", "monthly")), id="period-unparsable"),
     pytest.param(Case(lambda e: run_cmd(e, mask="bogus"), ("--mask", "bogus")), id="mask-unparsable"),
     pytest.param(Case(lambda e: run_cmd(e, pipeline="no-such-pipeline"), ("--pipeline", "no-such-pipeline")),

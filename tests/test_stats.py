@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import click
 import numpy as np
@@ -142,8 +143,9 @@ def test_reducers_write_into_out_as_to_output_converts(data, output):
     stacks, nodata = data
     dtype, out_nodata = output
     shape = stacks["red"].shape[1:]
+    rank = np.random.default_rng(0).random(stacks["red"].shape).astype(np.float32)  # for `best`
     for name, statistic in STATISTICS.items():
-        reducer = statistic.reduce
+        reducer = partial(statistic.reduce, rank=rank) if statistic.ranked else statistic.reduce
         floats = reducer(stacks, nodata)
         out = {b: np.empty(shape, dtype=dtype) for b in stacks}
         got = reducer(stacks, nodata, out=out, out_nodata={b: out_nodata for b in stacks})
@@ -313,7 +315,8 @@ def test_statistics_registry_is_the_cli_choice():
 
     (option,) = [p for p in run.params if p.name == "statistic"]
     assert isinstance(option.type, click.Choice)
-    assert set(option.type.choices) == set(STATISTICS) == {"median", "geomedian", "geomad"}
+    assert set(option.type.choices) == set(STATISTICS) == {"median", "geomedian", "geomad", "mean", "min", "max",
+                                                           "std", "first", "last", "best", "medoid"}
 
     def commands(group):
         for command in group.commands.values():
@@ -330,12 +333,16 @@ def test_statistics_registry_is_the_cli_choice():
 @pytest.mark.parametrize("name", sorted(STATISTICS))
 def test_every_reducer_has_the_one_signature(name):
     stack = np.array([[[5, 0]], [[7, 3]], [[9, 0]]], dtype=np.uint16)
-    result = STATISTICS[name].reduce({"red": stack, "nir": stack + 1}, {"red": 0, "nir": 1})
+    options = {"rank": np.array([[[0, 0]], [[1, 0]], [[0, 0]]], dtype=np.float32)}  # taken by `best` alone
+    result = STATISTICS[name].reduce({"red": stack, "nir": stack + 1}, {"red": 0, "nir": 1}, **options)
     assert set(result) == {"red", "nir", *STATISTICS[name].extra_assets}
     assert result["red"].shape == (1, 2) and result["red"].dtype == np.float64
-    # pixel 0: three collinear observations, so both statistics give the middle one; pixel 1: one clear
-    np.testing.assert_allclose(result["red"][0], [7, 3], atol=1e-6)
-    np.testing.assert_allclose(result["nir"][0], [8, 4], atol=1e-6)
+    # pixel 0: three collinear observations, so the medians, the mean, the medoid and the best by rank
+    # give the middle one; pixel 1: one clear
+    middle = {"min": 5, "first": 5, "max": 9, "last": 9, "std": np.sqrt(8 / 3)}.get(name, 7)
+    one = 0 if name == "std" else 3
+    np.testing.assert_allclose(result["red"][0], [middle, one], atol=1e-6)
+    np.testing.assert_allclose(result["nir"][0], [middle + (name != "std"), one + (name != "std")], atol=1e-6)
 
 
 # --- the fast paths: sorting networks, row blocks on threads, long series ---------------------

@@ -393,3 +393,325 @@ def mask_into(layers, values, in_place, first, coarse, k, r_off, c_off, lut, sen
                     hole = (test_s & (cur == s)) | (cur != cur)
                     if hole & clear[x] & ((not test_nd) | (v != nd)) & (v == v):
                         layer[y, x] = v
+
+
+# --- mean, min, max, std ---------------------------------------------------------------------
+# Row by row: each layer's row is one straight SIMD loop into per-pixel accumulators. The sums run
+# over the layers in time order, as numpy's reduction over the first axis of a (time, y, x) array
+# adds them, so the results are numpy's to the bit (no `reassoc`, which would reorder them).
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def store(target, x, m, n, fill, rounded, low, high):
+    # to_output's rule for one value: no value where nothing is clear or the result is NaN,
+    # otherwise rounded half to even and clipped for an integer output
+    ok = (n > 0) & (m == m)
+    if rounded:
+        m = min(max(np.rint(m), low), high)
+    target[x] = m if ok else fill
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def add_clear(stack, j, y, sentinel, use_sentinel, total, count):
+    values = stack[j, y]
+    for x in range(values.shape[0]):
+        v = values[x]
+        clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+        total[x] += np.float64(v) if clear else 0.0
+        count[x] += 1.0 if clear else 0.0
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def mean_rows(stack, sentinel, use_sentinel, r0, r1, out, fill, rounded, low, high):
+    # numpy.nanmean: the clear values' float64 sum over their count
+    t, _, nx = stack.shape
+    total = np.empty(nx)
+    count = np.empty(nx)
+    for y in range(r0, r1):
+        total[:] = 0.0
+        count[:] = 0.0
+        for j in range(t):
+            add_clear(stack, j, y, sentinel, use_sentinel, total, count)
+        target = out[y]
+        for x in range(nx):
+            store(target, x, total[x] / count[x], count[x], fill, rounded, low, high)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def std_rows(stack, sentinel, use_sentinel, r0, r1, out, fill, rounded, low, high):
+    # numpy.nanstd (ddof 0), as numpy.nanvar computes it: the mean first, then the squared
+    # deviations of the clear values added in time order, over the count, and the root
+    t, _, nx = stack.shape
+    mean = np.empty(nx)
+    count = np.empty(nx)
+    squares = np.empty(nx)
+    for y in range(r0, r1):
+        mean[:] = 0.0
+        count[:] = 0.0
+        squares[:] = 0.0
+        for j in range(t):
+            add_clear(stack, j, y, sentinel, use_sentinel, mean, count)
+        for x in range(nx):
+            mean[x] = mean[x] / count[x]
+        for j in range(t):  # the row's layers are still in cache
+            values = stack[j, y]
+            for x in range(nx):
+                v = values[x]
+                clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+                d = np.float64(v) - mean[x]
+                squares[x] += d * d if clear else 0.0
+        target = out[y]
+        for x in range(nx):
+            store(target, x, np.sqrt(squares[x] / count[x]), count[x], fill, rounded, low, high)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def extreme_rows(stack, sentinel, use_sentinel, largest, start, r0, r1, out, fill, rounded, low, high):
+    # numpy.nanmin (or nanmax with `largest`) in the stack's own dtype: an unclear value counts as
+    # `start` (the dtype's largest value for the minimum, its smallest for the maximum, or an
+    # infinity), which a clear value can only equal, never pass
+    t, _, nx = stack.shape
+    best = np.empty(nx, dtype=stack.dtype)
+    count = np.empty(nx)
+    for y in range(r0, r1):
+        best[:] = start
+        count[:] = 0.0
+        for j in range(t):
+            values = stack[j, y]
+            if largest:
+                for x in range(nx):
+                    v = values[x]
+                    clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+                    best[x] = max(best[x], v if clear else start)
+                    count[x] += 1.0 if clear else 0.0
+            else:
+                for x in range(nx):
+                    v = values[x]
+                    clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+                    best[x] = min(best[x], v if clear else start)
+                    count[x] += 1.0 if clear else 0.0
+        target = out[y]
+        for x in range(nx):
+            store(target, x, np.float64(best[x]), count[x], fill, rounded, low, high)
+
+
+# --- percentiles -----------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def sort_span(stack, y, x0, sentinel, use_sentinel, last, pairs, keys, count):
+    # as median_rows: SPAN pixels of row y from x0, their missing values made `last`, sorted at
+    # once by the sorting network; afterwards the first count[c] keys of column c are its clear
+    # values in order
+    t, _, nx = stack.shape
+    width = min(SPAN, nx - x0)
+    count[:] = 0
+    for j in range(t):
+        values = stack[j, y, x0:x0 + width]
+        row = keys[j]
+        for c in range(width):
+            v = values[c]
+            clear = ((not use_sentinel) | (v != sentinel)) & (v == v)
+            row[c] = v if clear else last
+            count[c] += clear
+        for c in range(width, SPAN):
+            row[c] = last
+    for p in range(pairs.shape[0]):
+        a = keys[pairs[p, 0]]
+        b = keys[pairs[p, 1]]
+        for c in range(SPAN):
+            lo = a[c]
+            hi = b[c]
+            a[c] = min(lo, hi)
+            b[c] = max(lo, hi)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def percentile_indexes(fractions, t, nearest):
+    # For every percentile (q / 100 in `fractions`) and count k of sorted clear values (0..t), where
+    # numpy's quantile reads and how it weighs them, with numpy's own arithmetic: the virtual index
+    # (k - 1) q; for "nearest" that index rounded half to even; for "linear" its floor and the next,
+    # and gamma its fraction. At or past the last index numpy takes the last value twice, with gamma
+    # the index + 1 (its previous index is -1). Depending on k alone, this is made once per call.
+    nq = fractions.shape[0]
+    lower = np.zeros((nq, t + 1), dtype=np.int64)
+    upper = np.zeros((nq, t + 1), dtype=np.int64)
+    gamma = np.zeros((nq, t + 1))
+    for i in range(nq):
+        for k in range(1, t + 1):
+            index = np.float64(k - 1) * fractions[i]
+            if nearest:
+                lower[i, k] = np.int64(np.rint(index))
+                upper[i, k] = lower[i, k]
+            elif index >= k - 1:
+                lower[i, k] = k - 1
+                upper[i, k] = k - 1
+                gamma[i, k] = index + 1.0
+            else:
+                below = np.floor(index)
+                lower[i, k] = np.int64(below)
+                upper[i, k] = lower[i, k] + 1
+                gamma[i, k] = index - below
+    return lower, upper, gamma
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def percentile_rows(stack, sentinel, use_sentinel, last, pairs, fractions, nearest, r0, r1, out, fill, rounded,
+                    low, high):
+    # every percentile of `fractions` from one sort of each pixel's series, into out[i] (float64
+    # with NaN, or the output dtype as to_output converts): "nearest" takes the value, "linear"
+    # interpolates as numpy's _lerp, by its two-sided formula, which gives NaN next to an infinity
+    # at gamma 0 and from an infinite last value taken twice, as numpy does
+    t, _, nx = stack.shape
+    keys = np.empty((max(t, 1), SPAN), dtype=stack.dtype)
+    count = np.empty(SPAN, dtype=np.uint16)  # observations per period: at most 65,535
+    lower, upper, gamma = percentile_indexes(fractions, t, nearest)
+    for y in range(r0, r1):
+        for x0 in range(0, nx, SPAN):
+            width = min(SPAN, nx - x0)
+            sort_span(stack, y, x0, sentinel, use_sentinel, last, pairs, keys, count)
+            for i in range(fractions.shape[0]):
+                target = out[i, y, x0:x0 + width]
+                for c in range(width):
+                    k = count[c]
+                    a = np.float64(keys[lower[i, k], c])
+                    if nearest:
+                        m = a
+                    else:
+                        b = np.float64(keys[upper[i, k], c])
+                        g = gamma[i, k]
+                        diff = b - a
+                        m = b - diff * (1.0 - g) if g >= 0.5 else a + diff * g
+                    store(target, c, m, k, fill, rounded, low, high)
+
+
+# --- one observation per pixel: first, last, best, medoid --------------------------------------
+# These choose a layer per pixel (-1 where no observation is clear in every band); take_rows
+# then copies each band's value at that layer into the band's output.
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def clear_row(bands, sentinels, use_sentinel, j, y, clear):
+    # for layer j of row y: which pixels are clear in every band (bitwise, straight SIMD loops)
+    clear[:] = True
+    for b in range(len(bands)):
+        row = bands[b][j, y]
+        s = row.dtype.type(sentinels[b])
+        ignore = not use_sentinel[b]
+        for x in range(row.shape[0]):
+            v = row[x]
+            clear[x] &= (ignore | (v != s)) & (v == v)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def first_rows(bands, sentinels, use_sentinel, latest, r0, r1, layer):
+    # the earliest layer clear in every band (the latest with `latest`); a row is done once every
+    # pixel has one
+    t, _, nx = bands[0].shape
+    clear = np.empty(nx, dtype=np.bool_)
+    for y in range(r0, r1):
+        chosen = layer[y]
+        chosen[:] = -1
+        for step in range(t):
+            j = t - 1 - step if latest else step
+            clear_row(bands, sentinels, use_sentinel, j, y, clear)
+            todo = 0
+            for x in range(nx):
+                take = (chosen[x] < 0) & clear[x]
+                chosen[x] = j if take else chosen[x]
+                todo += chosen[x] < 0
+            if todo == 0:
+                break
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def best_rows(bands, sentinels, use_sentinel, rank, maximize, r0, r1, layer):
+    # the layer clear in every band with the largest rank (smallest unless `maximize`), NaN ranks
+    # not taken; a later layer must beat the best so far, so ties go to the earliest
+    t, _, nx = bands[0].shape
+    clear = np.empty(nx, dtype=np.bool_)
+    best = np.empty(nx, dtype=rank.dtype)
+    for y in range(r0, r1):
+        chosen = layer[y]
+        chosen[:] = -1
+        best[:] = 0
+        for j in range(t):
+            clear_row(bands, sentinels, use_sentinel, j, y, clear)
+            ranks = rank[j, y]
+            if maximize:
+                for x in range(nx):
+                    r = ranks[x]
+                    take = clear[x] & (r == r) & ((chosen[x] < 0) | (r > best[x]))
+                    best[x] = r if take else best[x]
+                    chosen[x] = j if take else chosen[x]
+            else:
+                for x in range(nx):
+                    r = ranks[x]
+                    take = clear[x] & (r == r) & ((chosen[x] < 0) | (r < best[x]))
+                    best[x] = r if take else best[x]
+                    chosen[x] = j if take else chosen[x]
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def medoid_rows(bands, sentinels, use_sentinel, is_float, r0, r1, layer):
+    # the observation clear in every band with the least sum of Euclidean distances (in band
+    # space) to the others, as hdmedians' medoid, the first such on a tie. Each sum adds the
+    # distances in time order, so equal points have equal sums and the earliest of them wins.
+    nb = len(bands)
+    t, _, nx = bands[0].shape
+    n = max(t, 1)
+    chunk = np.empty((nb, SPAN, n))
+    pts = np.empty((nb, n))
+    index = np.empty(n, dtype=np.int64)
+    total = np.empty(n)
+    d2 = np.empty(n)
+    for y in range(r0, r1):
+        for x0 in range(0, nx, SPAN):
+            x1 = min(x0 + SPAN, nx)
+            gather(bands, y, x0, x1, chunk)
+            for x in range(x0, x1):
+                c = x - x0
+                k = 0
+                for j in range(t):
+                    if clear_at(chunk, c, j, sentinels, use_sentinel, is_float):
+                        for b in range(nb):
+                            pts[b, k] = chunk[b, c, j]
+                        index[k] = j
+                        k += 1
+                if k == 0:
+                    layer[y, x] = -1
+                    continue
+                total[:k] = 0.0
+                for i in range(k - 1):
+                    # distances from point i to the later ones, a SIMD loop over them
+                    d2[i + 1:k] = 0.0
+                    for b in range(nb):
+                        e = pts[b, i]
+                        for m in range(i + 1, k):
+                            d = pts[b, m] - e
+                            d2[m] += d * d
+                    s = total[i]
+                    for m in range(i + 1, k):
+                        d = np.sqrt(d2[m])
+                        total[m] += d
+                        s += d
+                    total[i] = s
+                best = 0
+                for i in range(1, k):
+                    if total[i] < total[best]:
+                        best = i
+                layer[y, x] = index[best]
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def take_rows(stack, layer, r0, r1, out, fill, rounded, low, high):
+    # each pixel's value at its chosen layer, stored as `out` holds it (fill where none is chosen)
+    for y in range(r0, r1):
+        chosen = layer[y]
+        target = out[y]
+        for x in range(chosen.shape[0]):
+            j = chosen[x]
+            v = np.float64(stack[max(j, 0), y, x])
+            if rounded:
+                v = min(max(np.rint(v), low), high)
+            target[x] = v if j >= 0 else fill
