@@ -31,6 +31,14 @@ def test_importing_gridded_loads_no_numba_rasterio_or_dask():
     assert out.strip() == "[]"
 
 
+def test_the_command_line_loads_no_numba_rasterio_dask_or_odc_geo_before_a_command_runs():
+    # `gridded --help` stays instant, and dask reads its logging settings only once the CLI set them
+    code = ("import sys, gridded.cli; heavy = [m for m in ('numba', 'rasterio', 'dask', 'odc.geo', 'pystac') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_every_public_name_resolves_and_the_api_functions_survive_their_modules_import():
     for name in gridded.__all__:
         assert getattr(gridded, name) is not None, name
@@ -77,11 +85,11 @@ def test_composite_equals_the_cogs_gridded_run_writes_pixel_for_pixel(tmp_path, 
     seen = []
     ds = gridded.composite(str(demo_catalog), extent=DEMO_EXTENT, grid=str(DEMO_GRID), time=DEMO_TIME, bands=bands,
                            statistic=statistic, period=period, progress=lambda done, total: seen.append((done, total)))
-    assert list(ds.data_vars) == [*bands, "count"]
+    assert list(ds.data_vars) == [*bands, "count", "observed"]
     assert ds.odc.geobox.crs.epsg == 32755 and ds.attrs["gridded:statistic"] == statistic
     computed = ds.compute()
     cogs = cogs_of(tmp_path / "run")
-    assert len(cogs) == (18 if period == "P1M" else 6) * (len(bands) + 1)
+    assert len(cogs) == (18 if period == "P1M" else 6) * (len(bands) + 2)  # bands, count, observed
     for (start, asset, _), (array, bounds) in cogs.items():
         part = computed[asset].sel(time=np.datetime64(start), x=slice(bounds.left, bounds.right),
                                    y=slice(bounds.top, bounds.bottom))

@@ -100,7 +100,7 @@ def test_items_describe_their_bands_and_how_to_read_them(output, demo_catalog):
 
 def test_the_collection_describes_the_product(output):
     collection = json.loads((output / "collection.json").read_text())
-    assert set(collection["item_assets"]) == {*BANDS, "count", "thumbnail"}
+    assert set(collection["item_assets"]) == {*BANDS, "count", "observed", "thumbnail"}
     summaries = collection["summaries"]
     assert summaries["gridded:statistic"] == ["median"] and summaries["gridded:period"] == ["P1M"]
     assert summaries["platform"] == ["sentinel-2a", "sentinel-2b"] and summaries["gsd"] == [10.0]

@@ -131,7 +131,7 @@ def test_two_processors_on_one_batch_leave_one_valid_item_per_cell(one_cell_arti
         assert code == 0, err
     items = output_items(out)
     assert len(items) == 3
-    assert len(list(out.rglob("*.tif"))) == 3 * 5
+    assert len(list(out.rglob("*.tif"))) == 3 * 6  # bands, count, observed
     assert temp_files(out) == []
     assert check_pixels(out, demo_catalog)["tasks"] == 3
 

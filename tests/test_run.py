@@ -71,7 +71,7 @@ def test_even_counts_round_half_to_even(demo_run, demo_catalog):
 def test_outputs_are_cogs_on_the_source_grid(demo_run):
     out, _, _ = demo_run
     tifs = sorted(out.rglob("*.tif"))
-    assert len(tifs) == 18 * 5
+    assert len(tifs) == 18 * 6  # four bands, count, observed
     for tif in tifs:
         with rasterio.open(tif) as src:
             assert src.driver == "GTiff"
@@ -96,7 +96,7 @@ def test_items_carry_the_contract_fields(demo_run, demo_catalog):
     source_ids = {it["id"] for it in catalog_items(demo_catalog)}
     for name, item in items.items():
         props = item["properties"]
-        assert set(item["assets"]) == set(BANDS) | {"count", "thumbnail"}
+        assert set(item["assets"]) == set(BANDS) | {"count", "observed", "thumbnail"}
         assert props["start_datetime"] < props["end_datetime"]
         assert props["proj:code"] == "EPSG:32755" and props["proj:shape"] == [256, 256]
         assert len(props["proj:transform"]) == 6

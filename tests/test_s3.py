@@ -49,7 +49,7 @@ def test_run_from_s3_to_s3_is_pixel_exact(s3, s3_source, demo_catalog, tmp_path)
     proc = gridded_cli("run", *selection(s3_source), "--output", out, "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     keys = download_tree(s3, "products", "s2-median", tmp_path / "out")
-    assert sum(k.endswith(".tif") for k in keys) == 18 * 5
+    assert sum(k.endswith(".tif") for k in keys) == 18 * 6
     assert sum(k.endswith(".stac-item.json") for k in keys) == 18
     assert {"s2-median/catalog.json", "s2-median/collection.json"} <= set(keys)
     assert check_pixels(tmp_path / "out", demo_catalog)["tasks"] == 18

@@ -142,10 +142,25 @@ def sentinel2_offset_dn(item: pystac.Item) -> int:
     return SENTINEL2_BOA_OFFSET_DN
 
 
+# Landsat Collection 2 Level-2 surface reflectance (USGS): reflectance = DN x 2.75e-05 - 0.2
+LANDSAT_SR_ENCODING = (2.75e-05, -0.2)
+LANDSAT_SR_KEYS = frozenset({"coastal", "blue", "green", "red", "nir08", "swir16", "swir22"})
+
+
+def _is_landsat_sr_band(item: pystac.Item, info: BandInfo) -> bool:
+    level2 = item.properties.get("landsat:correction") == "L2SP" or str(item.collection_id or "").startswith(
+        ("landsat-c2-l2", "landsat-c2l2-sr"))
+    name = str(info.description.get("name", ""))
+    return level2 and (info.key.lower() in LANDSAT_SR_KEYS or name.startswith(("SR_B", "OLI_B")))
+
+
 def stored_encoding(item: pystac.Item, band: str, info: BandInfo) -> tuple[float, float]:
     """(scale, offset) of a band's stored values as they really are: what the asset declares, but for
     Sentinel-2 L2A reflectance, whose offset follows from the processing baseline whatever is
-    declared (Planetary Computer declares none; Earth Search's declared offsets are not always right)."""
+    declared (Planetary Computer declares none; Earth Search's declared offsets are not always right),
+    and for Landsat Collection 2 surface reflectance where the item declares nothing (USGS's)."""
     if _is_sentinel2_band(item, info):
         return SENTINEL2_SCALE, -sentinel2_offset_dn(item) * SENTINEL2_SCALE
+    if info.encoding.is_identity and _is_landsat_sr_band(item, info):
+        return LANDSAT_SR_ENCODING
     return info.encoding.scale, info.encoding.offset

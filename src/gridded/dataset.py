@@ -18,7 +18,7 @@ from .grid import Grid, cells_for_extent, load_grid
 from .masks import MaskRule
 from .period import parse_time, periods_for
 from .pipeline import Pipeline
-from .plan import ObservationFinder, Task
+from .plan import ObservationFinder, Task, drop_superseded
 from .selection import extent_geometry, names_of, recipe_for
 from .source import ItemQuery, items_for_query, read_items
 
@@ -32,8 +32,8 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
               time: str, bands: str | Sequence[str], statistic: str = "median", period: str = "P1M",
               mask: str | MaskRule | None = None, grid: str | Grid | None = None,
               chunks: int | dict[str, int] | None = None, progress: Callable[[int, int], None] | None = None,
-              pipeline: str | Pipeline | None = None, collection: str | Sequence[str] | None = None
-              ) -> xarray.Dataset:
+              pipeline: str | Pipeline | None = None, collection: str | Sequence[str] | None = None,
+              indices=None, rank: str | None = None) -> xarray.Dataset:
     """Composites as a lazy Dataset: one variable per band (plus `count`, and a statistic's extra
     assets), dims (time, y, x) with `time` the period starts, the GeoBox attached (`ds.odc.geobox`).
 
@@ -46,7 +46,7 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
     >>> ds = composite(demo_catalog, extent=DEMO_EXTENT, grid=str(DEMO_GRID), time="2024-01",
     ...                bands=["red", "nir"])
     >>> sorted(ds.data_vars), ds.red.dims, ds.red.dtype.name, str(ds.time.values[0])[:10]
-    (['count', 'nir', 'red'], ('time', 'y', 'x'), 'uint16', '2024-01-01')
+    (['count', 'nir', 'observed', 'red'], ('time', 'y', 'x'), 'uint16', '2024-01-01')
     >>> int(ds["count"].max())
     6
     """
@@ -54,7 +54,8 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
     import xarray as xr
     from odc.geo.xr import xr_coords
 
-    recipe = recipe_for(pipeline, statistic=statistic, period=period, bands=bands, mask=mask)
+    recipe = recipe_for(pipeline, statistic=statistic, period=period, bands=bands, mask=mask, indices=indices,
+                        rank=rank)
     when = parse_time(time)
     gbox, chunk_yx, region = _output_grid(extent, geobox, grid if grid is not None else recipe.grid, chunks)
     collections = names_of(collection)
@@ -62,7 +63,7 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
     items = items_for_query(items, region, when, collections)
     if not items:
         raise ConfigError("composite: no item meets the extent and time; check extent, time and collection")
-    finder = ObservationFinder(items, recipe, None)
+    finder = ObservationFinder(drop_superseded(items), recipe, None)
     recipe = finder.resolve(recipe)
     periods = periods_for(when, recipe.period)
     tiles = GeoboxTiles(gbox, chunk_yx)
@@ -92,6 +93,7 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
     }
     return xr.Dataset(variables, coords=coords, attrs={
         "gridded:statistic": recipe.statistic,
+        "gridded:indices": dict(recipe.indices),
         "gridded:period": recipe.period,
         "gridded:mask": recipe.mask.spec() if recipe.mask else "none",
         "gridded:inputs": [o.item_id for o in finder.observations],
@@ -145,22 +147,17 @@ def _chunk_shape(chunks, default: tuple[int, int]) -> tuple[int, int]:
 
 def _asset_kinds(recipe: Pipeline, first) -> dict[str, tuple[np.dtype, float | int | None]]:
     """Per output variable (dtype, nodata), as compute_task will make them: the bands' from the
-    first observation's headers, the count's and the statistic's extras from their definitions."""
-    from .compute.statistics import STATISTICS
+    first observation's headers, the rest from their definitions."""
     from .io.rasters import band_info, configure_gdal
-    from .process import output_nodata
-    from .items import COUNT_ASSET, COUNT_NODATA
+    from .reduce import output_kinds, output_nodata
 
     configure_gdal(s3=any(href.startswith("s3://") for _, href in first.hrefs))
-    kinds: dict[str, tuple[np.dtype, float | int | None]] = {}
+    dtypes, nodatas = {}, {}
     for band in recipe.bands:
         dtype, source_nodata = band_info(first.href(band), what=f"item {first.item_id} asset {band}")
-        dtype = np.dtype(recipe.dtype) if recipe.dtype else dtype
-        kinds[band] = (dtype, output_nodata(recipe.nodata, source_nodata, dtype))
-    kinds[COUNT_ASSET] = (np.dtype(np.uint16), COUNT_NODATA)
-    for name in STATISTICS[recipe.statistic].extra_assets:
-        kinds[name] = (np.dtype(np.float32), float("nan"))
-    return kinds
+        dtypes[band] = np.dtype(recipe.dtype) if recipe.dtype else dtype
+        nodatas[band] = output_nodata(recipe.nodata, source_nodata, dtypes[band])
+    return output_kinds(recipe, dtypes, nodatas)
 
 
 class _Counter:

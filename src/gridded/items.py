@@ -14,13 +14,17 @@ import numpy as np
 import pystac
 
 from . import __version__
+from .compute.geomedian import MADS
 from .grid import cell_outline_lonlat
 from .io.s3 import is_remote
 from .pipeline import Pipeline
 from .plan import Task
 
-COUNT_ASSET = "count"
+COUNT_ASSET = "count"  # observations clear in every band
+OBSERVED_ASSET = "observed"  # observations with a value in every band, clear or not
 COUNT_NODATA = 0
+DATE_ASSET = "date"  # a mosaic's: days since the period's start of the observation each pixel is from
+DATE_NODATA = -1
 THUMBNAIL_ASSET = "thumbnail"
 STAC_EXTENSIONS = [
     # projection v1.2.0 is the version that has both proj:code and proj:epsg (stackstac, and GDAL
@@ -172,22 +176,53 @@ def data_asset(pipeline: Pipeline, key: str, dtype, nodata, href: str, resolutio
     band = {"data_type": np.dtype(dtype).name, "spatial_resolution": resolution}
     if _nodata_field(nodata) is not None:
         band["nodata"] = _nodata_field(nodata)
-    scale, offset = pipeline.encoding(key)
+    layer, statistic = asset_layer(pipeline, key)
+    scale, offset = asset_encoding(pipeline, key)
     if (scale, offset) != (1.0, 0.0):  # how the stored values become the physical quantity
         band.update(scale=scale, offset=offset)
     if statistics:
         band["statistics"] = statistics
     extra = {"raster:bands": [band]}
-    if key in pipeline.bands:
-        extra["eo:bands"] = [eo_band(pipeline.description(key), key)]
+    if layer in pipeline.bands:
+        extra["eo:bands"] = [eo_band(pipeline.description(layer), layer)]
     return pystac.Asset(href=href, media_type=pystac.MediaType.COG, roles=["data"], title=asset_title(pipeline, key),
                         extra_fields=extra)
+
+
+def asset_key(pipeline: Pipeline, statistic: str, layer: str) -> str:
+    """The asset of a band, index or extra layer under a statistic: its own name for the first
+    statistic (what single-statistic outputs always had), `{name}_{statistic}` for the others."""
+    return layer if statistic == pipeline.statistics[0] else f"{layer}_{statistic}"
+
+
+def asset_layer(pipeline: Pipeline, key: str) -> tuple[str, str]:
+    """(band, index or extra layer; statistic) of an asset key; (key, "") for the counts."""
+    for statistic in pipeline.statistics:
+        for layer in (*pipeline.layers, DATE_ASSET, *MADS):
+            if asset_key(pipeline, statistic, layer) == key:
+                return layer, statistic
+    return key, ""
+
+
+def asset_encoding(pipeline: Pipeline, key: str) -> tuple[float, float]:
+    """(scale, offset) of an asset's stored values: its band's, for every statistic but std (a
+    spread takes the scale, not the offset); indices, counts and dates are stored as they are."""
+    layer, statistic = asset_layer(pipeline, key)
+    if layer not in pipeline.bands:
+        return 1.0, 0.0
+    scale, offset = pipeline.encoding(layer)
+    return (scale, 0.0) if statistic == "std" else (scale, offset)
 
 
 def asset_title(pipeline: Pipeline, key: str) -> str:
     """How an asset is named to people (STAC Browser, QGIS's band description)."""
     if key == COUNT_ASSET:
         return "clear observations"
-    if key in pipeline.bands:
-        return f"{key} ({pipeline.statistic} of clear observations)"
-    return f"{key} ({pipeline.statistic})"
+    if key == OBSERVED_ASSET:
+        return "observations with a value, clear or not"
+    layer, statistic = asset_layer(pipeline, key)
+    if layer == DATE_ASSET:
+        return f"date of the {statistic} observation (days since the period's start)"
+    if layer in pipeline.layers:
+        return f"{layer} ({statistic} of clear observations)"
+    return f"{layer} ({statistic})"

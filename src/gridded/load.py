@@ -32,6 +32,8 @@ class Stacks:
     source_dtype: dict[str, np.dtype]
     source_nodata: dict[str, float | None]
     skipped: tuple[tuple[str, str], ...] = ()  # (item id, why) of inputs left out as unreadable
+    observed: np.ndarray | None = None  # (y, x) uint16: observations with a value in every band, clear or not
+    layer_times: tuple = ()  # per layer of the stacks (a same-day group), the time of its first scene
 
 
 _NO_MASK = (np.zeros((1, 1), dtype=np.uint8), np.ones(1, dtype=np.bool_))
@@ -93,6 +95,7 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
     for i, obs in enumerate(task.observations):
         groups.setdefault((obs.platform, obs.solar_day), []).append(i)
     stacks = {b: np.empty((len(groups),) + tuple(geobox.shape), dtype=dtypes[b]) for b in bands}
+    observed = np.zeros((len(groups),) + tuple(geobox.shape), dtype=bool)
 
     def load_group(g: int, members: list[int]) -> None:
         layers = [stacks[b][g] for b in bands]
@@ -116,6 +119,7 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
                     raise
                 skipped[obs.item_id] = err
                 continue
+            observed[g] |= _has_values(reads, [sentinels[b] for b in bands])  # before masking: valid, clear or not
             mask_into(layers, [r[0] for r in reads], empty, _clear_rule(coarse, rule, geobox),
                       [sentinels[b] for b in bands], [r[1] for r in reads])
             empty = False
@@ -131,7 +135,22 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
             for job in [pool.submit(load_group, g, members) for g, members in enumerate(groups.values())]:
                 job.result()
     return Stacks(bands=stacks, sentinel=sentinels, source_dtype=dtypes, source_nodata=src_nodata,
-                  skipped=tuple(sorted((item, str(err)) for item, err in skipped.items())))
+                  skipped=tuple(sorted((item, str(err)) for item, err in skipped.items())),
+                  observed=observed.sum(axis=0, dtype=np.uint16),
+                  layer_times=tuple(task.observations[members[0]].time for members in groups.values()))
+
+
+def _has_values(reads, sentinels) -> np.ndarray:
+    """Where a scene has a value in every band: not the file's nodata, not NaN, not the fill put
+    where the file has no pixel."""
+    valid = None
+    for (values, nodata), sentinel in zip(reads, sentinels):
+        ok = values == values if np.issubdtype(values.dtype, np.floating) else np.ones(values.shape, dtype=bool)
+        for missing in (nodata, sentinel):
+            if missing is not None and not np.isnan(missing):
+                ok &= values != as_dtype(missing, values.dtype)
+        valid = ok if valid is None else valid & ok
+    return valid
 
 
 def _sentinel(dtype: np.dtype, src_nodata, out_nodata):

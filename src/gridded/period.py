@@ -96,7 +96,7 @@ def _bin_start(when: datetime, n: int, unit: str, anchor: datetime) -> datetime:
     return anchor + timedelta(days=days)
 
 
-def _split(period: str, flag: str = "--period") -> tuple[int, str]:
+def split_period(period: str, flag: str = "--period") -> tuple[int, str]:
     m = PERIOD.match(period)
     if not m:
         raise ConfigError(f"{flag}{'' if flag.endswith(':') else ' '}{period}: not an ISO 8601 period; "
@@ -109,14 +109,14 @@ def _split(period: str, flag: str = "--period") -> tuple[int, str]:
 
 
 def label(start: datetime, period: str) -> str:
-    n, unit = _split(period)
+    n, unit = split_period(period)
     stamp = {"Y": "%Y", "M": "%Y-%m", "D": "%Y-%m-%d"}[unit]
     return f"{start.strftime(stamp)}--{period}"
 
 
 def periods_for(time: TimeRange, period: str) -> list[Period]:
     """The calendar bins of `period` that meet the time range, each clipped to it."""
-    n, unit = _split(period)
+    n, unit = split_period(period)
     anchor = datetime.combine(time.start.date(), datetime.min.time(), UTC)
     start = _bin_start(time.start, n, unit, anchor)
     bins = []
@@ -129,7 +129,7 @@ def periods_for(time: TimeRange, period: str) -> list[Period]:
 
 def last_complete(period: str, as_of: datetime) -> TimeRange:
     """The last complete calendar bin of `period` before as_of: `P1M` last month, `P3M` last quarter."""
-    n, unit = _split(period, flag="--time last:")
+    n, unit = split_period(period, flag="--time last:")
     if unit == "D":
         end = datetime.combine(as_of.date(), datetime.min.time(), UTC)
         return TimeRange(start=end - timedelta(days=n), end=end - EPS)

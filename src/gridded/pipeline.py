@@ -8,10 +8,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ._data import load_recipe_yaml
-from .compute.statistics import STATISTICS
+from .compute.statistics import statistic_for
 from .errors import ConfigError
 from .masks import MaskRule, parse_mask
-from .period import PERIOD
+from .period import split_period
 
 INFER = "infer"  # the mask rule comes from the items' assets
 RESOLVED_FIELDS = frozenset({"encodings", "descriptions"})  # what planning fills in from the items
@@ -35,6 +35,9 @@ class Pipeline:
     # Sentinel-2 L2A: every observation brought to one encoding, the one before processing baseline
     # 04.00 (reflectance = DN / 10000), so a period straddling 2022-01-25 reduces like with like
     harmonize: bool = False
+    indices: tuple[tuple[str, str], ...] = ()  # (name, expression): computed per observation, reduced like a band
+    rank: str | None = None  # what `best` ranks by: a band or index, "-" in front to take the least
+    percentile_method: str = "linear"  # numpy's: linear or nearest
     license: str = "other"  # the products' licence (SPDX id), for the output collection
     # resolved from the items when planning (as an inferred mask is), never written in a recipe: per
     # band the (scale, offset) its outputs are stored in, and its band description (JSON) to carry on
@@ -52,21 +55,13 @@ class Pipeline:
         if "count" in self.bands:
             raise ConfigError("band name 'count' is reserved for the clear-observation count asset; "
                               "use --bands without it (every output has a count)")
-        if self.statistic not in STATISTICS:
-            raise ConfigError(
-                f"--statistic {self.statistic}: unknown statistic; use one of {', '.join(STATISTICS)}"
-            )
-        taken = set(self.bands) & set(STATISTICS[self.statistic].extra_assets)
-        if taken:
-            raise ConfigError(f"band name {sorted(taken)[0]!r} is the name of a --statistic {self.statistic} output; "
-                              f"pass --bands without it or use another --statistic")
-        if not PERIOD.match(self.period):
-            raise ConfigError(f"--period {self.period}: not an ISO 8601 period; use P1M, P3M, P1Y or P10D")
+        self._check_statistics()
+        split_period(self.period)  # syntax, and months that divide a year
         if self.mask is not None and not isinstance(self.mask, MaskRule) and self.mask != INFER:
             raise ConfigError(f"pipeline {self.name}: bad mask {self.mask!r}")
-        if self.nodata is not None and not isinstance(self.nodata, (int, float)):
+        if self.nodata is not None and (isinstance(self.nodata, bool) or not isinstance(self.nodata, (int, float))):
             raise ConfigError(f"pipeline {self.name}: nodata must be a number, got {self.nodata!r}; set e.g. nodata: 0")
-        if not isinstance(self.max_iterations, int) or self.max_iterations < 1:
+        if isinstance(self.max_iterations, bool) or not isinstance(self.max_iterations, int) or self.max_iterations < 1:
             raise ConfigError(f"pipeline {self.name}: max_iterations must be a positive integer, "
                               f"got {self.max_iterations!r}; set e.g. max_iterations: 1000")
         if not isinstance(self.harmonize, bool):
@@ -80,6 +75,44 @@ class Pipeline:
             except TypeError as err:
                 raise ConfigError(f"pipeline {self.name}: dtype {self.dtype!r} is not a numpy dtype; use e.g. uint16") from err
 
+    @property
+    def statistics(self) -> tuple[str, ...]:
+        """The statistics to compute, the first named plainly in the outputs (median, p10, p90)."""
+        return tuple(s.strip() for s in self.statistic.split(","))
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """What is reduced: the bands, then the indices."""
+        return self.bands + tuple(name for name, _ in self.indices)
+
+    def _check_statistics(self) -> None:
+        if not isinstance(self.statistic, str) or not self.statistic.strip():
+            raise ConfigError(f"pipeline {self.name}: no statistic; pass --statistic median (or median,p10,p90)")
+        canonical = tuple(statistic_for(name).name for name in self.statistics)
+        if len(set(canonical)) != len(canonical):
+            raise ConfigError(f"--statistic {self.statistic}: a statistic named twice; name each once")
+        object.__setattr__(self, "statistic", ",".join(canonical))
+        for name in canonical:
+            taken = set(self.layers) & set(statistic_for(name).extra_assets)
+            if taken:
+                raise ConfigError(f"band name {sorted(taken)[0]!r} is the name of a --statistic {name} output; "
+                                  f"pass --bands without it or use another --statistic")
+        joint = [n for n in canonical if statistic_for(n).iterative]
+        if joint and self.indices:
+            raise ConfigError(f"--statistic {joint[0]} with --index: the geometric median is of the bands only; "
+                              f"compute indices with median, mean or percentiles, or drop --index")
+        if "best" in canonical:
+            rank = (self.rank or "").lstrip("-")
+            if not rank:
+                raise ConfigError("--statistic best needs what to rank by: pass --rank ndvi (or --rank -blue for the "
+                                  "least), a band or index read")
+            if rank not in self.layers:
+                raise ConfigError(f"--rank {self.rank}: not a band or index read ({', '.join(self.layers)}); "
+                                  f"add it to --bands or --index")
+        if self.percentile_method not in ("linear", "nearest"):
+            raise ConfigError(f"pipeline {self.name}: percentile_method {self.percentile_method!r}; "
+                              f"use linear or nearest")
+
     def parameters(self) -> dict:
         """What a result depends on, for the input fingerprint and the item's provenance."""
         mask = self.mask.spec() if isinstance(self.mask, MaskRule) else self.mask
@@ -92,10 +125,16 @@ class Pipeline:
             "dtype": self.dtype,
             "nodata": self.nodata,
         }
-        if STATISTICS[self.statistic].iterative:
+        if any(statistic_for(s).iterative for s in self.statistics):
             params.update(max_iterations=self.max_iterations, tolerance=self.tolerance)
         if self.harmonize:
             params["harmonize"] = True
+        if self.indices:
+            params["indices"] = dict(self.indices)
+        if "best" in self.statistics:
+            params["rank"] = self.rank
+        if self.percentile_method != "linear" and any(statistic_for(s).q is not None for s in self.statistics):
+            params["percentile_method"] = self.percentile_method
         stored = {band: [scale, offset] for band, scale, offset in self.encodings if (scale, offset) != (1.0, 0.0)}
         if stored:
             params["encodings"] = stored
@@ -128,9 +167,13 @@ def load_pipeline(name_or_path: str) -> Pipeline:
     if not isinstance(bands, (list, tuple)):
         raise ConfigError(f"{path}: bands must be a list of band names, got {bands!r}; set e.g. bands: [red, nir]")
     doc["bands"] = tuple(str(b) for b in bands)
-    if "mask" in doc:
-        doc["mask"] = INFER if doc["mask"] == INFER else parse_mask(str(doc["mask"]))
+    if isinstance(doc.get("statistic"), list):
+        doc["statistic"] = ",".join(str(s) for s in doc["statistic"])
     try:
+        if "mask" in doc:
+            doc["mask"] = INFER if doc["mask"] == INFER else parse_mask(str(doc["mask"]))
+        if "indices" in doc:
+            doc["indices"] = indices_of(doc["indices"], doc["bands"], where="indices")
         return Pipeline(**doc)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
@@ -144,3 +187,23 @@ def with_overrides(base: Pipeline | None, **flags) -> Pipeline:
         given.setdefault("bands", ())
         return Pipeline(**given)
     return replace(base, **given)
+
+
+def indices_of(spec, bands: tuple[str, ...], *, where: str = "--band-index") -> tuple[tuple[str, str], ...]:
+    """Recipe or flag indices -> ((name, expression), ...): a mapping {ndvi: expression or null}, a
+    list of built-in names, or --index values "ndvi" / "ndvi=(nir - red) / (nir + red)"."""
+    from .compute.indices import resolve_index
+
+    if isinstance(spec, dict):
+        pairs = [(str(k), None if v is None else str(v)) for k, v in spec.items()]
+    elif isinstance(spec, (list, tuple)):
+        pairs = []
+        for entry in spec:
+            name, sep, expression = str(entry).partition("=")
+            pairs.append((name.strip(), expression.strip() if sep else None))
+    else:
+        raise ConfigError(f"{where}: indices must be a mapping of name to expression, e.g. indices: {{ndvi: null}}")
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: an index named twice ({', '.join(names)}); name each once")
+    return tuple((name, resolve_index(name, expression, bands, where=where)) for name, expression in pairs)

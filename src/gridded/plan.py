@@ -71,11 +71,13 @@ class Task:
         return GeoBox(self.shape_yx, Affine(*self.transform), self.crs)
 
     def fingerprint(self, pipeline: Pipeline) -> str:
-        """SHA-256 of the input item ids and `updated` times and the pipeline's parameters."""
+        """SHA-256 of the input item ids and `updated` times, the pipeline's parameters and the cell's grid."""
         doc = {
             "inputs": sorted([o.item_id, o.updated] for o in self.observations),
             "pipeline": pipeline.parameters(),
             "cell": list(self.key),
+            # the cell's place on the grid too: another grid may number its cells alike
+            "grid": [self.crs, list(self.transform), list(self.shape_yx)],
             "period": [self.period.start.isoformat(), self.period.end.isoformat()],
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -241,12 +243,40 @@ def resolve_recipe(pipeline: Pipeline, observations: list[Observation],
     return replace(pipeline, **changes)
 
 
+def drop_superseded(items: list[pystac.Item]) -> list[pystac.Item]:
+    """The items less those another one reprocesses: the same platform, tile and acquisition time
+    (Earth Search lists ESA's reprocessings of Sentinel-2 as `_1_` beside `_0_`), of which the
+    latest processing baseline (then the latest `updated`) is kept. Items naming no tile are all kept."""
+    kept: dict[tuple, pystac.Item] = {}
+    rest = []
+    for item in items:
+        props = item.properties
+        tile = props.get("s2:mgrs_tile") or props.get("grid:code") or props.get("landsat:wrs_path_row")
+        if not tile:
+            rest.append(item)
+            continue
+        key = (str(props.get("platform", "")).lower(), str(tile).upper().removeprefix("MGRS-"), item_time(item))
+        if key not in kept or _processing(item) > _processing(kept[key]):
+            kept[key] = item
+    return sorted(rest + list(kept.values()), key=lambda it: (item_time(it), it.id))
+
+
+def _processing(item: pystac.Item) -> tuple:
+    props = item.properties
+    try:
+        baseline = float(props.get("s2:processing_baseline", 0))
+    except (TypeError, ValueError):
+        baseline = 0.0
+    return baseline, str(props.get("updated") or props.get("created") or ""), item.id
+
+
 def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items: list[pystac.Item],
               tiles_per_worker: int, local_roots: tuple[Path, ...] | None = None) -> Plan:
     """Cells x periods x items -> tasks, batched by cell. Cells with no observation are left out."""
     if tiles_per_worker < 1:
         raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
     cells = cells_for_extent(grid, extent)
+    items = drop_superseded(items)
     finder = ObservationFinder(items, pipeline, local_roots)
     pipeline = finder.resolve(pipeline)
     periods = periods_for(time, pipeline.period)

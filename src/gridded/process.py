@@ -13,14 +13,14 @@ from typing import Literal
 import numpy as np
 
 from .cluster import local_client, tune_allocator, worker_resources
-from .compute.masking import clear_count
-from .compute.statistics import STATISTICS, warm_kernels
+from .compute.statistics import warm_kernels
 from .errors import ClusterError, GriddedError
 from .io.storage import Storage, open_storage
 from .masks import MaskRule
 from .pipeline import Pipeline
 from .plan import Batch, Task
-from .items import COUNT_ASSET, COUNT_NODATA, item_name
+from .reduce import reduce_task
+from .items import item_name
 from .write import commit_outputs
 
 log = logging.getLogger(__name__)
@@ -76,24 +76,11 @@ def compute_task(task: Task, pipeline: Pipeline, *, on_bad_source: BadSource = "
     stacks = load_task(task, pipeline.bands, pipeline.mask if isinstance(pipeline.mask, MaskRule) else None,
                        pipeline.nodata, encodings={b: pipeline.encoding(b) for b in pipeline.bands},
                        skip_bad_sources=on_bad_source == "skip")
-    arrays, nodata = {}, {}
-    for band in pipeline.bands:
-        dtype = np.dtype(pipeline.dtype) if pipeline.dtype else stacks.source_dtype[band]
-        nodata[band] = output_nodata(pipeline.nodata, stacks.source_nodata[band], dtype)
-        arrays[band] = np.empty(task.geobox.shape, dtype=dtype)
-    statistic = STATISTICS[pipeline.statistic]
-    reduced = statistic.reduce(stacks.bands, stacks.sentinel, out=arrays, out_nodata=nodata,
-                               max_iterations=pipeline.max_iterations, tolerance=pipeline.tolerance)
-    arrays[COUNT_ASSET] = clear_count(stacks.bands, stacks.sentinel)
-    nodata[COUNT_ASSET] = COUNT_NODATA
-    for name in statistic.extra_assets:
-        arrays[name], nodata[name] = reduced[name].astype(np.float32), float("nan")
-    properties = {}
-    if statistic.iterative:
-        properties = {"gridded:geomedian": {"tolerance": pipeline.tolerance, "max_iterations": pipeline.max_iterations}}
+    reduced = reduce_task(stacks, pipeline, task.period.start)
+    properties = dict(reduced.properties)
     if stacks.skipped:
         properties["gridded:skipped_inputs"] = [{"id": item, "reason": why} for item, why in stacks.skipped]
-    return TaskArrays(arrays=arrays, nodata=nodata, properties=properties, skipped=stacks.skipped)
+    return TaskArrays(arrays=reduced.arrays, nodata=reduced.nodata, properties=properties, skipped=stacks.skipped)
 
 
 def task_states(tasks: list[Task], pipeline: Pipeline, storage: Storage) -> dict[tuple[tuple[int, int], str], TaskState]:
@@ -144,18 +131,6 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
                           seconds=time.monotonic() - started, **common)
 
 
-def output_nodata(pipeline_nodata, source_nodata, dtype: np.dtype):
-    if pipeline_nodata is not None:
-        value = pipeline_nodata
-    elif source_nodata is not None:
-        value = source_nodata
-    else:
-        value = np.nan if np.issubdtype(dtype, np.floating) else 0
-    if np.issubdtype(dtype, np.integer):
-        return int(value)
-    return float(value)
-
-
 def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: bool = False,
                   on_bad_source: BadSource = "fail",
                   workers_on_machine: int = 1, scheduler: str | None = None,
@@ -182,7 +157,8 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
     else:
         tune_allocator()
         # the tasks run in this process: load numba's code while Dask starts and the first reads run
-        warm_kernels(pipeline.statistic, len(pipeline.bands))
+        for statistic in pipeline.statistics:
+            warm_kernels(statistic, len(pipeline.bands))
         client = local_client(*worker_resources(workers_on_machine))
     # period by period: the cells of one period read the same scenes, which stay open between them
     tasks = sorted(batch.tasks, key=lambda t: (t.period.label, t.key[1], t.key[0]))

@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .grid import Grid, load_grid
 from .masks import MaskRule, parse_mask
 from .period import TimeRange, parse_as_of, parse_time
-from .pipeline import Pipeline, load_pipeline, with_overrides
+from .pipeline import Pipeline, indices_of, load_pipeline, with_overrides
 from .source import ItemQuery
 
 
@@ -56,7 +56,7 @@ def select(source: str | None = None, *, extent, time: str | TimeRange, index: s
            statistic: str | None = None, period: str | None = None, bands: str | Sequence[str] | None = None,
            mask: str | MaskRule | None = None, collection: str | Sequence[str] | None = None,
            query: str | Sequence[str] = (), filter: str | None = None, tiles_per_worker: int = 4,
-           allow_roots: Sequence[str] = ()) -> Selection:
+           allow_roots: Sequence[str] = (), indices=None, rank: str | None = None) -> Selection:
     """A Selection from loose values: a recipe name or file with every given value put over it.
 
     `extent` is a lon/lat bbox (text or 4 numbers), a GeoJSON file, WKT, or an odc-geo Geometry;
@@ -69,7 +69,8 @@ def select(source: str | None = None, *, extent, time: str | TimeRange, index: s
     (('red', 'nir'), 'median', '2024-01-01T00:00:00+00:00')
     """
     _check_where_and_how_many(source, index, tiles_per_worker)
-    recipe = recipe_for(pipeline, statistic=statistic, period=period, bands=bands, mask=mask)
+    recipe = recipe_for(pipeline, statistic=statistic, period=period, bands=bands, mask=mask, indices=indices,
+                        rank=rank)
     grid = grid if grid is not None else recipe.grid
     if grid is None:
         raise ConfigError("no grid: pass --grid NAME|FILE (e.g. --grid utm55s-10m) or use a --pipeline that names one")
@@ -101,18 +102,26 @@ def names_of(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(name.strip() for part in parts for name in str(part).split(",") if name.strip())
 
 
-def recipe_for(pipeline: str | Pipeline | None, *, statistic: str | None = None, period: str | None = None,
-               bands: str | Sequence[str] | None = None, mask: str | MaskRule | None = None) -> Pipeline:
+def recipe_for(pipeline: str | Pipeline | None, *, statistic: str | Sequence[str] | None = None,
+               period: str | None = None, bands: str | Sequence[str] | None = None,
+               mask: str | MaskRule | None = None, indices=None, rank: str | None = None) -> Pipeline:
     """A recipe (a built-in name, a YAML file or a Pipeline; none: a plain composite) with every
-    value given put over it."""
+    value given put over it. `statistic` may name several (median,p10,p90 or a list); `indices`
+    are built-in names, NAME=EXPRESSION texts or a mapping of name to expression."""
     if isinstance(bands, str):
         bands = tuple(b.strip() for b in bands.split(",") if b.strip()) or None
+    if statistic is not None and not isinstance(statistic, str):
+        statistic = ",".join(statistic)
+    base = pipeline if isinstance(pipeline, Pipeline) else (load_pipeline(pipeline) if pipeline else None)
+    read = tuple(bands) if bands is not None else (base.bands if base else ())
     return with_overrides(
-        pipeline if isinstance(pipeline, Pipeline) else (load_pipeline(pipeline) if pipeline else None),
+        base,
         statistic=statistic,
         period=period,
         bands=tuple(bands) if bands is not None else None,
         mask=parse_mask(mask) if isinstance(mask, str) else mask,
+        indices=indices_of([indices] if isinstance(indices, str) else indices, read) if indices else None,
+        rank=rank,
     )
 
 

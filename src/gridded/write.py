@@ -12,7 +12,8 @@ import numpy as np
 from .errors import Interrupted
 from .io.cog import write_cog
 from .io.storage import Storage
-from .items import THUMBNAIL_ASSET, asset_name, asset_title, band_statistics, build_item, item_name
+from .items import (THUMBNAIL_ASSET, asset_encoding, asset_name, asset_title, band_statistics, build_item,
+                    item_name)
 from .pipeline import Pipeline
 from .plan import Task
 from .thumbnail import thumbnail_rgba, write_png
@@ -28,7 +29,8 @@ def commit_outputs(storage: Storage, *, pipeline: Pipeline, task: Task, arrays: 
         name = asset_name(pipeline, task, key)
         statistics[key] = band_statistics(array, nodata[key])
         _put_built(storage, name, lambda path, key=key, array=array: write_cog(
-            path, array, geobox, nodata[key], encoding=pipeline.encoding(key), description=asset_title(pipeline, key)))
+            path, array, geobox, nodata[key], encoding=asset_encoding(pipeline, key),
+            description=asset_title(pipeline, key)))
         hrefs[key] = storage.url(name)
     name = asset_name(pipeline, task, THUMBNAIL_ASSET)
     _put_built(storage, name, lambda path: write_png(path, thumbnail_rgba(arrays, nodata, pipeline.bands)))

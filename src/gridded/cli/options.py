@@ -52,7 +52,15 @@ def make_selection_options(*, time_required: bool):
         click.option("--as-of", default=None, help="Reference time for --time last:PERIOD (default: now, UTC)."),
         click.option("--pipeline", default=None, help="Built-in recipe name or YAML file; flags override it."),
         click.option("--grid", default=None, help="Built-in grid name (e.g. utm55s-10m, auto: the UTM zone of the extent, conus-albers-30m) or YAML file."),
-        click.option("--statistic", type=click.Choice(sorted(STATISTICS)), default=None, help="Default: median."),
+        click.option("--statistic", default=None,
+                     help=f"{', '.join(STATISTICS)} or a percentile pNN; several at once as median,p10,p90,mean "
+                          f"(one read). Default: median."),
+        click.option("--band-index", "band_index", multiple=True, metavar="NAME[=EXPR]",
+                     help="An index computed per observation and reduced like a band: built-in "
+                          "(ndvi, ndwi, nbr, ndmi, evi, savi) or NAME=EXPRESSION over band names (repeatable, "
+                          "or several separated by ';')."),
+        click.option("--rank", default=None,
+                     help="What --statistic best ranks by: a band or index (ndvi); -NAME for the least."),
         click.option("--period", default=None, help="ISO 8601 period: P1M (default), P3M, P1Y, P10D."),
         click.option("--bands", default=None, help="Comma-separated band names (asset keys, eo:bands or common names)."),
         click.option("--mask", default=None,
@@ -80,13 +88,16 @@ selection_options = make_selection_options(time_required=True)
 
 
 def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, period, bands, mask,
-                    collection, tiles_per_worker, index=None, allow_root=(), query=(), filter_=None):
+                    collection, tiles_per_worker, index=None, allow_root=(), query=(), filter_=None,
+                    band_index=(), rank=None):
     """The selection flags -> a Selection (their values normalised by `select`)."""
     from ..selection import select
 
     return select(source, extent=extent, time=time_, index=index, as_of=as_of, pipeline=pipeline, grid=grid,
                   statistic=statistic, period=period, bands=bands, mask=mask, collection=collection,
-                  query=query, filter=filter_, tiles_per_worker=tiles_per_worker, allow_roots=allow_root)
+                  query=query, filter=filter_, tiles_per_worker=tiles_per_worker, allow_roots=allow_root,
+                  indices=[part for value in band_index for part in value.split(";") if part.strip()] or None,
+                  rank=rank)
 
 
 on_bad_source_option = click.option(

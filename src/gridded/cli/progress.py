@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from ..process import CellResult
+if TYPE_CHECKING:
+    from ..process import CellResult
 
 
 def plan_summary(plan) -> str:

@@ -8,7 +8,6 @@ from datetime import UTC
 
 import click
 
-from ..selection import names_of
 from .options import say, source_access_options
 
 
@@ -70,7 +69,7 @@ def stac_search(index, bbox, datetime_, collection, as_json):
     db = open_index(index)
     try:
         items = db.search(bbox=box, start=when.start if when else datetime(1, 1, 1, tzinfo=UTC),
-                          end=when.end if when else datetime(9999, 12, 31, tzinfo=UTC), collections=names_of(collection))
+                          end=when.end if when else datetime(9999, 12, 31, tzinfo=UTC), collections=_names(collection))
     finally:
         db.close()
     if as_json:
@@ -81,3 +80,9 @@ def stac_search(index, bbox, datetime_, collection, as_json):
     for item in items[:1000]:
         when = item.properties.get("datetime") or item.properties.get("start_datetime") or ""
         click.echo(f"{item.collection_id or '':<24} {item.id:<48} {when}")
+
+
+def _names(collection) -> tuple[str, ...]:
+    from ..selection import names_of
+
+    return names_of(collection)

@@ -47,20 +47,24 @@ TEMP_MAX_AGE_S = 24 * 3600
 HOST = socket.gethostname()
 
 
+TEMP_SEPARATOR = "@"  # never in a host name (pods' names are full of '-')
+
+
 def temp_name(final: str) -> str:
     """A temporary name that says who writes it: host and pid, so a dead writer's leftovers are known."""
-    return f"{TEMP_MARK}{HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}-{final}"
+    return f"{TEMP_MARK}{HOST}{TEMP_SEPARATOR}{os.getpid()}{TEMP_SEPARATOR}{uuid.uuid4().hex[:12]}-{final}"
 
 
 def _writer_is_gone(name: str, age_s: float) -> bool:
-    """True when the temp file's writer (host-pid in its name) is no longer running here, or it is stale."""
+    """True when the temp file's writer (host and pid in its name) is no longer running here, or it is stale."""
     if age_s > TEMP_MAX_AGE_S:
         return True
-    rest = name[len(TEMP_MARK):]
-    host, _, rest = rest.partition("-")
+    parts = name[len(TEMP_MARK):].split(TEMP_SEPARATOR, 2)
+    if len(parts) < 3:
+        return False  # not a name this version writes: only age can tell
+    host, pid = parts[0], parts[1]
     if host != HOST:
         return False  # another machine's writer: only age can tell
-    pid = rest.partition("-")[0]
     if not pid.isdigit():
         return True
     try:
@@ -87,7 +91,7 @@ class LocalStorage:
         return path
 
     def exists(self, name: str) -> bool:
-        return self._path(name).exists()
+        return self._path(name).is_file()  # an object, as on S3: a folder is not one
 
     def url(self, name: str) -> str:
         """Where `name` is, as a file:// URL (what asset hrefs and links point at: absolute, also when
@@ -97,7 +101,7 @@ class LocalStorage:
     def get_bytes(self, name: str) -> bytes:
         try:
             return self._path(name).read_bytes()
-        except FileNotFoundError as err:
+        except (FileNotFoundError, IsADirectoryError) as err:
             raise SourceError(f"{self.root / name}: not found") from err
 
     def get_range(self, name: str, start: int, length: int) -> bytes:
@@ -147,11 +151,14 @@ class LocalStorage:
         if not self.root.is_dir():
             return []
         return sorted(
-            str(p.relative_to(self.root)) for p in self.root.rglob(f"*{suffix}") if TEMP_MARK not in p.name
+            str(p.relative_to(self.root)) for p in self.root.rglob(f"*{suffix}")
+            if TEMP_MARK not in p.name and p.is_file()
         )
 
     def delete(self, name: str) -> None:
-        self._path(name).unlink(missing_ok=True)
+        path = self._path(name)
+        if path.is_file() or path.is_symlink():
+            path.unlink()
 
     def scratch_path(self, name: str) -> Path:
         """Where to build `name` before committing it: a temporary name beside it (one filesystem,
@@ -283,6 +290,8 @@ class S3Storage:
 
     def get_range(self, name: str, start: int, length: int) -> bytes:
         if length <= 0:
+            if not self.exists(name):  # as a local file's: nothing to read still needs an object
+                raise SourceError(f"{self._uri(name)}: not found; check the key")
             return b""
         try:
             return self._read(name, Range=f"bytes={start}-{start + length - 1}")

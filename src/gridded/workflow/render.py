@@ -21,7 +21,7 @@ from .options import INDEX_SECRET_KEY, WorkflowOptions, check_index_dsn, dns_nam
 
 # The selection flags of `tiles generate`, in the order the CLI lists them (and parameters render).
 SELECTION_FLAGS = ("source", "extent", "time", "as_of", "pipeline", "grid", "statistic", "period", "bands",
-                   "mask", "collection", "query", "filter", "tiles_per_worker")
+                   "mask", "band_index", "rank", "collection", "query", "filter", "tiles_per_worker")
 PARAMETER_HELP = {
     "source": "STAC catalog, collection or API to read (s3:// or https:// so pods can reach it)",
     "extent": "lon/lat bbox minx,miny,maxx,maxy or WKT",
@@ -33,6 +33,8 @@ PARAMETER_HELP = {
     "period": "ISO 8601 period of each composite",
     "bands": "comma-separated band names",
     "mask": "clear-observation rule",
+    "band_index": "indices computed per observation, ';'-separated (ndvi or NAME=EXPRESSION)",
+    "rank": "what statistic best ranks by (a band or index; -NAME for the least)",
     "collection": "only items of these collection ids (comma-separated)",
     "query": "STAC API search terms, comma-separated (e.g. eo:cloud_cover<80)",
     "filter": "CQL2 filter of the STAC API search (text or JSON)",
@@ -122,15 +124,16 @@ def portable_selection(flags: Mapping[str, object]) -> dict[str, str | None]:
     from ..selection import select
 
     flags = {k: flags.get(k) for k in (*SELECTION_FLAGS, "index", "allow_root")}
-    for listed in ("collection", "query"):  # repeatable flags travel as one comma-separated parameter
-        value = flags[listed]
+    for listed, separator in (("collection", ","), ("query", ","), ("band_index", ";")):
+        value = flags[listed]  # repeatable flags travel as one parameter
         if value is not None and not isinstance(value, str):
-            flags[listed] = ",".join(str(v) for v in value) or None
+            flags[listed] = separator.join(str(v) for v in value) or None
     flags["tiles_per_worker"] = flags["tiles_per_worker"] or 4
     flags["allow_root"] = flags["allow_root"] or ()
     if flags.get("source") is None:
         raise ConfigError("no --source: a workflow reads an s3:// or https:// catalog; pass --source")
-    checked = {k: v for k, v in flags.items() if k not in ("source", "allow_root")}
+    checked = {k: v for k, v in flags.items() if k not in ("source", "allow_root", "band_index")}
+    checked["indices"] = [p for p in (flags["band_index"] or "").split(";") if p.strip()] or None
     # a schedule fills the time in: check the rest with a stand-in
     select(flags["source"], allow_roots=flags["allow_root"], **{**checked, "time": checked["time"] or "last:P1M"})
     for flag in ("grid", "pipeline"):

@@ -1,0 +1,212 @@
+"""Band indices (NDVI and friends) as expressions over band names, read by a small whitelist grammar
+(never eval, never numexpr on user text) and evaluated per observation in float32.
+
+    expression := term (("+" | "-") term)*
+    term       := factor (("*" | "/") factor)*
+    factor     := ("+" | "-") factor | atom
+    atom       := number | band | function "(" expression ("," expression)* ")" | "(" expression ")"
+
+A division by zero is NaN, as is any operation on a missing value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+
+BUILTIN_INDICES = {
+    "ndvi": "(nir - red) / (nir + red)",
+    "ndwi": "(green - nir) / (green + nir)",  # McFeeters 1996: open water
+    "nbr": "(nir - swir22) / (nir + swir22)",
+    "ndmi": "(nir - swir16) / (nir + swir16)",
+    "evi": "2.5 * (nir - red) / (nir + 6 * red - 7.5 * blue + 1)",
+    "savi": "1.5 * (nir - red) / (nir + red + 0.5)",
+}
+# a built-in's common names, as other sensors' assets name those bands (Landsat's nir08)
+ALIASES = {"nir": ("nir08", "B08", "nir"), "red": ("B04",), "green": ("B03",), "blue": ("B02",),
+           "swir16": ("B11",), "swir22": ("B12",)}
+FUNCTIONS = {"sqrt": 1, "abs": 1, "exp": 1, "log": 1, "clip": 3, "min": 2, "max": 2}
+TOKEN = re.compile(r"\s*(?:(?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
+                   r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>[-+*/(),]))")
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A parsed expression: ("num", value), ("band", name), ("neg", x), (op, a, b) or ("call", f, args...)."""
+
+    kind: str
+    args: tuple = ()
+
+
+class _Parser:
+    def __init__(self, text: str, where: str):
+        self.text, self.where = text, where
+        self.tokens: list[tuple[str, str, int]] = []
+        pos = 0
+        while pos < len(text):
+            match = TOKEN.match(text, pos)
+            if not match or match.end() == pos:
+                if text[pos:].strip() == "":
+                    break
+                bad = text[pos:].lstrip()[0]
+                self.fail(pos + len(text[pos:]) - len(text[pos:].lstrip()), f"unexpected {bad!r}")
+            kind = match.lastgroup
+            if kind is None:  # trailing spaces
+                break
+            self.tokens.append((kind, match.group(kind), match.start(kind)))
+            pos = match.end()
+        self.i = 0
+
+    def fail(self, pos: int, what: str):
+        raise ConfigError(f"{self.where}: {what} at position {pos + 1} of {self.text!r}; use band names, numbers, "
+                          f"+ - * /, parentheses and {', '.join(FUNCTIONS)}")
+
+    def peek(self) -> tuple[str, str, int] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self, value: str | None = None) -> tuple[str, str, int]:
+        token = self.peek()
+        if token is None:
+            self.fail(len(self.text), f"expected {value!r}" if value else "the expression ends too soon")
+        if value is not None and token[1] != value:
+            self.fail(token[2], f"expected {value!r}, found {token[1]!r}")
+        self.i += 1
+        return token
+
+    def parse(self) -> Node:
+        if not self.tokens:
+            self.fail(0, "an empty expression")
+        node = self.expression()
+        if self.peek() is not None:
+            self.fail(self.peek()[2], f"unexpected {self.peek()[1]!r}")
+        return node
+
+    def expression(self) -> Node:
+        node = self.term()
+        while self.peek() and self.peek()[1] in "+-":
+            op = self.take()[1]
+            node = Node(op, (node, self.term()))
+        return node
+
+    def term(self) -> Node:
+        node = self.factor()
+        while self.peek() and self.peek()[1] in "*/":
+            op = self.take()[1]
+            node = Node(op, (node, self.factor()))
+        return node
+
+    def factor(self) -> Node:
+        token = self.peek()
+        if token and token[1] in "+-":
+            self.take()
+            inner = self.factor()
+            return inner if token[1] == "+" else Node("neg", (inner,))
+        return self.atom()
+
+    def atom(self) -> Node:
+        kind, value, pos = self.take()
+        if kind == "number":
+            return Node("num", (float(value),))
+        if value == "(":
+            node = self.expression()
+            self.take(")")
+            return node
+        if kind == "name":
+            if self.peek() and self.peek()[1] == "(":
+                if value not in FUNCTIONS:
+                    self.fail(pos, f"function {value!r} is not allowed")
+                self.take("(")
+                args = [self.expression()]
+                while self.peek() and self.peek()[1] == ",":
+                    self.take(",")
+                    args.append(self.expression())
+                self.take(")")
+                if len(args) != FUNCTIONS[value]:
+                    self.fail(pos, f"{value} takes {FUNCTIONS[value]} argument(s), got {len(args)}")
+                return Node("call", (value, *args))
+            if value in FUNCTIONS:
+                self.fail(pos, f"{value} is a function; call it, e.g. {value}(nir)")
+            return Node("band", (value,))
+        self.fail(pos, f"unexpected {value!r}")
+        raise AssertionError("unreachable")
+
+
+def parse_expression(text: str, *, where: str = "--band-index") -> Node:
+    """An index expression -> its tree; a one-line ConfigError naming the position of what is wrong."""
+    return _Parser(text, where).parse()
+
+
+def bands_of(node: Node) -> set[str]:
+    """The band names an expression reads."""
+    if node.kind == "band":
+        return {node.args[0]}
+    if node.kind == "num":
+        return set()
+    children = node.args[1:] if node.kind == "call" else node.args
+    return set().union(*(bands_of(child) for child in children))
+
+
+def evaluate(node: Node, values: dict[str, np.ndarray]) -> np.ndarray:
+    """The expression over float32 arrays (NaN where a value is missing): float32, NaN where any
+    input is NaN, and where a division is by zero."""
+    with np.errstate(all="ignore"):
+        result = _eval(node, values)
+    if np.ndim(result) == 0:  # an expression of numbers only
+        result = np.full(next(iter(values.values())).shape, result, dtype=np.float32)
+    return np.asarray(result, dtype=np.float32)
+
+
+def _eval(node: Node, values: dict[str, np.ndarray]):
+    if node.kind == "num":
+        return np.float32(node.args[0])
+    if node.kind == "band":
+        return values[node.args[0]]
+    if node.kind == "neg":
+        return -_eval(node.args[0], values)
+    if node.kind == "call":
+        name, *args = node.args
+        evaluated = [_eval(a, values) for a in args]
+        if name == "clip":
+            return np.clip(*evaluated)
+        if name in ("min", "max"):  # NaN in, NaN out, as for every other operation
+            return (np.minimum if name == "min" else np.maximum)(*evaluated)
+        return {"sqrt": np.sqrt, "abs": np.abs, "exp": np.exp, "log": np.log}[name](evaluated[0])
+    a, b = (_eval(x, values) for x in node.args)
+    if node.kind == "+":
+        return a + b
+    if node.kind == "-":
+        return a - b
+    if node.kind == "*":
+        return a * b
+    return np.where(b == 0, np.float32(np.nan), a / np.where(b == 0, np.float32(1), b))
+
+
+def resolve_index(name: str, expression: str | None, bands: tuple[str, ...], *, where: str = "--band-index") -> str:
+    """The expression of an index: the one given, or a built-in's with its band names as the bands
+    read call them (nir is nir08 for Landsat); a one-line ConfigError for a band not read."""
+    if not NAME.match(name):
+        raise ConfigError(f"{where} {name}: an index name is lower-case letters, digits and '_', e.g. ndvi")
+    if name in bands:
+        raise ConfigError(f"{where} {name}: {name} is also a band name; call the index something else")
+    where = f"{where} {name}"
+    if expression is None:
+        if name not in BUILTIN_INDICES:
+            raise ConfigError(f"{where}: not a built-in index ({', '.join(BUILTIN_INDICES)}); give its "
+                              f"expression, e.g. --band-index {name}=(nir-red)/(nir+red)")
+        expression = BUILTIN_INDICES[name]
+        for band in sorted(bands_of(parse_expression(expression, where=where))):
+            if band not in bands:
+                alias = next((a for a in ALIASES.get(band, ()) if a in bands), None)
+                if alias:
+                    expression = re.sub(rf"\b{band}\b", alias, expression)
+    tree = parse_expression(expression, where=f"{where}={expression}")
+    missing = sorted(bands_of(tree) - set(bands))
+    if missing:
+        raise ConfigError(f"{where}={expression}: names band(s) {', '.join(missing)}, which are not read; add them "
+                          f"to --bands (reading {', '.join(bands)})")
+    return expression
