@@ -12,10 +12,14 @@ import hashlib
 import io
 import json
 import pickle
+from typing import NamedTuple
 from datetime import UTC, datetime
 
 from .errors import ArtifactError
 from .io.storage import storage_for_file
+from .grid import Grid
+from .io.access import SourceAccess
+from .pipeline import Pipeline
 from .plan import Batch, Plan
 
 MAGIC = b"GRIDDED-CELLS\n"
@@ -30,6 +34,7 @@ ALLOWED_CLASSES = {
     ("gridded.pipeline", "Pipeline"),
     ("gridded.masks", "MaskRule"),
     ("gridded.grid", "Grid"),
+    ("gridded.io.access", "SourceAccess"),
     ("datetime", "datetime"),
     ("datetime", "timezone"),
     ("datetime", "timedelta"),
@@ -49,7 +54,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def encode_artifact(plan: Plan) -> bytes:
     """The artifact bytes for a plan: header with per-batch offsets and SHA-256, then payloads."""
     payloads = [
-        pickle.dumps({"pipeline": plan.pipeline, "grid": plan.grid, "batch": b}, protocol=5)
+        pickle.dumps({"pipeline": plan.pipeline, "grid": plan.grid, "batch": b, "access": plan.access}, protocol=5)
         for b in plan.batches
     ]
     entries, offset = [], 0
@@ -98,8 +103,16 @@ def read_header(blob_head: bytes, uri: str) -> tuple[dict, int]:
     return header, end + 1
 
 
-def read_batch(uri: str, batch_id: int) -> tuple[dict, object, object]:
-    """(header, pipeline, grid, batch) for one batch id, digest-checked and safely unpickled."""
+class BatchRead(NamedTuple):
+    header: dict
+    pipeline: Pipeline
+    grid: Grid
+    batch: Batch
+    access: SourceAccess
+
+
+def read_batch(uri: str, batch_id: int) -> BatchRead:
+    """(header, pipeline, grid, batch, access) for one batch id, digest-checked and safely unpickled."""
     store, name = storage_for_file(uri)
     head = store.get_range(name, 0, MAX_HEADER_BYTES)
     header, base = read_header(head, uri)
@@ -120,4 +133,4 @@ def read_batch(uri: str, batch_id: int) -> tuple[dict, object, object]:
         raise ArtifactError(f"{uri}: batch {batch_id} cannot be decoded ({err.__class__.__name__}); regenerate it") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("batch"), Batch):
         raise ArtifactError(f"{uri}: batch {batch_id} holds no batch; regenerate it")
-    return header, doc["pipeline"], doc["grid"], doc["batch"]
+    return BatchRead(header, doc["pipeline"], doc["grid"], doc["batch"], doc.get("access") or SourceAccess())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,6 +23,7 @@ from .assets import (SENTINEL2_SCALE, BandInfo, band_info, find_band_asset, is_s
                      stored_encoding)
 from .errors import ConfigError
 from .grid import Grid, cell_outline_lonlat, cells_for_extent
+from .io.access import SourceAccess
 from .masks import MaskRule, infer_mask
 from .period import Period, TimeRange, periods_for
 from .pipeline import INFER, Pipeline
@@ -106,6 +107,7 @@ class Plan:
     # what is read for each band: (band, asset key, data type, scale, offset, items), one row per way
     bands_read: tuple[tuple[str, str, str | None, float, float, int], ...] = ()
     extent: Geometry | None = None  # the lon/lat extent asked for
+    access: SourceAccess = field(default_factory=SourceAccess)  # how workers reach the sources
     footprints: tuple = ()  # the items' lon/lat footprints (shapely), for a map; none for a large plan
 
     @property
@@ -244,9 +246,10 @@ def resolve_recipe(pipeline: Pipeline, observations: list[Observation],
 
 
 def drop_superseded(items: list[pystac.Item]) -> list[pystac.Item]:
-    """The items less those another one reprocesses: the same platform, tile and acquisition time
-    (Earth Search lists ESA's reprocessings of Sentinel-2 as `_1_` beside `_0_`), of which the
-    latest processing baseline (then the latest `updated`) is kept. Items naming no tile are all kept."""
+    """The items less those another one of their collection reprocesses: the same platform, tile and
+    acquisition time (Earth Search lists ESA's reprocessings of Sentinel-2 as `_1_` beside `_0_`), of
+    which the latest processing baseline (then the latest `updated`) is kept. Items naming no tile
+    are all kept."""
     kept: dict[tuple, pystac.Item] = {}
     rest = []
     for item in items:
@@ -255,7 +258,8 @@ def drop_superseded(items: list[pystac.Item]) -> list[pystac.Item]:
         if not tile:
             rest.append(item)
             continue
-        key = (str(props.get("platform", "")).lower(), str(tile).upper().removeprefix("MGRS-"), item_time(item))
+        key = (item.collection_id, str(props.get("platform", "")).lower(), str(tile).upper().removeprefix("MGRS-"),
+               item_time(item))
         if key not in kept or _processing(item) > _processing(kept[key]):
             kept[key] = item
     return sorted(rest + list(kept.values()), key=lambda it: (item_time(it), it.id))
@@ -382,8 +386,10 @@ def plan_for(selection: Selection) -> Plan:
         finally:
             index.close()
     else:
-        candidates = read_items(selection.source, selection.item_query())
+        with selection.access.exported():
+            candidates = read_items(selection.source, selection.item_query())
     items = items_for_query(candidates, selection.extent, selection.time, selection.collections)
-    return make_plan(pipeline=selection.pipeline, grid=selection.grid, extent=selection.extent,
+    plan = make_plan(pipeline=selection.pipeline, grid=selection.grid, extent=selection.extent,
                      time=selection.time, items=items, tiles_per_worker=selection.tiles_per_worker,
                      local_roots=local_roots(selection))
+    return replace(plan, access=selection.access)

@@ -15,6 +15,7 @@ import numpy as np
 from .cluster import local_client, tune_allocator, worker_resources
 from .compute.statistics import warm_kernels
 from .errors import ClusterError, GriddedError
+from .io.access import SourceAccess
 from .io.storage import Storage, open_storage
 from .masks import MaskRule
 from .pipeline import Pipeline
@@ -132,7 +133,7 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
 
 
 def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: bool = False,
-                  on_bad_source: BadSource = "fail",
+                  on_bad_source: BadSource = "fail", access: SourceAccess | None = None,
                   workers_on_machine: int = 1, scheduler: str | None = None,
                   on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
     """Every task of a batch on a Dask cluster: this worker's own LocalCluster, or `scheduler`.
@@ -163,7 +164,7 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
     # period by period: the cells of one period read the same scenes, which stay open between them
     tasks = sorted(batch.tasks, key=lambda t: (t.period.label, t.key[1], t.key[0]))
     try:
-        with pooled_sources():
+        with pooled_sources(), (access or SourceAccess()).exported():
             futures = [client.submit(process_task, t, pipeline, output, overwrite, on_bad_source, pure=False)
                        for t in tasks]
             for future in as_completed(futures):

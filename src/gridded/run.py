@@ -50,9 +50,9 @@ def _run_batch(artifact: str, batch_id: int, output: str, overwrite: bool, on_ba
                results_q) -> None:
     """In a worker process: read one batch from the artifact (as `tiles process` does) and run it,
     sending each task's result as soon as it is known."""
-    _, pipeline, _, batch = read_batch(artifact, batch_id)
-    process_batch(batch, pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source, workers_on_machine=workers,
-                  on_result=results_q.put)
+    read = read_batch(artifact, batch_id)
+    process_batch(read.batch, read.pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source,
+                  workers_on_machine=workers, access=read.access, on_result=results_q.put)
 
 
 def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = False, on_bad_source: BadSource = "fail",
@@ -89,7 +89,7 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
             if workers == 1 or scheduler:
                 for batch in todo.batches:
                     results += process_batch(batch, plan.pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source,
-                                             scheduler=scheduler, on_result=tally.add)
+                                             scheduler=scheduler, access=plan.access, on_result=tally.add)
             elif todo.batches:
                 results = _run_in_processes(todo, output, workers, overwrite, on_bad_source, tally)
     except Interrupted:

@@ -4,7 +4,7 @@ values: the one place friendly input is normalised; everything downstream takes 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,6 +13,8 @@ from odc.geo.geom import Geometry
 
 from .errors import ConfigError
 from .grid import Grid, load_grid
+from .io.access import SourceAccess
+from .io.s3 import requester_pays, unsigned_requested
 from .masks import MaskRule, parse_mask
 from .period import TimeRange, parse_as_of, parse_time
 from .pipeline import Pipeline, indices_of, load_pipeline, with_overrides
@@ -33,6 +35,7 @@ class Selection:
     query: tuple[str, ...] = ()  # STAC API query extension terms, e.g. "eo:cloud_cover<80"
     filter: str | None = None  # a CQL2 filter (text, or JSON) for a STAC API search
     index: str | None = None  # plan from this index instead of reading the source
+    access: SourceAccess = field(default_factory=SourceAccess)  # unsigned / requester-pays S3, signed hrefs
     allow_roots: tuple[str, ...] = ()  # more local folders asset hrefs may point into
 
     def __post_init__(self):
@@ -56,7 +59,8 @@ def select(source: str | None = None, *, extent, time: str | TimeRange, index: s
            statistic: str | None = None, period: str | None = None, bands: str | Sequence[str] | None = None,
            mask: str | MaskRule | None = None, collection: str | Sequence[str] | None = None,
            query: str | Sequence[str] = (), filter: str | None = None, tiles_per_worker: int = 4,
-           allow_roots: Sequence[str] = (), indices=None, rank: str | None = None) -> Selection:
+           allow_roots: Sequence[str] = (), indices=None, rank: str | None = None,
+           access: SourceAccess | None = None, sign: str | None = None) -> Selection:
     """A Selection from loose values: a recipe name or file with every given value put over it.
 
     `extent` is a lon/lat bbox (text or 4 numbers), a GeoJSON file, WKT, or an odc-geo Geometry;
@@ -91,6 +95,7 @@ def select(source: str | None = None, *, extent, time: str | TimeRange, index: s
         filter=filter or None,
         index=index,
         allow_roots=tuple(allow_roots),
+        access=access or SourceAccess(unsigned=unsigned_requested(), requester_pays=requester_pays(), sign=sign),
     )
 
 

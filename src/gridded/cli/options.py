@@ -71,6 +71,9 @@ def make_selection_options(*, time_required: bool):
         click.option("--filter", "filter_", default=None,
                      help="CQL2 filter of a STAC API search, as text (eo:cloud_cover < 80) or JSON."),
         click.option("--tiles-per-worker", type=int, default=4, show_default=True, help="Cells per batch."),
+        click.option("--sign", type=click.Choice(["planetary-computer"]), default=None,
+                     help="Sign asset hrefs when they are read (Planetary Computer SAS tokens; "
+                          "pip install 'gridded[planetary-computer]')."),
         click.option("--allow-root", "allow_root", multiple=True, type=click.Path(file_okay=False),
                      help="A local folder asset files may be read from besides the catalog's own (repeatable)."),
         *source_access_options,
@@ -89,7 +92,7 @@ selection_options = make_selection_options(time_required=True)
 
 def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, period, bands, mask,
                     collection, tiles_per_worker, index=None, allow_root=(), query=(), filter_=None,
-                    band_index=(), rank=None):
+                    band_index=(), rank=None, sign=None):
     """The selection flags -> a Selection (their values normalised by `select`)."""
     from ..selection import select
 
@@ -97,7 +100,7 @@ def build_selection(*, source, extent, time_, as_of, pipeline, grid, statistic, 
                   statistic=statistic, period=period, bands=bands, mask=mask, collection=collection,
                   query=query, filter=filter_, tiles_per_worker=tiles_per_worker, allow_roots=allow_root,
                   indices=[part for value in band_index for part in value.split(";") if part.strip()] or None,
-                  rank=rank)
+                  rank=rank, sign=sign)
 
 
 on_bad_source_option = click.option(

@@ -73,14 +73,14 @@ def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler, on_bad_sou
     started = time.monotonic()
     check_scheduler(scheduler)
     check_output(output)
-    _, pipeline, _, batch = read_batch(cells, batch_id)
+    _, pipeline, _, batch, access = read_batch(cells, batch_id)
     storage = open_storage(output)
     progress = Progress(len(batch.tasks), quiet=ctx.obj["quiet"])
     tally = Tally(progress.update)
     try:
         with interruptible(tally, len(batch.tasks), in_process=True):
             results = process_batch(batch, pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source,
-                                    scheduler=scheduler, on_result=tally.add)
+                                    scheduler=scheduler, access=access, on_result=tally.add)
     except Interrupted:  # the catalog lists what is committed, whatever stopped the pod
         write_catalog(storage, collection_id=pipeline.name, license=pipeline.license)
         raise

@@ -21,6 +21,7 @@ from rasterio.windows import Window
 
 from ..compute.arrays import as_dtype
 from ..errors import SourceError
+from .access import redact, signer
 from .s3 import backoff_s, gdal_path, is_remote
 
 log = logging.getLogger(__name__)
@@ -178,11 +179,15 @@ def _warp(src, geobox: GeoBox, value, out: np.ndarray) -> np.ndarray:
 def _retrying(href: str, what: str, read):
     remote = is_remote(href)
     attempts = READ_ATTEMPTS if remote else 1
-    path = gdal_path(href)
+    key = gdal_path(href)  # unsigned: a signed href changes with its token
+    sign = signer()
+    path = gdal_path(sign(href)) if sign else key
     pool = _POOL
-    if pool is not None and path in pool.gave_up:  # failed every attempt for an earlier task of the batch:
-        raise SourceError(f"{what}: {pool.gave_up[path]}")  # fail this one without a retry storm
+    if pool is not None and key in pool.gave_up:  # failed every attempt for an earlier task of the batch:
+        raise SourceError(f"{what}: {pool.gave_up[key]}")  # fail this one without a retry storm
     for attempt in range(1, attempts + 1):
+        if attempt == 2 and sign:  # the token may have expired: sign again, with a new one
+            path = gdal_path(sign(href, refresh=True))
         try:
             if attempt == 1:
                 return _read_once(path, what, read, remote=remote)
@@ -192,7 +197,7 @@ def _retrying(href: str, what: str, read):
         except SourceError as err:
             if attempt == attempts or not err.retryable:
                 if remote and pool is not None:
-                    pool.gave_up[path] = str(err).split(": ", 1)[-1]
+                    pool.gave_up[key] = str(err).split(": ", 1)[-1]
                 raise
             delay = backoff_s(attempt)
             log.info("%s: read failed (%s), retry %d of %d in %.2f s", what, err, attempt, attempts - 1, delay)
@@ -221,7 +226,7 @@ def source_error(err: rasterio.errors.RasterioError, what: str, *, remote: bool)
     (throttling, a 5xx, a body cut short) but those GDAL's error number says are final."""
     causes = _gdal_causes(err)
     messages = [str(c).strip().splitlines()[0] for c in causes if str(c).strip()]
-    message = messages[-1] if messages else err.__class__.__name__
+    message = redact(messages[-1]) if messages else err.__class__.__name__  # a signed href's token left out
     numbers = {getattr(c, "errno", None) for c in causes}
     retryable = remote and not (numbers & CPLE_REFUSED)
     return SourceError(f"{what}: cannot be read ({message})", retryable=retryable)

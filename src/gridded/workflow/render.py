@@ -21,7 +21,7 @@ from .options import INDEX_SECRET_KEY, WorkflowOptions, check_index_dsn, dns_nam
 
 # The selection flags of `tiles generate`, in the order the CLI lists them (and parameters render).
 SELECTION_FLAGS = ("source", "extent", "time", "as_of", "pipeline", "grid", "statistic", "period", "bands",
-                   "mask", "band_index", "rank", "collection", "query", "filter", "tiles_per_worker")
+                   "mask", "band_index", "rank", "collection", "query", "filter", "sign", "tiles_per_worker")
 PARAMETER_HELP = {
     "source": "STAC catalog, collection or API to read (s3:// or https:// so pods can reach it)",
     "extent": "lon/lat bbox minx,miny,maxx,maxy or WKT",
@@ -38,6 +38,7 @@ PARAMETER_HELP = {
     "collection": "only items of these collection ids (comma-separated)",
     "query": "STAC API search terms, comma-separated (e.g. eo:cloud_cover<80)",
     "filter": "CQL2 filter of the STAC API search (text or JSON)",
+    "sign": "sign asset hrefs when read (planetary-computer)",
     "tiles_per_worker": "cells per batch (one pod each)",
     "output": "s3:// root of the COGs, items and catalog",
     "aws_endpoint_url": "S3 endpoint for boto3 and GDAL (MinIO, Ceph); not a secret",
