@@ -153,7 +153,7 @@ def test_round_trip_equals_the_plan(artifact):
     header, _ = split_artifact(path.read_bytes())
     assert [e["id"] for e in header["batches"]] == [b.id for b in plan.batches]
     for batch in plan.batches:
-        got_header, pipeline, grid, got = read_batch(str(path), batch.id)
+        got_header, pipeline, grid, got, _ = read_batch(str(path), batch.id)
         assert got == batch
         assert got is not batch
         assert pipeline == plan.pipeline and grid == plan.grid

@@ -185,6 +185,7 @@ def _retrying(href: str, what: str, read):
     pool = _POOL
     if pool is not None and key in pool.gave_up:  # failed every attempt for an earlier task of the batch:
         raise SourceError(f"{what}: {pool.gave_up[key]}")  # fail this one without a retry storm
+    not_a_raster: list[bool] = []
     for attempt in range(1, attempts + 1):
         if attempt == 2 and sign:  # the token may have expired: sign again, with a new one
             path = gdal_path(sign(href, refresh=True))
@@ -195,9 +196,12 @@ def _retrying(href: str, what: str, read):
             with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):
                 return _read_once(path, what, read, remote=remote, reuse=False)
         except SourceError as err:
+            not_a_raster.append(getattr(err, "not_a_raster", False))
             if attempt == attempts or not err.retryable:
                 if remote and pool is not None:
                     pool.gave_up[key] = str(err).split(": ", 1)[-1]
+                if all(not_a_raster):  # every attempt read bytes that are no raster: the file's, not a glitch
+                    raise SourceError(str(err), retryable=False) from err
                 raise
             delay = backoff_s(attempt)
             log.info("%s: read failed (%s), retry %d of %d in %.2f s", what, err, attempt, attempts - 1, delay)
@@ -206,9 +210,12 @@ def _retrying(href: str, what: str, read):
 
 
 # GDAL's error numbers (CPLE_*) that say a read cannot succeed however often it is tried: the
-# object or bucket is not there, access is refused, or the bytes are not a raster GDAL reads
+# object or bucket is not there, access is refused, or (for a local file) the bytes are not a
+# raster GDAL reads. A remote file "not recognized" may be an error page read as its content (a
+# 503's body): it is tried again, and only refused when every attempt says so
 CPLE_OPEN_FAILED, CPLE_NOT_SUPPORTED = 4, 6
-CPLE_REFUSED = frozenset({CPLE_OPEN_FAILED, CPLE_NOT_SUPPORTED, 12, 13, 14, 15, 16})
+CPLE_REFUSED = frozenset({12, 13, 14, 15, 16})
+CPLE_NOT_A_RASTER = frozenset({CPLE_OPEN_FAILED, CPLE_NOT_SUPPORTED})
 
 
 def _gdal_causes(err: BaseException) -> list[BaseException]:
@@ -229,7 +236,9 @@ def source_error(err: rasterio.errors.RasterioError, what: str, *, remote: bool)
     message = redact(messages[-1]) if messages else err.__class__.__name__  # a signed href's token left out
     numbers = {getattr(c, "errno", None) for c in causes}
     retryable = remote and not (numbers & CPLE_REFUSED)
-    return SourceError(f"{what}: cannot be read ({message})", retryable=retryable)
+    failure = SourceError(f"{what}: cannot be read ({message})", retryable=retryable)
+    failure.not_a_raster = bool(numbers & CPLE_NOT_A_RASTER)
+    return failure
 
 
 def _read_once(path: str, what: str, read, *, remote: bool, reuse: bool = True):
