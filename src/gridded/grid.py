@@ -7,6 +7,9 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+import shapely
+import shapely.geometry
 from odc.geo import XY
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import BoundingBox, Geometry
@@ -176,9 +179,31 @@ def cells_for_extent(grid: Grid, extent: Geometry) -> list[tuple[tuple[int, int]
     return sorted(cells, key=lambda kv: (kv[0][1], kv[0][0]))
 
 
+OUTLINE_POINTS_PER_SIDE = 32  # a cell's edges follow the projection's curves in lon/lat: this many steps a side
+
+
+@lru_cache(maxsize=64)
+def _to_lonlat(crs: str):
+    from pyproj import Transformer
+
+    return Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+
+
+def outline_lonlat(geobox: GeoBox) -> shapely.Polygon:
+    """A cell's outline in lon/lat: its four edges in OUTLINE_POINTS_PER_SIDE steps each, projected in
+    one call (a 96 km cell needs tens of points, not the thousands a densify at pixel steps makes)."""
+    ny, nx = geobox.shape
+    a, _, c, _, e, f = tuple(geobox.affine)[:6]
+    t = np.linspace(0.0, 1.0, OUTLINE_POINTS_PER_SIDE, endpoint=False)
+    cols = np.concatenate([t * nx, np.full_like(t, nx), (1 - t) * nx, np.zeros_like(t), [0.0]])
+    rows = np.concatenate([np.zeros_like(t), t * ny, np.full_like(t, ny), (1 - t) * ny, [0.0]])
+    lon, lat = _to_lonlat(str(geobox.crs)).transform(c + a * cols, f + e * rows)
+    return shapely.Polygon(np.column_stack([lon, lat]))
+
+
 @lru_cache(maxsize=4096)
 def cell_outline_lonlat(geobox: GeoBox) -> tuple[dict, tuple[float, float, float, float]]:
-    """A cell's outline in lon/lat (densified, so it follows the projection's curves) and its bbox:
-    the same for every period of the cell, and most of an item's cost, so made once per cell."""
-    outline = geobox.extent.to_crs("EPSG:4326", resolution=abs(geobox.resolution.x) * 16)
-    return outline.json, tuple(outline.boundingbox)
+    """A cell's outline in lon/lat as GeoJSON, and its bbox: the same for every period of the cell,
+    so made once per cell."""
+    outline = outline_lonlat(geobox)
+    return shapely.geometry.mapping(outline), tuple(outline.bounds)

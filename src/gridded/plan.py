@@ -22,7 +22,7 @@ from shapely.strtree import STRtree
 from .assets import (SENTINEL2_SCALE, BandInfo, band_info, find_band_asset, is_sentinel2_reflectance,
                      stored_encoding)
 from .errors import ConfigError
-from .grid import Grid, cell_outline_lonlat, cells_for_extent
+from .grid import Grid, cell_outline_lonlat, cells_for_extent, outline_lonlat
 from .io.access import SourceAccess
 from .masks import MaskRule, infer_mask
 from .period import Period, TimeRange, periods_for
@@ -340,7 +340,7 @@ class ObservationFinder:
         not one of its inputs."""
         if self.tree is None:
             return []
-        cell_lonlat = gbox.extent.to_crs("EPSG:4326", resolution=gbox.resolution.x * 16).geom
+        cell_lonlat = outline_lonlat(gbox)
         hits = self.tree.query(cell_lonlat, predicate="intersects")
         if not len(hits):
             return []
