@@ -454,8 +454,7 @@ def ingest(source: str, index: Index, *, collection: str | None = None, bbox: st
     import time
 
     from .period import parse_time
-    from .selection import names_of
-    from .source import ItemQuery, iter_rows
+    from .source import ItemQuery, iter_rows, names_of
 
     box = None
     if bbox:

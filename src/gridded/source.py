@@ -11,7 +11,7 @@ import logging
 import os
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +53,14 @@ class ItemQuery:
         if self.time is None:
             return None
         return f"{self.time.start.isoformat().replace('+00:00', 'Z')}/{self.time.end.isoformat().replace('+00:00', 'Z')}"
+
+
+def names_of(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """None, "a,b", or ["a", "b,c"] -> ("a", "b", "c")."""
+    if value is None:
+        return ()
+    parts = [value] if isinstance(value, str) else list(value)
+    return tuple(name.strip() for part in parts for name in str(part).split(",") if name.strip())
 
 
 class _StacIO(pystac.stac_io.DefaultStacIO):
