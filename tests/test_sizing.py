@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from gridded import plan, select
 from gridded.cli import cli
 from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
+from gridded.plan import plan_stream
 from gridded.process import process_task
-from gridded.sizing import describe_bytes, largest_task, layers_of, sample_bytes_of, task_memory_bytes
+from gridded.sizing import describe_bytes, largest_task, sample_bytes_of, task_memory_bytes
 
 
 @pytest.mark.parametrize("recipe", [
@@ -24,7 +25,7 @@ from gridded.sizing import describe_bytes, largest_task, layers_of, sample_bytes
 ], ids=["median", "percentiles+ndvi", "geomedian-P3M", "best-P3M"])
 def test_the_estimate_bounds_what_a_task_allocates(recipe, demo_catalog, tmp_path):
     todo = plan(select(str(demo_catalog), extent=DEMO_EXTENT, time=DEMO_TIME, grid=str(DEMO_GRID), **recipe))
-    task = max(todo.tasks, key=layers_of)
+    task = max(todo.tasks, key=lambda t: t.n_layers)
     estimate = task_memory_bytes(task, todo.pipeline, sample_bytes_of(todo))
     assert process_task(task, todo.pipeline, str(tmp_path / "warm")).status == "done"  # numba's kernels loaded
     tracemalloc.start()  # numpy reports its arrays to tracemalloc; GDAL's own buffers are not seen
@@ -61,18 +62,43 @@ def test_the_estimate_grows_with_pixels_observations_and_sample_size(demo_catalo
     assert 4 << 30 < task_memory_bytes(with_layers(12, (9600, 9600)), pipeline, uint16) < 16 << 30
 
 
-def test_gridded_plan_says_what_the_largest_task_needs(demo_catalog):
-    result = CliRunner().invoke(cli, ["plan", "--source", str(demo_catalog), "--extent", DEMO_EXTENT, "--time",
-                                      DEMO_TIME, "--grid", str(DEMO_GRID), "--bands", "red,nir", "--period", "P3M"])
+def layers(task) -> int:
+    """Its observations once same-day scenes of a platform are one (as load.py mosaics them)."""
+    return len({(o.platform, o.solar_day) for o in task.observations})
+
+
+SELECTION = dict(extent=DEMO_EXTENT, time=DEMO_TIME, grid=str(DEMO_GRID), bands="red,nir", period="P3M")
+
+
+@pytest.mark.parametrize("listing", [[], ["--output", "OUT"]], ids=["streamed", "planned-whole"])
+def test_gridded_plan_says_what_the_largest_task_needs(listing, demo_catalog, tmp_path):
+    """Both ways `gridded plan` lists (rows streamed with observations counted, not made; or the
+    whole Plan, to compare with an output) name the same largest task and estimate."""
+    listing = [str(tmp_path / "out") if a == "OUT" else a for a in listing]
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in SELECTION.items()]
+    result = CliRunner().invoke(cli, ["plan", "--source", str(demo_catalog), *args, *listing])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stderr.splitlines() if line.startswith("largest task needs")]
     assert len(lines) == 1, result.stderr
-    todo = plan(select(str(demo_catalog), extent=DEMO_EXTENT, time=DEMO_TIME, grid=str(DEMO_GRID), bands="red,nir",
-                       period="P3M"))
-    task, need = largest_task(todo.tasks, todo.pipeline, sample_bytes_of(todo))
+    todo = plan(select(str(demo_catalog), **SELECTION))
+    task = max(todo.tasks, key=layers)  # the first of the most layers: every demo cell has the same shape
+    need = task_memory_bytes(task, todo.pipeline, {"red": 2, "nir": 2})  # the demo items declare uint16
     found = re.match(r"largest task needs ~(.+) of memory \(cell x(\d+) y(\d+) (\S+): 256x256 px, (\d+) observations, "
                      r"2 bands\)$", lines[0])
     assert found, lines[0]
     assert found.groups() == (describe_bytes(need), str(task.key[0]), str(task.key[1]), task.period.label,
-                              str(layers_of(task)))
-    assert sample_bytes_of(todo) == {"red": 2, "nir": 2}  # the demo items declare uint16
+                              str(layers(task)))
+    # same-day scenes count as one: by its scenes, another task would be the largest
+    assert max(todo.tasks, key=lambda t: len(t.observations)).key != task.key
+
+
+def test_the_largest_task_of_a_stream_is_the_plans(demo_catalog):
+    """A PlanStream's largest task, whether its rows were counted or its batches made, is the Plan's."""
+    selection = select(str(demo_catalog), **SELECTION)
+    whole = largest_task(plan(select(str(demo_catalog), **SELECTION)))
+    with plan_stream(selection) as stream:
+        rows = list(stream.rows())
+        assert rows and largest_task(stream) == whole
+    with plan_stream(selection) as stream:
+        assert list(stream) and largest_task(stream) == whole
+    assert whole[0] is not None and whole[1] > 0

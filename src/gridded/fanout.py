@@ -29,7 +29,7 @@ from .io.access import SourceAccess
 from .pipeline import Pipeline
 from .plan import Task
 from .process import BadSource, CellResult
-from .sizing import describe_bytes, layers_of, task_memory_bytes
+from .sizing import describe_bytes, task_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class _Fanout:
         best = max(self.rooms.values(), key=lambda r: r.budget_bytes)
         if need <= best.budget_bytes:
             return
-        what = (f"{task.shape_yx[1]}x{task.shape_yx[0]} px, {layers_of(task)} observations, "
+        what = (f"{task.shape_yx[1]}x{task.shape_yx[0]} px, {task.n_layers} observations, "
                 f"{len(pipeline.bands)} bands")
         room = (f"its MEMORY resource is {describe_bytes(best.budget_bytes)}" if best.declared else
                 f"~{describe_bytes(max(best.budget_bytes, 0))} free below the pause threshold of its "

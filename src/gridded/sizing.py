@@ -11,14 +11,12 @@ tasks (Python, numba, GDAL's block cache) is the worker's, not the task's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 
 from .compute.indices import bands_of, parse_expression
 from .compute.statistics import statistic_for
 from .pipeline import Pipeline
-from .plan import Plan, Task
+from .plan import Plan, PlanStream, Task, TaskShape, is_larger
 from .reduce import output_kinds
 
 # bytes per sample of a band whose items declare no data type: float32, the widest type sources
@@ -27,7 +25,7 @@ ASSUMED_SAMPLE_BYTES = 4
 COG_COPY_FACTOR = 2  # GDAL's MEM copy of an asset (1x) plus its overviews (1/3) and compressed tiles
 
 
-def sample_bytes_of(plan: Plan) -> dict[str, int]:
+def sample_bytes_of(plan: Plan | PlanStream) -> dict[str, int]:
     """Per band, the bytes of one source sample: the widest data type its items declare."""
     widest: dict[str, int] = {}
     for band, _key, data_type, *_ in plan.bands_read:
@@ -40,16 +38,17 @@ def sample_bytes_of(plan: Plan) -> dict[str, int]:
     return widest
 
 
-def layers_of(task: Task) -> int:
-    """The task's layers: its observations once same-day scenes of a platform are mosaicked."""
-    return len({(o.platform, o.solar_day) for o in task.observations})
-
-
 def task_memory_bytes(task: Task, pipeline: Pipeline, sample_bytes: dict[str, int] | None = None) -> int:
     """An upper estimate of the task's peak memory, in bytes (see the module's docstring)."""
+    return memory_bytes(task.shape_yx, task.n_layers, pipeline, sample_bytes)
+
+
+def memory_bytes(shape_yx: tuple[int, int], layers: int, pipeline: Pipeline,
+                 sample_bytes: dict[str, int] | None = None) -> int:
+    """The peak memory of a task of `layers` observations of `shape_yx` pixels, in bytes."""
     sample = {b: (sample_bytes or {}).get(b, ASSUMED_SAMPLE_BYTES) for b in pipeline.bands}
-    pixels = task.shape_yx[0] * task.shape_yx[1]
-    layers = max(1, layers_of(task))
+    pixels = shape_yx[0] * shape_yx[1]
+    layers = max(1, layers)
     per_sample = sum(sample.values())
     stacks = layers * pixels * per_sample
     observed = layers * pixels  # bool per layer
@@ -80,15 +79,21 @@ def _float_stacks(pipeline: Pipeline) -> float:
     return 3 * len(pipeline.indices) + 1.5 * len(bands)
 
 
-def largest_task(tasks: Iterable[Task], pipeline: Pipeline,
-                 sample_bytes: dict[str, int] | None = None) -> tuple[Task | None, int]:
-    """(the task needing the most memory, its bytes); (None, 0) for no task."""
-    best, need = None, 0
-    for task in tasks:
-        n = task_memory_bytes(task, pipeline, sample_bytes)
-        if n > need:
-            best, need = task, n
-    return best, need
+def largest_task(plan: Plan | PlanStream) -> tuple[TaskShape | None, int]:
+    """(the task of a plan needing the most memory, its bytes); (None, 0) for no task. Of a
+    PlanStream, once iterated (its batches or its rows: there its layers are counted, not made)."""
+    sample_bytes = sample_bytes_of(plan)
+    if isinstance(plan, PlanStream):
+        shape = plan.largest
+    else:
+        shape = None
+        for t in plan.tasks:
+            seen = TaskShape(t.key, t.period.label, t.shape_yx, t.n_layers)
+            if is_larger(seen, shape):
+                shape = seen
+    if shape is None:
+        return None, 0
+    return shape, memory_bytes(shape.shape_yx, shape.layers, plan.pipeline, sample_bytes)
 
 
 def describe_bytes(n: int | float) -> str:

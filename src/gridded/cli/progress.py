@@ -12,10 +12,14 @@ if TYPE_CHECKING:
 
 
 def plan_summary(plan) -> str:
-    """What a plan will compute: recipe, grid, items, cells, tasks and batches."""
-    tasks = plan.tasks
-    cells = {t.key for t in tasks}
-    obs = sum(len(t.observations) for t in tasks)
+    """What a plan will compute: recipe, grid, items, cells, tasks and batches (of a Plan, or of a
+    PlanStream once iterated)."""
+    if hasattr(plan, "n_cells_with_data"):
+        n_tasks, n_cells, obs, n_batches = plan.n_tasks, plan.n_cells_with_data, plan.n_observations, plan.n_batches
+    else:
+        tasks = plan.tasks
+        n_tasks, n_cells, n_batches = len(tasks), len({t.key for t in tasks}), len(plan.batches)
+        obs = sum(len(t.observations) for t in tasks)
     mask = plan.pipeline.mask
     mask_text = "none" if mask is None else (mask if isinstance(mask, str) else mask.spec())
     if mask_text == "infer":
@@ -25,23 +29,23 @@ def plan_summary(plan) -> str:
         f"per {plan.pipeline.period}, mask {mask_text}\n"
         f"grid {plan.grid.name} ({plan.grid.crs}, {plan.grid.resolution:g} m, tiles "
         f"{plan.grid.tile_shape_px[1]}x{plan.grid.tile_shape_px[0]} px)\n"
-        f"{plan.n_items} source items; {plan.n_cells_in_extent} cells meet the extent, {len(cells)} with data, "
+        f"{plan.n_items} source items; {plan.n_cells_in_extent} cells meet the extent, {n_cells} with data, "
         f"{len(plan.empty_cells)} without\n"
-        f"{len(tasks)} tasks ({obs} observations) in {len(plan.batches)} batches"
+        f"{n_tasks} tasks ({obs} observations) in {n_batches} batches"
         + "".join(f"\n{line}" for line in [*largest_task_line(plan), *bands_read(plan)])
     )
 
 
 def largest_task_line(plan) -> list[str]:
     """The memory the largest task needs at its peak, estimated from the plan (gridded.sizing)."""
-    from ..sizing import describe_bytes, largest_task, layers_of, sample_bytes_of
+    from ..sizing import describe_bytes, largest_task
 
-    task, need = largest_task(plan.tasks, plan.pipeline, sample_bytes_of(plan))
-    if task is None:
+    shape, need = largest_task(plan)
+    if shape is None:
         return []
-    return [f"largest task needs ~{describe_bytes(need)} of memory (cell x{task.key[0]} y{task.key[1]} "
-            f"{task.period.label}: {task.shape_yx[1]}x{task.shape_yx[0]} px, {layers_of(task)} observations, "
-            f"{len(plan.pipeline.bands)} bands)"]
+    (x, y), (ny, nx) = shape.key, shape.shape_yx
+    return [f"largest task needs ~{describe_bytes(need)} of memory (cell x{x} y{y} {shape.period}: {nx}x{ny} px, "
+            f"{shape.layers} observations, {len(plan.pipeline.bands)} bands)"]
 
 
 def bands_read(plan) -> list[str]:
