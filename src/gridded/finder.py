@@ -22,7 +22,7 @@ from odc.geo.geobox import GeoBox
 from shapely.strtree import STRtree
 
 from .assets import SENTINEL2_SCALE, BandInfo, band_info, find_band_asset, is_sentinel2_reflectance, stored_encoding
-from .candidates import GEOMETRY, MAXX, MINX, TIME, Candidate, candidate_of_item
+from .candidates import GEOMETRY, TIME, Candidate, candidate_of_item
 from .candidates import drop_superseded as drop_superseded_candidates
 from .errors import ConfigError
 from .grid import outline_lonlat
@@ -32,6 +32,7 @@ from .pipeline import INFER, Pipeline
 from .plan import Observation, Task
 from .source import item_time
 
+PLATFORM = Candidate._fields.index("platform")
 ALLOWED_SCHEMES = ("s3", "http", "https", "file", "")
 REMOTE_PREFIXES = ("s3://", "https://", "http://")
 
@@ -199,11 +200,13 @@ class ObservationFinder:
         self.resolved, self.local_roots = resolved, local_roots
         self._made: list[Observation | None] = [None] * len(candidates)
         self._solar_days: list[str] | None = None  # made for the whole block when first needed
+        self._layer_ids: np.ndarray | None = None
         self.times = np.array([c[TIME][:26] for c in candidates], dtype="datetime64[us]")
         distinct: dict[bytes, int] = {}
         owner = np.fromiter((distinct.setdefault(c[GEOMETRY], len(distinct)) for c in candidates),
                             dtype=np.int64, count=len(candidates))
         self.footprints = shapely.from_wkb(list(distinct)) if distinct else np.array([], dtype=object)
+        self._owner = owner  # per candidate, its footprint
         order = np.argsort(owner, kind="stable")  # the candidates of each footprint, in time order
         bounds = np.searchsorted(owner[order], np.arange(len(distinct) + 1))
         self.members = [order[bounds[i]:bounds[i + 1]] for i in range(len(distinct))]
@@ -249,9 +252,15 @@ class ObservationFinder:
 
     def _solar_days_of_block(self) -> list[str]:
         """solar_day of every candidate, at once."""
-        lon = np.array([(c[MINX] + c[MAXX]) / 2 for c in self.candidates], dtype=np.float64)
-        shift = np.round(lon / 15.0 * 3600e6).astype("timedelta64[us]")
-        return np.datetime_as_string((self.times + shift).astype("datetime64[D]")).tolist()
+        return np.datetime_as_string(self._solar_dates()).tolist()
+
+    def _solar_dates(self) -> np.ndarray:
+        """Per candidate, its local solar date (see solar_day), at the middle longitude of its
+        footprint's bounds (rows made for counting carry no bbox, and the R-tree's is rounded)."""
+        west, _, east, _ = shapely.bounds(self.footprints).T if len(self.footprints) else np.zeros((4, 0))
+        lon = ((west + east) / 2)[self._owner]
+        shift = np.round(lon / 15.0 * 3600e6).astype("timedelta64[us]")  # as solar_day() shifts
+        return (self.times + shift).astype("datetime64[D]")
 
     def inputs_of(self, gbox: GeoBox, outline: shapely.Polygon | None = None) -> np.ndarray:
         """The candidates whose footprints cover some of the cell, in time order: more than half a
@@ -273,14 +282,26 @@ class ObservationFinder:
         return np.sort(np.concatenate([self.members[f] for f in chosen]))
 
     def counts_for(self, gbox: GeoBox, periods: list[Period], outline: shapely.Polygon | None = None
-                   ) -> list[tuple[Period, int]]:
-        """(period, number of observations) for each period with observations meeting the cell."""
+                   ) -> list[tuple[Period, int, int]]:
+        """(period, number of observations, of layers) for each period with observations meeting
+        the cell; its layers are its observations once same-day scenes are mosaicked (Task.n_layers)."""
         hits = self.inputs_of(gbox, outline)
         if not len(hits):
             return []
         times = self.times[hits]
         lo, hi = self._period_bounds(times, periods)
-        return [(p, int(h - low)) for p, low, h in zip(periods, lo, hi) if h > low]
+        layers = self.layer_ids()[hits]
+        return [(p, int(h - low), len(np.unique(layers[low:h]))) for p, low, h in zip(periods, lo, hi) if h > low]
+
+    def layer_ids(self) -> np.ndarray:
+        """Per candidate, a number for its (platform, solar day): the layer it is mosaicked into."""
+        if self._layer_ids is None:
+            platforms: dict[str, int] = {}
+            code = np.fromiter((platforms.setdefault(c[PLATFORM], len(platforms)) for c in self.candidates),
+                               dtype=np.int64, count=len(self.candidates))
+            day = self._solar_dates().astype(np.int64)
+            self._layer_ids = code * 1_000_000 + day
+        return self._layer_ids
 
     @staticmethod
     def _period_bounds(times: np.ndarray, periods: list[Period]) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pystac
@@ -73,6 +74,11 @@ class Task:
     def geobox(self) -> GeoBox:
         return GeoBox(self.shape_yx, Affine(*self.transform), self.crs)
 
+    @property
+    def n_layers(self) -> int:
+        """Its layers: the observations once same-day scenes of a platform are mosaicked (load.py)."""
+        return len({(o.platform, o.solar_day) for o in self.observations})
+
     def fingerprint(self, pipeline: Pipeline) -> str:
         """SHA-256 of the input item ids and `updated` times, the pipeline's parameters and the cell's grid."""
         doc = {
@@ -84,6 +90,23 @@ class Task:
             "period": [self.period.start.isoformat(), self.period.end.isoformat()],
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+class TaskShape(NamedTuple):
+    """What a task's memory depends on (gridded.sizing), known without its observations."""
+
+    key: tuple[int, int]
+    period: str  # its label
+    shape_yx: tuple[int, int]
+    layers: int
+
+
+def is_larger(shape: TaskShape, than: TaskShape | None) -> bool:
+    """Whether `shape` holds more pixels x layers (then more pixels) than `than`."""
+    if than is None:
+        return True
+    area, other = shape.shape_yx[0] * shape.shape_yx[1], than.shape_yx[0] * than.shape_yx[1]
+    return (area * shape.layers, area) > (other * than.layers, other)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,6 +256,7 @@ class PlanStream:
         self.empty_cells: list[tuple[int, int]] = []
         self.n_batches = self.n_tasks = self.n_observations = 0
         self.footprints: dict[bytes, None] = {}
+        self.largest: TaskShape | None = None  # of the tasks so far, for the summary's memory estimate
 
     def close(self) -> None:
         self.source.close()
@@ -243,13 +267,14 @@ class PlanStream:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _cells(self, counts_only: bool) -> Iterator[tuple[tuple[int, int], list]]:
-        """(cell, its tasks) for each cell with data, in plan order; with `counts_only` its
-        (period, number of observations) instead, no observation made."""
+    def _cells(self, counts_only: bool) -> Iterator[tuple[tuple[int, int], tuple[int, int], list]]:
+        """(cell, its shape, its tasks) for each cell with data, in plan order; with `counts_only`
+        its (period, number of observations, of layers) instead, no observation made."""
         from .finder import ObservationFinder
 
         self.empty_cells, self.footprints = [], {}
         self.n_batches = self.n_tasks = self.n_observations = 0
+        self.largest = None
         for block, bbox in zip(self.blocks, self.layout.bboxes):
             outlines = outlines_lonlat([gbox for _, gbox in block])
             found = self.source.candidates(bbox=bbox, start=self.time.start, end=self.time.end,
@@ -264,7 +289,7 @@ class PlanStream:
                 else:
                     found_tasks = finder.tasks_for(key, gbox, self.periods, outline)
                 if found_tasks:
-                    yield key, found_tasks
+                    yield key, tuple(gbox.shape), found_tasks
                 else:
                     self.empty_cells.append(key)
 
@@ -272,7 +297,7 @@ class PlanStream:
         """The batches, as they are made."""
         pending: list[Task] = []
         n_pending = 0
-        for _, tasks in self._cells(counts_only=False):
+        for _, _, tasks in self._cells(counts_only=False):
             pending.extend(tasks)
             n_pending += 1
             if n_pending == self.tiles_per_worker:
@@ -286,16 +311,23 @@ class PlanStream:
         self.n_batches += 1
         self.n_tasks += len(tasks)
         self.n_observations += sum(len(t.observations) for t in tasks)
+        for t in tasks:
+            self._seen(TaskShape(t.key, t.period.label, t.shape_yx, t.n_layers))
         return batch
+
+    def _seen(self, shape: TaskShape) -> None:
+        if is_larger(shape, self.largest):
+            self.largest = shape
 
     def rows(self) -> Iterator[dict]:
         """One row per task, in batch order (its batch, cell, period and observation count), as
         they are planned: the observations are counted, not made, so a continent lists in seconds."""
         n_pending = 0
-        for key, counts in self._cells(counts_only=True):
-            for period, n in counts:
+        for key, shape_yx, counts in self._cells(counts_only=True):
+            for period, n, layers in counts:
                 self.n_tasks += 1
                 self.n_observations += n
+                self._seen(TaskShape(key, period.label, shape_yx, layers))
                 yield {"batch": self.n_batches, "cell": list(key), "period": period.label, "observations": n}
             n_pending += 1
             if n_pending == self.tiles_per_worker:
