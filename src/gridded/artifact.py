@@ -48,6 +48,7 @@ MAX_BATCH_BYTES = 4 << 30  # a batch's pickle inflates to at most this
 REGENERATE = "regenerate it with `gridded tiles generate`"
 
 ALLOWED_CLASSES = {
+    ("gridded._pickling", "rebuild"),  # sets the slots of one of these classes (it is given the class)
     ("gridded.plan", "Batch"),
     ("gridded.plan", "Task"),
     ("gridded.plan", "Observation"),

@@ -24,6 +24,7 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
+from ._pickling import by_fields
 from .candidates import GEOMETRY, Candidate, candidate_of_item, drop_superseded
 from .errors import ConfigError
 from .grid import Grid, cell_outline_lonlat, cells_for_extent, outlines_lonlat
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_MAP_FOOTPRINTS = 5000  # a plan keeps its items' footprints for a map up to this many
 
 
+@by_fields
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Observation:
     """One source item as a worker needs it: hrefs per band (and mask), no open handles."""
@@ -59,6 +61,7 @@ class Observation:
         return next(((s, o) for b, s, o in self.encodings if b == band), (1.0, 0.0))
 
 
+@by_fields
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Task:
     """One cell and one period with the observations to read: what a worker computes."""
