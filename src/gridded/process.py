@@ -17,11 +17,11 @@ from .compute.statistics import warm_kernels
 from .errors import ClusterError, GriddedError
 from .io.access import SourceAccess
 from .io.storage import Storage, open_storage
+from .items import item_name
 from .masks import MaskRule
 from .pipeline import Pipeline
 from .plan import Batch, Task
 from .reduce import reduce_task
-from .items import item_name
 from .write import commit_outputs
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ import numpy as np
 from .errors import Interrupted
 from .io.cog import write_cog
 from .io.storage import Storage
-from .items import (THUMBNAIL_ASSET, asset_encoding, asset_name, asset_title, band_statistics, build_item,
-                    item_name)
+from .items import THUMBNAIL_ASSET, asset_encoding, asset_name, asset_title, band_statistics, build_item, item_name
 from .pipeline import Pipeline
 from .plan import Task
 from .thumbnail import thumbnail_rgba, write_png
+
 
 def commit_outputs(storage: Storage, *, pipeline: Pipeline, task: Task, arrays: dict[str, np.ndarray],
                    nodata: dict[str, float | None], fingerprint: str, replace: bool,

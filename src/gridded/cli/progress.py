@@ -12,10 +12,14 @@ if TYPE_CHECKING:
 
 
 def plan_summary(plan) -> str:
-    """What a plan will compute: recipe, grid, items, cells, tasks and batches."""
-    tasks = plan.tasks
-    cells = {t.key for t in tasks}
-    obs = sum(len(t.observations) for t in tasks)
+    """What a plan will compute: recipe, grid, items, cells, tasks and batches (of a Plan, or of a
+    PlanStream once iterated)."""
+    if hasattr(plan, "n_cells_with_data"):
+        n_tasks, n_cells, obs, n_batches = plan.n_tasks, plan.n_cells_with_data, plan.n_observations, plan.n_batches
+    else:
+        tasks = plan.tasks
+        n_tasks, n_cells, n_batches = len(tasks), len({t.key for t in tasks}), len(plan.batches)
+        obs = sum(len(t.observations) for t in tasks)
     mask = plan.pipeline.mask
     mask_text = "none" if mask is None else (mask if isinstance(mask, str) else mask.spec())
     if mask_text == "infer":
@@ -25,9 +29,9 @@ def plan_summary(plan) -> str:
         f"per {plan.pipeline.period}, mask {mask_text}\n"
         f"grid {plan.grid.name} ({plan.grid.crs}, {plan.grid.resolution:g} m, tiles "
         f"{plan.grid.tile_shape_px[1]}x{plan.grid.tile_shape_px[0]} px)\n"
-        f"{plan.n_items} source items; {plan.n_cells_in_extent} cells meet the extent, {len(cells)} with data, "
+        f"{plan.n_items} source items; {plan.n_cells_in_extent} cells meet the extent, {n_cells} with data, "
         f"{len(plan.empty_cells)} without\n"
-        f"{len(tasks)} tasks ({obs} observations) in {len(plan.batches)} batches"
+        f"{n_tasks} tasks ({obs} observations) in {n_batches} batches"
         + "".join(f"\n{line}" for line in bands_read(plan))
     )
 
