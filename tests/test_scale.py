@@ -76,6 +76,29 @@ def test_a_plan_from_the_index_equals_the_plan_from_the_file(dsn, synthetic):
         assert db.execute("SELECT count(*) FROM layouts").fetchone()[0] == 1
 
 
+def test_solar_days_are_those_of_the_footprint_centre(synthetic):
+    """Solar days are made for a whole block at once; each equals the one-item formula, on both
+    sides of midnight and of the antimeridian's neighbours."""
+    from gridded.candidates import candidate_of
+    from gridded.finder import ObservationFinder, solar_day
+
+    with open(synthetic) as f:
+        doc = json.loads(f.readline())
+    rows = []
+    for n, (hour, lon) in enumerate([(23, 30.0), (0, -30.0), (12, 170.0), (12, -170.0), (1, 14.0), (22, -14.0)]):
+        d = json.loads(json.dumps(doc))
+        d["id"] = f"item-{n}"
+        d["properties"]["datetime"] = f"2024-01-10T{hour:02d}:30:00Z"
+        d["geometry"] = {"type": "Polygon", "coordinates": [[[lon - 0.5, 0], [lon + 0.5, 0], [lon + 0.5, 1],
+                                                             [lon - 0.5, 1], [lon - 0.5, 0]]]}
+        rows.append(candidate_of(d)[0])
+    rows.sort(key=lambda c: (c.time, c.id))
+    finder = ObservationFinder.of_candidates(rows, {}, None)
+    days = finder._solar_days_of_block()
+    expected = [solar_day(c.datetime, (c.minx + c.maxx) / 2) for c in rows]
+    assert days == expected and {"2024-01-09", "2024-01-10", "2024-01-11"} <= set(days)
+
+
 @pytest.mark.parametrize("side", [1, 3, 64])
 def test_blocks_of_any_size_make_the_same_plan(synthetic, side):
     selection = kenya(source=str(synthetic))

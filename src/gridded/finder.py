@@ -22,7 +22,7 @@ from odc.geo.geobox import GeoBox
 from shapely.strtree import STRtree
 
 from .assets import SENTINEL2_SCALE, BandInfo, band_info, find_band_asset, is_sentinel2_reflectance, stored_encoding
-from .candidates import GEOMETRY, TIME, Candidate, candidate_of_item
+from .candidates import GEOMETRY, MAXX, MINX, TIME, Candidate, candidate_of_item
 from .candidates import drop_superseded as drop_superseded_candidates
 from .errors import ConfigError
 from .grid import outline_lonlat
@@ -198,6 +198,7 @@ class ObservationFinder:
         self.candidates = candidates
         self.resolved, self.local_roots = resolved, local_roots
         self._made: list[Observation | None] = [None] * len(candidates)
+        self._solar_days: list[str] | None = None  # made for the whole block when first needed
         self.times = np.array([c[TIME][:26] for c in candidates], dtype="datetime64[us]")
         distinct: dict[bytes, int] = {}
         owner = np.fromiter((distinct.setdefault(c[GEOMETRY], len(distinct)) for c in candidates),
@@ -236,13 +237,21 @@ class ObservationFinder:
             if at < 0:
                 raise ConfigError(f"item {c.id} asset {key}: no href; fix the item, or name another asset in --bands")
             href = listed[at + len(key) + 2:listed.index("\n", at + 1)]
-            check_href(href, item_id=c.id, asset=key, local_roots=self.local_roots)
+            if not href.startswith(REMOTE_PREFIXES):
+                check_href(href, item_id=c.id, asset=key, local_roots=self.local_roots)
             hrefs.append((band, href))
-        when = c.datetime
+        if self._solar_days is None:
+            self._solar_days = self._solar_days_of_block()
         return Observation(
-            item_id=c.id, time=when, platform=c.platform, updated=c.updated,
-            solar_day=solar_day(when, (c.minx + c.maxx) / 2), hrefs=tuple(hrefs), self_href=c.self_href,
+            item_id=c.id, time=c.datetime, platform=c.platform, updated=c.updated,
+            solar_day=self._solar_days[i], hrefs=tuple(hrefs), self_href=c.self_href,
             mask=layout.mask, encodings=layout.encodings)
+
+    def _solar_days_of_block(self) -> list[str]:
+        """solar_day of every candidate, at once."""
+        lon = np.array([(c[MINX] + c[MAXX]) / 2 for c in self.candidates], dtype=np.float64)
+        shift = np.round(lon / 15.0 * 3600e6).astype("timedelta64[us]")
+        return np.datetime_as_string((self.times + shift).astype("datetime64[D]")).tolist()
 
     def inputs_of(self, gbox: GeoBox, outline: shapely.Polygon | None = None) -> np.ndarray:
         """The candidates whose footprints cover some of the cell, in time order: more than half a

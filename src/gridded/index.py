@@ -222,9 +222,17 @@ class SQLiteIndex:
         self.known_layouts.update(layouts)
         return counts
 
-    def _where(self, bbox, start, end, collections) -> tuple[str, list]:
-        sql = ('FROM items_bbox b JOIN items i ON i.rowid = b.rowid '
-               'WHERE b.maxx >= ? AND b.minx <= ? AND b.maxy >= ? AND b.miny <= ? AND i."end" >= ? AND i.start <= ?')
+    def _where(self, bbox, start, end, collections, *, boxes: bool = False) -> tuple[str, list]:
+        """The FROM and WHERE of a query; with `boxes`, the R-tree's bounds as b.* too. Without, the
+        items are read in rowid order (a list of the R-tree's hits first): a third faster than in the
+        R-tree's order, which jumps about the items' pages."""
+        if boxes:
+            sql = 'FROM items_bbox b JOIN items i ON i.rowid = b.rowid WHERE b.maxx >= ? AND b.minx <= ? '
+            sql += 'AND b.maxy >= ? AND b.miny <= ? '
+        else:
+            sql = 'FROM items i WHERE i.rowid IN (SELECT rowid FROM items_bbox '
+            sql += 'WHERE maxx >= ? AND minx <= ? AND maxy >= ? AND miny <= ?) '
+        sql += 'AND i."end" >= ? AND i.start <= ?'
         params = [bbox[0], bbox[2], bbox[1], bbox[3], utc_text(start), utc_text(end)]
         if collections:
             # `+`: not through the (collection, id) index, which would scan a whole collection
@@ -244,7 +252,7 @@ class SQLiteIndex:
     def candidates(self, *, bbox, start, end, collections=(), hrefs: bool = True) -> list[tuple]:
         """The planning columns of the items a query selects, as rows in Candidate's order, in time
         then id order; without `hrefs`, none (for counting)."""
-        where, params = self._where(bbox, start, end, collections)
+        where, params = self._where(bbox, start, end, collections, boxes=hrefs)
         select = self.SELECT if hrefs else self.COUNTING
         return self.db.execute(f"{select} {where} ORDER BY i.start, i.id", params).fetchall()  # rows, as Candidates
 

@@ -369,33 +369,54 @@ def _absolute_assets(item: pystac.Item, base: str) -> None:
         asset.href = pystac.utils.make_absolute_href(asset.href, base)
 
 
+WALK_PREFETCH = 10  # documents read ahead of the walk (boto3's connection pool holds ten)
+
+
 def _walk(root: str, root_doc: dict, *, on_bad: Callable[[str, str], None]) -> Iterator[Doc]:
-    """Item documents under a static catalog, following child and item links one by one."""
+    """Item documents under a static catalog, depth first in the catalog's own order, the next few
+    links read ahead on threads: a catalog on S3 or HTTPS costs a round trip per document, and one
+    at a time a catalog of 10^4 items takes minutes."""
+    from concurrent.futures import ThreadPoolExecutor
+
     stac_io = _StacIO()
-    seen, todo = set(), [(root, root_doc)]
-    while todo:
-        href, doc = todo.pop()
-        if href in seen:
-            continue
-        seen.add(href)
-        if doc is None:
-            try:
-                doc = json.loads(stac_io.read_text(href))
-            except (OSError, ValueError, GriddedError) as err:
-                if isinstance(err, GriddedError) and err.retryable:
-                    raise  # transient: the whole walk is worth retrying, not a link to count as broken
-                on_bad(href, f"cannot be read ({err})")
+
+    def read(href: str) -> dict:
+        return json.loads(stac_io.read_text(href))
+
+    seen: set[str] = set()
+    todo: list[tuple[str, dict | None]] = [(root, root_doc)]  # a stack: the next document last
+    ahead: dict[str, object] = {}
+    pool = ThreadPoolExecutor(WALK_PREFETCH, thread_name_prefix="gridded-walk")
+    try:
+        while todo:
+            for href, doc in todo[-1:-WALK_PREFETCH - 1:-1]:
+                if doc is None and href not in ahead and href not in seen:
+                    ahead[href] = pool.submit(read, href)
+            href, doc = todo.pop()
+            if href in seen:
                 continue
-        kind = doc.get("type") if isinstance(doc, dict) else None
-        if kind == "Feature":
-            yield Doc(doc, href, href, href)
-            continue
-        if kind not in ("Catalog", "Collection"):
-            on_bad(href, "not a STAC catalog, collection or item")
-            continue
-        links = [link for link in doc.get("links", []) if link.get("rel") in ("child", "item") and link.get("href")]
-        for link in reversed(links):  # depth first, in the catalog's own order
-            todo.append((pystac.utils.make_absolute_href(link["href"], href), None))
+            seen.add(href)
+            if doc is None:
+                future = ahead.pop(href)
+                try:
+                    doc = future.result()
+                except (OSError, ValueError, GriddedError) as err:
+                    if isinstance(err, GriddedError) and err.retryable:
+                        raise  # transient: the whole walk is worth retrying, not a link to count as broken
+                    on_bad(href, f"cannot be read ({err})")
+                    continue
+            kind = doc.get("type") if isinstance(doc, dict) else None
+            if kind == "Feature":
+                yield Doc(doc, href, href, href)
+                continue
+            if kind not in ("Catalog", "Collection"):
+                on_bad(href, "not a STAC catalog, collection or item")
+                continue
+            links = [link for link in doc.get("links", []) if link.get("rel") in ("child", "item") and link.get("href")]
+            for link in reversed(links):  # depth first, in the catalog's own order
+                todo.append((pystac.utils.make_absolute_href(link["href"], href), None))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _refuse(flag: str, source: str) -> Callable[[str, str], None]:
