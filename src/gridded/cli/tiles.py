@@ -34,17 +34,17 @@ def tiles_generate(cells, **kwargs):
     With neither --source nor --index, the index DSN is read from $GRIDDED_INDEX_DSN (how a rendered
     workflow passes it from a Kubernetes Secret)."""
     from ..artifact import write_artifact
-    from ..plan import plan_for
+    from ..plan import plan_stream
     from ..workflow.options import INDEX_DSN_ENV
 
     if kwargs.get("source") is None and kwargs.get("index") is None:
         kwargs["index"] = os.environ.get(INDEX_DSN_ENV) or None
     selection = build_selection(**kwargs)
     check_file_target(cells, "--cells")
-    plan_ = plan_for(selection)
-    say(plan_summary(plan_))
-    write_artifact(plan_, cells)
-    count = len(plan_.batches)  # write_artifact will return it; the ids are 0..count-1 either way
+    # planned as written, batch by batch: the plan is never whole in memory; its totals are known after
+    with plan_stream(selection) as stream:
+        count = write_artifact(stream, cells)
+        say(plan_summary(stream))
     say(f"wrote {cells}: {count} batches")
     click.echo(count)
 
