@@ -173,7 +173,16 @@ def test_round_trip_equals_the_plan(artifact):
         assert got is not batch
         assert pipeline == plan.pipeline and grid == plan.grid
         assert got_header["version"] == FORMAT_VERSION
-        assert pickle.loads(zlib.decompress(payload))["batch"] == batch
+        # the payload: the batch as plain tuples, each observation once, beside the shared recipe
+        outer = pickle.loads(zlib.decompress(payload))
+        batch_id, tasks, observations = outer["batch"]
+        assert batch_id == batch.id and len(tasks) == len(batch.tasks)
+        # (an item meeting cells of two planning blocks is two equal observations, so kept twice)
+        assert len({o.item_id for t in batch.tasks for o in t.observations}) <= len(observations) \
+            <= sum(len(t.observations) for t in batch.tasks)
+        assert [[observations[i][0] for i in picked] for *_, picked in tasks] == \
+            [[o.item_id for o in t.observations] for t in batch.tasks]
+        assert pickle.loads(outer["common"])["pipeline"] == plan.pipeline
 
 
 def test_round_trip_through_a_file_uri(artifact):
@@ -218,7 +227,7 @@ def test_a_truncated_artifact_is_refused(artifact):
 def test_an_artifact_of_the_first_layout_is_refused_naming_its_version(artifact):
     _, path = artifact
     path.write_bytes(MAGIC + b'{"format":"gridded-cells","version":1,"batches":[]}\n')
-    with pytest.raises(ArtifactError, match="v1, this gridded reads gridded-cells v2; regenerate"):
+    with pytest.raises(ArtifactError, match=f"v1, this gridded reads gridded-cells v{FORMAT_VERSION}; regenerate"):
         read_batch(str(path), 0)
 
 
@@ -333,6 +342,6 @@ def test_a_foreign_pickle_is_refused_before_it_runs(plans, tmp_path, attack, nes
 
 def test_a_pickle_of_plain_builtins_that_is_no_batch_is_refused(tmp_path):
     path = tmp_path / "cells.pickle"
-    path.write_bytes(artifact_with(pickle.dumps({"batch": [1, 2, 3]})))
+    path.write_bytes(artifact_with(pickle.dumps({"batch": [1, 2, 3], "common": b""})))
     with pytest.raises(ArtifactError, match="holds no batch"):
         read_batch(str(path), 0)

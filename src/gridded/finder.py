@@ -305,8 +305,7 @@ class ObservationFinder:
 
     @staticmethod
     def _period_bounds(times: np.ndarray, periods: list[Period]) -> tuple[np.ndarray, np.ndarray]:
-        starts = np.array([p.start.replace(tzinfo=None) for p in periods], dtype="datetime64[us]")
-        ends = np.array([p.end.replace(tzinfo=None) for p in periods], dtype="datetime64[us]")
+        starts, ends = _period_arrays(periods)
         return np.searchsorted(times, starts, side="left"), np.searchsorted(times, ends, side="right")
 
     def tasks_for(self, key: tuple[int, int], gbox: GeoBox, periods: list[Period],
@@ -328,6 +327,22 @@ class ObservationFinder:
                 tasks.append(Task(key=key, crs=crs, transform=transform, shape_yx=shape_yx, period=period,
                                   observations=tuple([made[i] for i in picked])))
         return tasks
+
+
+_PERIOD_ARRAYS: dict[int, tuple[list[Period], np.ndarray, np.ndarray]] = {}
+
+
+def _period_arrays(periods: list[Period]) -> tuple[np.ndarray, np.ndarray]:
+    """The periods' starts and ends as datetime64 arrays, made once per list of periods (a plan
+    asks for them for every cell)."""
+    cached = _PERIOD_ARRAYS.get(id(periods))
+    if cached is None or cached[0] is not periods:
+        starts = np.array([p.start.replace(tzinfo=None) for p in periods], dtype="datetime64[us]")
+        ends = np.array([p.end.replace(tzinfo=None) for p in periods], dtype="datetime64[us]")
+        if len(_PERIOD_ARRAYS) > 16:
+            _PERIOD_ARRAYS.clear()
+        cached = _PERIOD_ARRAYS[id(periods)] = (periods, starts, ends)
+    return cached[1], cached[2]
 
 
 def drop_superseded(items: list[pystac.Item]) -> list[pystac.Item]:

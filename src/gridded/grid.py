@@ -171,11 +171,20 @@ def cells_for_extent(grid: Grid, extent: Geometry) -> list[tuple[tuple[int, int]
             f"--extent covers about {n_x * n_y:,} cells ({pixels:.1e} pixels) of grid {grid.name} "
             f"(limits {MAX_CELLS:,} cells, {MAX_PIXELS:.0e} pixels); split the extent or use a coarser grid"
         )
-    cells = [
-        (key, gbox)
-        for key, gbox in gs.tiles(BoundingBox(left, bottom, right, top, grid.crs))
-        if gbox.extent.intersects(region)
-    ]
+    # the tiles gs.tiles would list, as rectangles made by arithmetic and tested against the prepared
+    # region all at once: a GeoBox (and its extent's geometry) is made only for the tiles kept
+    ix1, iy1, ix2, iy2 = map(int, gs.idx_bounds(BoundingBox(left, bottom, right, top, grid.crs)))
+    iy, ix = (v.ravel() for v in np.meshgrid(np.arange(iy1, iy2), np.arange(ix1, ix2), indexing="ij"))
+    if not len(ix):
+        return []
+    (a, _, c0, _, e, f0), (_, _, c1, _, _, _), (_, _, _, _, _, f1) = (
+        tuple(gs.tile_geobox(t).affine)[:6] for t in ((0, 0), (1, 0), (0, 1)))
+    ny, nx = grid.tile_shape_px
+    x0, y0 = c0 + ix * (c1 - c0), f0 + iy * (f1 - f0)
+    x1, y1 = x0 + a * nx, y0 + e * ny
+    boxes = shapely.box(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1))
+    keep = np.sort(shapely.STRtree(boxes).query(region.geom, predicate="intersects"))  # the region prepared once
+    cells = [((int(ix[i]), int(iy[i])), gs.tile_geobox((int(ix[i]), int(iy[i])))) for i in keep.tolist()]
     return sorted(cells, key=lambda kv: (kv[0][1], kv[0][0]))
 
 
