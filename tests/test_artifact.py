@@ -173,15 +173,15 @@ def test_round_trip_equals_the_plan(artifact):
         assert got is not batch
         assert pipeline == plan.pipeline and grid == plan.grid
         assert got_header["version"] == FORMAT_VERSION
-        # the payload: the batch as plain tuples, each observation once, beside the shared recipe
+        # the payload: the batch as plain tuples (each task a run of observation rows, times in
+        # microseconds since 1970), beside the shared recipe
         outer = pickle.loads(zlib.decompress(payload))
-        batch_id, tasks, observations = outer["batch"]
+        batch_id, tasks, (rows, times) = outer["batch"]
         assert batch_id == batch.id and len(tasks) == len(batch.tasks)
-        # (an item meeting cells of two planning blocks is two equal observations, so kept twice)
-        assert len({o.item_id for t in batch.tasks for o in t.observations}) <= len(observations) \
-            <= sum(len(t.observations) for t in batch.tasks)
-        assert [[observations[i][0] for i in picked] for *_, picked in tasks] == \
+        assert [[rows[i][0] for i in range(start, stop)] for *_, start, stop in tasks] == \
             [[o.item_id for o in t.observations] for t in batch.tasks]
+        assert times == [int(o.time.timestamp()) * 10**6 + o.time.microsecond
+                         for t in batch.tasks for o in t.observations]
         assert pickle.loads(outer["common"])["pipeline"] == plan.pipeline
 
 
