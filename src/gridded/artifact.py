@@ -34,7 +34,6 @@ from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple
 
-from ._pickling import rebuild
 from .errors import ArtifactError
 from .grid import Grid
 from .io.access import SourceAccess
@@ -92,35 +91,32 @@ def write_artifact(plan, uri: str) -> int:
     return n
 
 
-_OBSERVATION_FIELDS = attrgetter(*Observation.__slots__)
-_TIME = Observation.__slots__.index("time")
+_ROW_FIELDS = tuple(name for name in Observation.__slots__ if name != "time")
+_ROW = attrgetter(*_ROW_FIELDS)
+_TIME_OF = attrgetter("time")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _encoded(batch: Batch) -> tuple:
     """A batch as plain tuples, which pickle at C speed (a continent's artifact holds millions of
-    observations): each task's observations as a run of rows of field values, times as integer
-    microseconds since 1970 UTC."""
+    observations): each task's observations as a run of rows of their field values but time, and
+    the times apart as integer microseconds since 1970 UTC."""
     rows: list = []
+    times: list = []
     tasks = []
     for task in batch.tasks:
         start = len(rows)
-        rows.extend(map(_OBSERVATION_FIELDS, task.observations))
+        rows.extend(map(_ROW, task.observations))
+        times.extend(map(_TIME_OF, task.observations))
         tasks.append((task.key, task.crs, task.transform, task.shape_yx, task.period, start, len(rows)))
-    times = [(row[_TIME] - _EPOCH) // _MICROSECOND for row in rows]
-    return batch.id, tuple(tasks), (tuple(rows), times)
-
-
-_MICROSECOND = timedelta(microseconds=1)
+    return batch.id, tuple(tasks), (tuple(rows), [(t - _EPOCH) // _MICROSECOND for t in times])
 
 
 def _decoded(encoded) -> Batch:
     batch_id, tasks, (rows, times) = encoded
-    observations = []
-    for row, us in zip(rows, times, strict=True):
-        fields = list(row)
-        fields[_TIME] = _EPOCH + timedelta(microseconds=us)
-        observations.append(rebuild(Observation, tuple(fields)))
+    observations = [Observation(**dict(zip(_ROW_FIELDS, row, strict=True)), time=_EPOCH + timedelta(microseconds=us))
+                    for row, us in zip(rows, times, strict=True)]
     return Batch(id=batch_id, tasks=tuple(
         Task(key=tuple(key), crs=crs, transform=tuple(transform), shape_yx=tuple(shape_yx), period=period,
              observations=tuple(observations[start:stop]))
