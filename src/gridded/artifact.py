@@ -174,7 +174,8 @@ def read_batch(uri: str, batch_id: int) -> BatchRead:
     except ArtifactError:
         raise
     except Exception as err:
-        raise ArtifactError(f"{uri}: batch {batch_id} cannot be decoded ({err.__class__.__name__}); regenerate it") from err
+        raise ArtifactError(f"{uri}: batch {batch_id} cannot be decoded ({err.__class__.__name__}); "
+                            f"regenerate it") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("batch"), Batch) or doc["batch"].id != batch_id:
         raise ArtifactError(f"{uri}: batch {batch_id} holds no batch {batch_id}; regenerate it")
     return BatchRead(header, doc["pipeline"], doc["grid"], doc["batch"], doc.get("access") or SourceAccess())

@@ -54,7 +54,8 @@ def write_catalog(storage: Storage | str, *, collection_id: str | None = None, d
     )
     collection.add_links(links)
     collection.add_link(pystac.Link("root", "./catalog.json", media_type=pystac.MediaType.JSON, title=f"{cid} catalog"))
-    collection.add_link(pystac.Link("parent", "./catalog.json", media_type=pystac.MediaType.JSON, title=f"{cid} catalog"))
+    collection.add_link(pystac.Link("parent", "./catalog.json", media_type=pystac.MediaType.JSON,
+                                    title=f"{cid} catalog"))
     catalog = pystac.Catalog(id=f"{cid}-catalog", description=f"Outputs of gridded pipeline {cid}")
     catalog.add_link(pystac.Link("child", "./collection.json", media_type=pystac.MediaType.JSON, title=cid))
     catalog.add_link(pystac.Link("root", "./catalog.json", media_type=pystac.MediaType.JSON, title=f"{cid} catalog"))
@@ -112,7 +113,8 @@ class _Summary:
 
     def extent(self) -> pystac.Extent:
         if not self.bboxes:
-            return pystac.Extent(pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]), pystac.TemporalExtent([[None, None]]))
+            return pystac.Extent(pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]),
+                                 pystac.TemporalExtent([[None, None]]))
         bboxes = self.bboxes
         spatial = [[min(b[0] for b in bboxes), min(b[1] for b in bboxes),
                     max(b[2] for b in bboxes), max(b[3] for b in bboxes)]]

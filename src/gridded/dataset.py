@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pystac
@@ -71,7 +71,7 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
     kinds = _asset_kinds(recipe, finder.observations[0])
     counter = _Counter(progress, tiles.shape[0] * tiles.shape[1] * len(periods))
     blocks: dict[str, list] = {name: [] for name in kinds}
-    for p, period in enumerate(periods):
+    for period in periods:
         rows: dict[str, list] = {name: [] for name in kinds}
         for iy in range(tiles.shape[0]):
             row: dict[str, list] = {name: [] for name in kinds}
@@ -166,7 +166,7 @@ class _Counter:
     holds only its token (graphs are pickled for a distributed scheduler, and a lock is not):
     chunks computed in this process find it; elsewhere there is nothing to report to."""
 
-    live: dict[str, _Counter] = {}
+    live: ClassVar[dict[str, _Counter]] = {}
 
     def __init__(self, callback, total: int):
         self.callback, self.total, self.done = callback, total, 0

@@ -109,7 +109,8 @@ def grid_from_mapping(doc, *, where: str) -> Grid:
         raise ConfigError(f"{where}: a grid is a mapping with crs, resolution, tile_size")
     unknown = set(doc) - {"crs", "resolution", "tile_size", "origin", "name"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: crs, resolution, tile_size, origin")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: crs, resolution, tile_size, origin")
     for key in ("crs", "resolution", "tile_size"):
         if key not in doc:
             raise ConfigError(f"{where}: missing {key}; a grid needs crs, resolution and tile_size")

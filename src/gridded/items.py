@@ -69,8 +69,8 @@ def band_statistics(array: np.ndarray, nodata) -> dict:
     stats = {"valid_percent": round(100.0 * n / array.size, 4) if array.size else 0.0}
     if n:
         values = array[valid] if n < array.size else array.ravel()
-        stats.update(minimum=float(values.min()), maximum=float(values.max()), mean=float(values.mean(dtype=np.float64)),
-                     stddev=float(values.std(dtype=np.float64)))
+        stats.update(minimum=float(values.min()), maximum=float(values.max()),
+                     mean=float(values.mean(dtype=np.float64)), stddev=float(values.std(dtype=np.float64)))
     return stats
 
 
@@ -176,7 +176,7 @@ def data_asset(pipeline: Pipeline, key: str, dtype, nodata, href: str, resolutio
     band = {"data_type": np.dtype(dtype).name, "spatial_resolution": resolution}
     if _nodata_field(nodata) is not None:
         band["nodata"] = _nodata_field(nodata)
-    layer, statistic = asset_layer(pipeline, key)
+    layer, _ = asset_layer(pipeline, key)
     scale, offset = asset_encoding(pipeline, key)
     if (scale, offset) != (1.0, 0.0):  # how the stored values become the physical quantity
         band.update(scale=scale, offset=offset)

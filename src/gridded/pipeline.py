@@ -73,7 +73,8 @@ class Pipeline:
             try:
                 np.dtype(self.dtype)
             except TypeError as err:
-                raise ConfigError(f"pipeline {self.name}: dtype {self.dtype!r} is not a numpy dtype; use e.g. uint16") from err
+                raise ConfigError(f"pipeline {self.name}: dtype {self.dtype!r} is not a numpy dtype; "
+                                  f"use e.g. uint16") from err
 
     @property
     def statistics(self) -> tuple[str, ...]:

@@ -52,7 +52,8 @@ class ItemQuery:
     def datetime(self) -> str | None:
         if self.time is None:
             return None
-        return f"{self.time.start.isoformat().replace('+00:00', 'Z')}/{self.time.end.isoformat().replace('+00:00', 'Z')}"
+        return (f"{self.time.start.isoformat().replace('+00:00', 'Z')}/"
+                f"{self.time.end.isoformat().replace('+00:00', 'Z')}")
 
 
 def names_of(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -333,8 +334,8 @@ def _parse_source(text: str, href: str, source: str, *, flag: str, on_bad) -> It
     if kind in ("Catalog", "Collection"):
         missing = [field for field in ("id", "description", "links") if field not in doc]
         if missing or not isinstance(doc.get("links"), list):
-            raise ConfigError(f"{flag} {source}: not a valid STAC {kind.lower()} (no {', '.join(missing) or 'links list'}); "
-                              f"give a STAC catalog.json or collection.json")
+            raise ConfigError(f"{flag} {source}: not a valid STAC {kind.lower()} "
+                              f"(no {', '.join(missing) or 'links list'}); give a STAC catalog.json or collection.json")
         return _walk(href, doc, on_bad=on_bad or _refuse(flag, source))
     raise ConfigError(f"{flag} {source}: not a STAC catalog, collection, item or item collection "
                       f"(no STAC 'type'); give a catalog.json, collection.json or a saved search")
@@ -532,9 +533,7 @@ def search_api(source: str, query: ItemQuery, *, progress: Callable[[str], None]
         search = client.search(collections=list(query.collections) or None, bbox=query.bbox,
                                datetime=query.datetime, limit=query.page_size, max_items=query.max_items + 1,
                                **options)
-        n = 0
-        for item in (search.items_as_dicts() if as_dicts else search.items()):
-            n += 1
+        for n, item in enumerate(search.items_as_dicts() if as_dicts else search.items(), start=1):
             if n > query.max_items:
                 raise ConfigError(f"--source {source}: the search returned more than {query.max_items:,} items; "
                                   f"narrow --extent, --time, --collection or --filter")

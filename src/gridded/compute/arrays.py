@@ -55,15 +55,13 @@ def output_rule(dtype: np.dtype, nodata: float | None) -> tuple[float, bool, flo
     return (np.nan if nodata is None else float(nodata)), False, -np.inf, np.inf
 
 
-def to_output(values: np.ndarray, dtype: np.dtype, nodata: float | None, *, out: np.ndarray | None = None) -> np.ndarray:
+def to_output(values: np.ndarray, dtype: np.dtype, nodata: float | None, *,
+              out: np.ndarray | None = None) -> np.ndarray:
     """Float results -> the output dtype: rounded half to even (numpy.rint), nodata where NaN."""
     dtype = np.dtype(dtype)
     missing = np.isnan(values)
     fill, rounded, lo, hi = output_rule(dtype, nodata)
-    if rounded:
-        converted = np.clip(np.rint(np.where(missing, 0, values)), lo, hi)
-    else:
-        converted = values
+    converted = np.clip(np.rint(np.where(missing, 0, values)), lo, hi) if rounded else values
     if out is None:
         out = np.empty(values.shape, dtype=dtype)
     np.copyto(out, converted, casting="unsafe")

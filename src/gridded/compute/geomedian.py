@@ -22,7 +22,7 @@ def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, f
 
     arrays = band_tuple(stacks)
     sentinels, use = sentinels_for(stacks, nodata, arrays[0].dtype)
-    t, ny, nx = arrays[0].shape
+    _, ny, nx = arrays[0].shape
     out = np.empty((len(arrays), ny, nx), dtype=np.float64)
     iters = np.zeros((ny, nx), dtype=np.int32)
     is_float = is_float_dtype(arrays[0].dtype)
@@ -66,7 +66,7 @@ def geomedian_mads(stacks: dict[str, np.ndarray], nodata: dict[str, float], geom
     arrays = band_tuple(stacks)
     sentinels, use = sentinels_for(stacks, nodata, arrays[0].dtype)
     gm = np.ascontiguousarray(np.stack([np.asarray(geomedian[b], dtype=np.float64) for b in stacks]))
-    t, ny, nx = arrays[0].shape
+    _, ny, nx = arrays[0].shape
     out = np.empty((len(MADS), ny, nx), dtype=np.float64)
     is_float = is_float_dtype(arrays[0].dtype)
     run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinels, use, is_float, gm, r0, r1, out), ny, threads)
