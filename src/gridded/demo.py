@@ -158,7 +158,7 @@ def write_demo_catalog(root: Path | str, *, seed: int = 20240101, start: datetim
     start = start or datetime(2024, 1, 2, 0, 5, 31, tzinfo=UTC)
     collection = pystac.Collection(
         id=COLLECTION, description="Synthetic Sentinel-2 L2A-like scenes written by `gridded demo`",
-        extent=pystac.Extent(pystac.SpatialExtent([[0, 0, 0, 0]]), pystac.TemporalExtent([[start, start]])),
+        extent=pystac.Extent(pystac.SpatialExtent([[0.0, 0.0, 0.0, 0.0]]), pystac.TemporalExtent([[start, start]])),
         license="CC0-1.0",
     )
     for i in range(n_dates):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import pystac
@@ -225,7 +225,8 @@ def _line_chunks(path: str) -> Iterator[tuple[list[bytes], int]]:
 def _rows_of_lines(chunk: tuple[list[bytes], int], base: str, where: str, query: ItemQuery):
     """(rows as (candidate, compressed document), their layouts, bad lines as (where, why)) of a chunk."""
     lines, first = chunk
-    rows, layouts, bad = [], {}, []
+    rows, bad = [], []
+    layouts: dict[str, dict] = {}
     for n, line in enumerate(lines, first):
         if not line.strip():
             continue
@@ -385,7 +386,7 @@ def _walk(root: str, root_doc: dict, *, on_bad: Callable[[str, str], None]) -> I
     """Item documents under a static catalog, depth first in the catalog's own order, the next few
     links read ahead on threads: a catalog on S3 or HTTPS costs a round trip per document, and one
     at a time a catalog of 10^4 items takes minutes."""
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     stac_io = _StacIO()
 
@@ -394,7 +395,7 @@ def _walk(root: str, root_doc: dict, *, on_bad: Callable[[str, str], None]) -> I
 
     seen: set[str] = set()
     todo: list[tuple[str, dict | None]] = [(root, root_doc)]  # a stack: the next document last
-    ahead: dict[str, object] = {}
+    ahead: dict[str, Future] = {}
     pool = ThreadPoolExecutor(WALK_PREFETCH, thread_name_prefix="gridded-walk")
     try:
         while todo:
@@ -488,7 +489,8 @@ def items_for_query(items: list[pystac.Item], extent_lonlat, time: TimeRange,
         when = item_time(item)
         if not time.start <= when <= time.end:
             continue
-        footprint = shape(item.geometry) if item.geometry else (box(*item.bbox) if item.bbox else None)
+        # (mypy spreads a bbox's floats over box's `ccw` flag too: a 2D bbox has four)
+        footprint = shape(item.geometry) if item.geometry else (box(*item.bbox) if item.bbox else None)  # type: ignore[arg-type]
         if footprint is None:
             log.warning("item %s has neither geometry nor bbox; skipped", item.id)
             continue
@@ -521,7 +523,7 @@ def search_api(source: str, query: ItemQuery, *, progress: Callable[[str], None]
     import pystac_client
     from pystac_client.exceptions import APIError
 
-    options = {}
+    options: dict[str, Any] = {}
     if query.filter:
         text = query.filter.strip()
         options["filter"] = json.loads(text) if text.startswith("{") else text
