@@ -97,7 +97,7 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
         "gridded:statistic": recipe.statistic,
         "gridded:indices": dict(recipe.indices),
         "gridded:period": recipe.period,
-        "gridded:mask": recipe.mask.spec() if recipe.mask else "none",
+        "gridded:mask": recipe.mask.spec() if isinstance(recipe.mask, MaskRule) else (recipe.mask or "none"),
         "gridded:inputs": [o.item_id for o in finder.observations],
     })
 
