@@ -53,5 +53,6 @@ def errors(doc: dict) -> list[str]:
     found = []
     for url in schema_urls(doc):
         validator = Draft7Validator({"$ref": url}, registry=registry())
-        found += [f"{url}: {'/'.join(map(str, e.absolute_path))}: {e.message[:300]}" for e in validator.iter_errors(doc)]
+        found += [f"{url}: {'/'.join(map(str, e.absolute_path))}: {e.message[:300]}"
+                  for e in validator.iter_errors(doc)]
     return found

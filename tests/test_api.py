@@ -110,6 +110,18 @@ def test_composite_takes_items_and_a_geobox_of_ones_own(demo_catalog):
     np.testing.assert_array_equal(own.red.compute().values, expected.values)
 
 
+def test_composite_of_layouts_implying_different_masks_records_the_mask_as_inferred(demo_catalog):
+    items = []
+    for n, path in enumerate(sorted(demo_catalog.parent.rglob("*_L2A.json"))):
+        item = pystac.Item.from_file(path)
+        item.make_asset_hrefs_absolute()
+        if n % 2:  # the same classes under another asset key: another layout, another rule
+            item.assets["SCL"] = item.assets.pop("scl")
+        items.append(item)
+    ds = gridded.composite(items, extent=DEMO_EXTENT, grid=str(DEMO_GRID), time="2024-01", bands=["red"])
+    assert ds.attrs["gridded:mask"] == "infer"  # as Pipeline.parameters records it
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"extent": DEMO_EXTENT}, "give extent= and grid="),
     ({"extent": DEMO_EXTENT, "grid": str(DEMO_GRID), "time": "2023-01"}, "no item meets the extent and time"),

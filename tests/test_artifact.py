@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -52,7 +53,7 @@ def to_utm(ring_lonlat, step_deg: float = 1e-4) -> Polygon:
     """A lon/lat ring in UTM 55S, its edges followed closely."""
     to_xy = Transformer.from_crs("EPSG:4326", UTM55S, always_xy=True)
     points = []
-    for (x0, y0), (x1, y1) in zip(ring_lonlat[:-1], ring_lonlat[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(ring_lonlat):
         n = max(2, int(math.hypot(x1 - x0, y1 - y0) / step_deg))
         for f in np.linspace(0, 1, n, endpoint=False):
             points.append(to_xy.transform(x0 + f * (x1 - x0), y0 + f * (y1 - y0)))
@@ -160,7 +161,8 @@ def join_artifact(header: dict, payloads: list[bytes]) -> bytes:
         body += payload
     head = json.dumps(header).encode()
     header_at = len(MAGIC) + 32 + len(body)
-    return MAGIC + struct.pack("<4Q", header_at, len(head), header_at + len(head), len(payloads)) + body + head + entries
+    offsets = struct.pack("<4Q", header_at, len(head), header_at + len(head), len(payloads))
+    return MAGIC + offsets + body + head + entries
 
 
 def test_round_trip_equals_the_plan(artifact):
@@ -193,7 +195,7 @@ def test_round_trip_through_a_file_uri(artifact):
 def test_a_worker_reads_four_small_ranges_and_its_own_batch(artifact, monkeypatch):
     from gridded.io.storage import LocalStorage
 
-    plan, path = artifact
+    _, path = artifact
     _, payloads = split_artifact(path.read_bytes())
     reads = []
     original = LocalStorage.get_range
@@ -220,7 +222,7 @@ def test_a_tampered_payload_byte_fails_its_sha256(artifact):
 def test_a_truncated_artifact_is_refused(artifact):
     plan, path = artifact
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(ArtifactError, match="truncated|SHA-256"):
+    with pytest.raises(ArtifactError, match=r"truncated|SHA-256"):
         read_batch(str(path), len(plan.batches) - 1)
 
 

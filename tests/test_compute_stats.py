@@ -269,7 +269,7 @@ def test_percentiles_of_the_most_observations_counted_and_one_more():
     got = percentiles_of_stack(stack, 0, (10, 90))
     for i, q in enumerate((10, 90)):
         np.testing.assert_array_equal(got[i], numpy_of(np.nanpercentile, stack, 0, q=q))
-    with pytest.raises(ConfigError, match="65536 observations .* use a shorter --period"):
+    with pytest.raises(ConfigError, match=r"65536 observations .* use a shorter --period"):
         percentiles_of_stack(np.ones((65_536, 1, 1), dtype=np.uint16), 0, (50,))
 
 

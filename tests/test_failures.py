@@ -13,10 +13,10 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import demo_on_s3, download_tree
 from expected import check_pixels, output_items
 from fault_proxy import FaultProxy, OncePerKey
 
+from conftest import demo_on_s3, download_tree
 from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
 
 SELECT = ["--extent", DEMO_EXTENT, "--time", DEMO_TIME, "--grid", str(DEMO_GRID), "--bands", "red,nir"]
@@ -101,7 +101,8 @@ def test_an_unreachable_endpoint_is_transient_exit_1_for_plan_run_and_tiles_proc
 
 def test_bad_input_exits_2_through_run_and_tiles_process(tmp_path, demo_catalog):
     cases = [
-        (["run", "--source", str(tmp_path / "missing.json"), *SELECT, "--output", str(tmp_path / "o")], "no such catalog"),
+        (["run", "--source", str(tmp_path / "missing.json"), *SELECT, "--output", str(tmp_path / "o")],
+         "no such catalog"),
         (["tiles", "process", "--cells", str(tmp_path / "missing.pickle"), "--batch", "0", "--output",
           str(tmp_path / "o")], "not found"),
         (["run", "--source", str(demo_catalog), *SELECT, "--on-bad-source", "maybe", "--output", str(tmp_path / "o")],

@@ -71,7 +71,8 @@ def test_unknown_builtin_grid_is_config_error(name):
 
 
 def test_grid_yaml_file_loads(tmp_path):
-    path = write(tmp_path, "albers.yaml", "crs: EPSG:3577\nresolution: 30\ntile_size: [96000, 48000]\norigin: [15, -15]\n")
+    path = write(tmp_path, "albers.yaml",
+                 "crs: EPSG:3577\nresolution: 30\ntile_size: [96000, 48000]\norigin: [15, -15]\n")
     grid = load_grid(str(path))
     assert CRS.from_user_input(grid.crs).to_epsg() == 3577
     assert grid.resolution == 30
@@ -345,7 +346,7 @@ def test_auto_grids_take_the_utm_zone_of_the_extents_centre(name, extent, epsg, 
 
 
 def test_an_auto_grid_without_an_extent_is_one_line():
-    with pytest.raises(ConfigError, match="name the zone, e.g. --grid utm55s-10m"):
+    with pytest.raises(ConfigError, match=r"name the zone, e\.g\. --grid utm55s-10m"):
         load_grid("auto")
 
 

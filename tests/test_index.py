@@ -50,9 +50,9 @@ def test_ingest_is_an_idempotent_upsert(dsn, demo_catalog, catalog_copy):
     items = list(collection.get_items())
     items[0].properties["updated"] = "2025-01-01T00:00:00Z"
     items[0].save_object()
-    broken = json.loads(open(items[1].get_self_href()).read())
+    broken = json.loads(Path(items[1].get_self_href()).read_text())
     broken["properties"]["datetime"] = None
-    open(items[1].get_self_href(), "w").write(json.dumps(broken))
+    Path(items[1].get_self_href()).write_text(json.dumps(broken))
     got = counts(cli_ok("stac", "ingest", str(catalog_copy), "--index", dsn))
     assert got == {"added": 0, "replaced": 1, "unchanged": n - 2, "skipped": 1, "in index": n}
 
@@ -81,7 +81,7 @@ def test_hostile_ids_are_stored_and_found_exactly(dsn, tmp_path):
         lines.append(json.dumps({
             "type": "Feature", "stac_version": "1.0.0", "id": item_id, "collection": "c_%'",
             "geometry": {"type": "Point", "coordinates": [10 + i, 10]}, "bbox": [10 + i, 10, 10 + i, 10],
-            "properties": {"datetime": "2024-01-0%dT00:00:00Z" % (i + 1)}, "assets": {}, "links": []}))
+            "properties": {"datetime": f"2024-01-0{i + 1}T00:00:00Z"}, "assets": {}, "links": []}))
     source = tmp_path / "items.ndjson"
     source.write_text("\n".join(lines) + "\n")
     assert counts(cli_ok("stac", "ingest", str(source), "--index", dsn))["added"] == len(ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -197,7 +198,8 @@ def test_a_range_inside_one_bin_is_one_clipped_bin():
 def test_bins_of_a_range_given_with_an_offset():
     periods = periods_for(parse_time("2024-01-31T20:00:00-10:00/2024-02-10"), "P1M")  # starts 2024-02-01T06:00Z
     assert all(p.start <= p.end for p in periods)
-    assert [(p.label, p.start, p.end) for p in periods] == [("2024-02--P1M", utc(2024, 2, 1, 6), end_of_day(2024, 2, 10))]
+    assert [(p.label, p.start, p.end) for p in periods] == [
+        ("2024-02--P1M", utc(2024, 2, 1, 6), end_of_day(2024, 2, 10))]
 
 
 @settings(max_examples=60, deadline=None)
@@ -212,7 +214,7 @@ def test_bins_tile_the_range_without_gaps(start, length, period):
     assert periods[0].start == time.start and periods[-1].end == time.end
     for p in periods:
         assert p.start <= p.end
-    for a, b in zip(periods, periods[1:]):
+    for a, b in pairwise(periods):
         assert b.start == a.end + US
     assert len({p.label for p in periods}) == len(periods)
     if period[-1] == "M":
@@ -221,7 +223,8 @@ def test_bins_tile_the_range_without_gaps(start, length, period):
             assert p.start.day == 1 and p.start.time() == datetime.min.time() and (p.start.month - 1) % n == 0
 
 
-@pytest.mark.parametrize("period", ["", "1M", "P", "PM", "P0M", "P5M", "P7M", "P1W", "p1m", "P1.5M", "P1MT", "P-1M", "month"])
+@pytest.mark.parametrize("period", ["", "1M", "P", "PM", "P0M", "P5M", "P7M", "P1W", "p1m", "P1.5M", "P1MT", "P-1M",
+                                    "month"])
 def test_bad_period_is_config_error(period):
     time = parse_time("2024-01-01/2024-03-31")
     with pytest.raises(ConfigError, match=r"^--period .*(not an ISO 8601 period|months must divide)"):

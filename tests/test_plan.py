@@ -19,11 +19,11 @@ from shapely.geometry import Point, box, shape
 from gridded import select
 from gridded.errors import ConfigError
 from gridded.extent import parse_extent
+from gridded.finder import ObservationFinder
 from gridded.grid import Grid
 from gridded.masks import MaskRule
 from gridded.period import Period, TimeRange, periods_for
 from gridded.pipeline import INFER, Pipeline
-from gridded.finder import ObservationFinder
 from gridded.plan import Observation, Task, make_plan
 from gridded.source import read_items
 

@@ -134,7 +134,8 @@ def test_best_takes_every_band_of_the_greenest_observation_and_says_when(several
 
 
 def test_observed_counts_observations_with_a_value_clear_or_not(several, demo_catalog):
-    for name, item, layers in layers_of(demo_catalog, several, ["red", "nir"], clear_fn=lambda m: np.ones(m.shape, bool)):
+    for name, item, layers in layers_of(demo_catalog, several, ["red", "nir"],
+                                        clear_fn=lambda m: np.ones(m.shape, bool)):
         observed = (~np.isnan(layers["red"]) & ~np.isnan(layers["nir"])).sum(axis=0)
         np.testing.assert_array_equal(cog(item, "observed"), observed, err_msg=name)
         assert (cog(item, "count") <= cog(item, "observed")).all()

@@ -137,7 +137,8 @@ def test_a_stac_api_search_gives_medians_equal_to_numpy_in_stored_and_physical_u
 
 
 def test_a_static_catalog_of_the_same_items_gives_the_same_composites(earth_search, tmp_path):
-    catalog = write_static_catalog(earth_search, tmp_path / "catalog", [load_collection("earthsearch", "sentinel-2-l2a")])
+    catalog = write_static_catalog(earth_search, tmp_path / "catalog",
+                                   [load_collection("earthsearch", "sentinel-2-l2a")])
     gridded_cli("run", "--source", str(catalog), "--extent", extent_of(earth_search[0], "red"), "--time", "2020",
                 "--period", "P1Y", "--grid", "auto", "--bands", "red,nir", "--allow-root", str(tmp_path.parent),
                 "--output", str(tmp_path / "out"))
@@ -180,7 +181,8 @@ def test_a_multi_band_visual_asset_is_never_read_for_a_band_and_an_ambiguous_nam
     item = load_item(PC_32TMT_0705_V0212)
     item["assets"] = {"visual": item["assets"]["visual"], **{k: v for k, v in item["assets"].items() if k != "visual"}}
     local = materialize(item, tmp_path, ["B04", "SCL", "visual"], rng=np.random.default_rng(5))
-    catalog = write_static_catalog([local], tmp_path / "catalog", [load_collection("planetarycomputer", "sentinel-2-l2a")])
+    catalog = write_static_catalog([local], tmp_path / "catalog",
+                                   [load_collection("planetarycomputer", "sentinel-2-l2a")])
     select = ["--source", str(catalog), "--extent", extent_of(local, "B04"), "--time", "2020-07", "--grid", "auto",
               "--allow-root", str(tmp_path)]
     result = gridded_cli("plan", *select, "--bands", "red")

@@ -87,7 +87,7 @@ def test_a_persistent_fault_fails_its_cells_by_name_without_a_retry_storm(faulty
 
 
 def test_access_denied_is_one_line_exit_2_and_not_retried(faulty, tmp_path):
-    proxy, s3 = faulty
+    proxy, _ = faulty
     proxy.injected.clear()
     proxy.rules = [Rule("GET", "/faulty-imagery/stac/catalog.json", "403", times=-1)]
     proc = run_through(proxy, "plan", *SELECT)

@@ -20,7 +20,7 @@ from gridded.plan import PlanStream, plan_for, plan_stream
 from gridded.selection import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import synthetic_index  # noqa: E402
+import synthetic_index
 
 KENYA = "-5,4,10,16"  # West Africa, where the first synthetic items are
 

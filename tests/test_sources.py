@@ -31,21 +31,21 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             return super().send_head()
         path = self.translate_path(self.path)
         try:
-            f = open(path, "rb")
+            with open(path, "rb") as f:
+                size = f.seek(0, 2)
+                start = int(match[1])
+                end = min(int(match[2]) if match[2] else size - 1, size - 1)
+                f.seek(start)
+                body = f.read(end - start + 1)
         except OSError:
             self.send_error(404)
             return None
-        size = f.seek(0, 2)
-        start = int(match[1])
-        end = min(int(match[2]) if match[2] else size - 1, size - 1)
-        f.seek(start)
         self.send_response(206)
         self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
-        self.wfile.write(f.read(end - start + 1))
-        f.close()
+        self.wfile.write(body)
         return None
 
 

@@ -138,7 +138,8 @@ def test_to_output_uint16_matches_rint(values):
 
 @SETTINGS
 @given(masked_stacks(bands=("red", "nir")), st.sampled_from([("uint16", 0), ("uint16", 65535), ("int16", -32768),
-                                                              ("uint8", None), ("float32", -9999.0), ("float32", None)]))
+                                                              ("uint8", None), ("float32", -9999.0),
+                                                              ("float32", None)]))
 def test_reducers_write_into_out_as_to_output_converts(data, output):
     # the fused path (results written straight into the output dtype) equals the float results
     # converted by to_output: rounding half to even, clipping (uint8), nodata where none is clear
@@ -414,7 +415,7 @@ def test_median_with_a_sentinel_the_dtype_cannot_hold_uses_every_value():
 def test_median_of_more_observations_than_it_counts_is_refused_with_the_fix():
     from gridded.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="65536 observations .* use a shorter --period"):
+    with pytest.raises(ConfigError, match=r"65536 observations .* use a shorter --period"):
         median_of_stack(np.ones((65_536, 1, 2), dtype=np.uint16), 0)
 
 
@@ -542,7 +543,8 @@ def test_mads_against_numpy():
     g = np.stack([gm[b] for b in stacks], axis=-1).reshape(-1, len(stacks))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        cosine = 1 - (points * g[:, None]).sum(-1) / (np.linalg.norm(points, axis=-1) * np.linalg.norm(g, axis=-1)[:, None])
+        norms = np.linalg.norm(points, axis=-1) * np.linalg.norm(g, axis=-1)[:, None]
+        cosine = 1 - (points * g[:, None]).sum(-1) / norms
         euclid = np.linalg.norm(points - g[:, None], axis=-1)
         bray = np.abs(points - g[:, None]).sum(-1) / np.abs(points + g[:, None]).sum(-1)
         for name, dist in (("smad", cosine), ("emad", euclid), ("bcmad", bray)):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -15,8 +17,8 @@ from gridded.cli import cli
 
 
 class FakeApi(http.server.BaseHTTPRequestHandler):
-    created: list[tuple[str, dict]] = []
-    phases = ["Running", "Running", "Succeeded"]
+    created: ClassVar[list[tuple[str, dict]]] = []
+    phases: ClassVar[list[str]] = ["Running", "Running", "Succeeded"]
 
     def log_message(self, *args):
         pass
@@ -66,7 +68,7 @@ def test_submit_creates_the_workflow_and_watch_follows_it(kubeconfig, monkeypatc
     assert result.exit_code == 0, result.output
     path, body = FakeApi.created[0]
     assert path == "/apis/argoproj.io/v1alpha1/namespaces/argo/workflows"
-    assert body == yaml.safe_load(open("workflows/dag.yaml"))
+    assert body == yaml.safe_load(Path("workflows/dag.yaml").read_text())
     assert "Workflow argo/gridded-s2-monthly-median-abcde created" in result.stdout
     assert "Succeeded" in result.stdout.splitlines()[-1]
 

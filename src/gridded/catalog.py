@@ -54,7 +54,8 @@ def write_catalog(storage: Storage | str, *, collection_id: str | None = None, d
     )
     collection.add_links(links)
     collection.add_link(pystac.Link("root", "./catalog.json", media_type=pystac.MediaType.JSON, title=f"{cid} catalog"))
-    collection.add_link(pystac.Link("parent", "./catalog.json", media_type=pystac.MediaType.JSON, title=f"{cid} catalog"))
+    collection.add_link(pystac.Link("parent", "./catalog.json", media_type=pystac.MediaType.JSON,
+                                    title=f"{cid} catalog"))
     catalog = pystac.Catalog(id=f"{cid}-catalog", description=f"Outputs of gridded pipeline {cid}")
     catalog.add_link(pystac.Link("child", "./collection.json", media_type=pystac.MediaType.JSON, title=cid))
     catalog.add_link(pystac.Link("root", "./catalog.json", media_type=pystac.MediaType.JSON, title=f"{cid} catalog"))
@@ -77,7 +78,7 @@ ITEM_ASSET_FIELDS = ("type", "roles", "title", "eo:bands")
 class _Summary:
     """What the collection says of all its items, gathered item by item."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.bboxes: list[list[float]] = []
         self.starts: list[str] = []
         self.ends: list[str] = []
@@ -112,7 +113,8 @@ class _Summary:
 
     def extent(self) -> pystac.Extent:
         if not self.bboxes:
-            return pystac.Extent(pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]), pystac.TemporalExtent([[None, None]]))
+            unbounded: list[list[datetime | None]] = [[None, None]]
+            return pystac.Extent(pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]), pystac.TemporalExtent(unbounded))
         bboxes = self.bboxes
         spatial = [[min(b[0] for b in bboxes), min(b[1] for b in bboxes),
                     max(b[2] for b in bboxes), max(b[3] for b in bboxes)]]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import pystac
@@ -25,6 +25,7 @@ from .source import ItemQuery, items_for_query, read_items
 
 if TYPE_CHECKING:
     import xarray
+    from odc.geo.geom import Geometry
 
 DEFAULT_CHUNK_PX = 2048  # a chunk's side when the output grid is a GeoBox (a grid's chunks are its cells)
 
@@ -60,7 +61,7 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
     when = parse_time(time)
     gbox, chunk_yx, region = _output_grid(extent, geobox, grid if grid is not None else recipe.grid, chunks)
     collections = names_of(collection)
-    items = _items(source_or_items, ItemQuery(collections=collections, bbox=tuple(region.boundingbox), time=when))
+    items = _items(source_or_items, ItemQuery(collections=collections, bbox=region.boundingbox.bbox, time=when))
     items = items_for_query(items, region, when, collections)
     if not items:
         raise ConfigError("composite: no item meets the extent and time; check extent, time and collection")
@@ -71,13 +72,13 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
     kinds = _asset_kinds(recipe, finder.observations[0])
     counter = _Counter(progress, tiles.shape[0] * tiles.shape[1] * len(periods))
     blocks: dict[str, list] = {name: [] for name in kinds}
-    for p, period in enumerate(periods):
+    for p in periods:
         rows: dict[str, list] = {name: [] for name in kinds}
         for iy in range(tiles.shape[0]):
             row: dict[str, list] = {name: [] for name in kinds}
             for ix in range(tiles.shape[1]):
-                tile = tiles[iy, ix]
-                found = finder.tasks_for((ix, iy), tile, [period])
+                tile = cast(GeoBox, tiles[iy, ix])  # the tiles of a GeoBox are GeoBoxes
+                found = finder.tasks_for((ix, iy), tile, [p])
                 result = _delayed_task(found[0] if found else None, tile, recipe, kinds, counter)
                 for name, (dtype, _) in kinds.items():
                     row[name].append(da.from_delayed(result[name], shape=(1, *tile.shape.yx), dtype=dtype))
@@ -85,7 +86,7 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
                 rows[name].append(row[name])
         for name in kinds:
             blocks[name].append(rows[name])
-    coords = xr_coords(gbox, crs_coord_name="spatial_ref")
+    coords: dict[Hashable, Any] = xr_coords(gbox, crs_coord_name="spatial_ref")
     coords["time"] = np.array([p.start.replace(tzinfo=None) for p in periods], dtype="datetime64[ns]")
     variables = {
         name: xr.DataArray(da.block(blocks[name]), dims=("time", "y", "x"),
@@ -96,7 +97,7 @@ def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=Non
         "gridded:statistic": recipe.statistic,
         "gridded:indices": dict(recipe.indices),
         "gridded:period": recipe.period,
-        "gridded:mask": recipe.mask.spec() if recipe.mask else "none",
+        "gridded:mask": recipe.mask.spec() if isinstance(recipe.mask, MaskRule) else (recipe.mask or "none"),
         "gridded:inputs": [o.item_id for o in finder.observations],
     })
 
@@ -111,7 +112,7 @@ def _items(source_or_items, query: ItemQuery) -> list[pystac.Item]:
     return items
 
 
-def _output_grid(extent, geobox: GeoBox | None, grid, chunks) -> tuple[GeoBox, tuple[int, int], object]:
+def _output_grid(extent, geobox: GeoBox | None, grid, chunks) -> tuple[GeoBox, tuple[int, int], Geometry]:
     """(the output GeoBox, the chunk shape (y, x), the lon/lat region to find items in)."""
     if geobox is not None:
         if grid is not None and extent is not None:
@@ -166,7 +167,7 @@ class _Counter:
     holds only its token (graphs are pickled for a distributed scheduler, and a lock is not):
     chunks computed in this process find it; elsewhere there is nothing to report to."""
 
-    live: dict[str, _Counter] = {}
+    live: ClassVar[dict[str, _Counter]] = {}
 
     def __init__(self, callback, total: int):
         self.callback, self.total, self.done = callback, total, 0

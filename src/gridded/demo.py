@@ -84,7 +84,7 @@ def scene_arrays(rng, index: int, when: datetime, shape_yx=SHAPE_YX):
     up = np.repeat(np.repeat(scl, 2, 0), 2, 1)
     bands = {}
     season = 1.0 + 0.15 * np.sin(when.timetuple().tm_yday / 58.0)
-    for b, (name, wavelength) in enumerate(BANDS.items()):
+    for b, name in enumerate(BANDS):  # the common name
         base = 300 + 300 * b + 8 * xx / nx * 100 + 5 * yy / ny * 100
         values = base * season + rng.normal(0, 40, (ny, nx))
         values = np.where(np.isin(up, (8, 9, 10)), 6000 + rng.normal(0, 300, (ny, nx)), values)
@@ -158,7 +158,7 @@ def write_demo_catalog(root: Path | str, *, seed: int = 20240101, start: datetim
     start = start or datetime(2024, 1, 2, 0, 5, 31, tzinfo=UTC)
     collection = pystac.Collection(
         id=COLLECTION, description="Synthetic Sentinel-2 L2A-like scenes written by `gridded demo`",
-        extent=pystac.Extent(pystac.SpatialExtent([[0, 0, 0, 0]]), pystac.TemporalExtent([[start, start]])),
+        extent=pystac.Extent(pystac.SpatialExtent([[0.0, 0.0, 0.0, 0.0]]), pystac.TemporalExtent([[start, start]])),
         license="CC0-1.0",
     )
     for i in range(n_dates):

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from . import __version__
 from .errors import ClusterError, ConfigError, SchedulerLost
@@ -321,7 +322,8 @@ class _Fanout:
     def result_of(self, future, task: Task, need: int) -> CellResult:
         from distributed import KilledWorker
 
-        common = dict(key=task.key, period=task.period.label, observations=len(task.observations), retryable=True)
+        common: dict[str, Any] = dict(key=task.key, period=task.period.label, observations=len(task.observations),
+                                      retryable=True)
         try:
             return future.result()
         except CancelledError as err:

@@ -85,7 +85,7 @@ def resolve_layout(layout: dict, pipeline: Pipeline, example_id: str) -> Resolve
     its assets imply) and how its band values read; an unknown band is a one-line error naming an
     item of that layout."""
     item = _stub_item(layout, example_id)
-    mask = infer_mask(set(item.assets)) if pipeline.mask == INFER else pipeline.mask
+    mask = infer_mask(set(item.assets)) if isinstance(pipeline.mask, str) else pipeline.mask  # str: INFER
     keys, infos = [], {}
     wanted = list(pipeline.bands) + ([mask.asset] if mask is not None else [])
     for band in wanted:
@@ -316,7 +316,7 @@ class ObservationFinder:
             return []
         times = self.times[hits]
         tasks = []
-        crs, transform, shape_yx = str(gbox.crs), tuple(gbox.affine)[:6], tuple(gbox.shape)
+        crs, transform, shape_yx = str(gbox.crs), tuple(gbox.affine)[:6], gbox.shape.yx
         for period, lo, hi in zip(periods, *self._period_bounds(times, periods)):
             if hi > lo:
                 picked = hits[lo:hi].tolist()

@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 import shapely
@@ -109,7 +110,8 @@ def grid_from_mapping(doc, *, where: str) -> Grid:
         raise ConfigError(f"{where}: a grid is a mapping with crs, resolution, tile_size")
     unknown = set(doc) - {"crs", "resolution", "tile_size", "origin", "name"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: crs, resolution, tile_size, origin")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: crs, resolution, tile_size, origin")
     for key in ("crs", "resolution", "tile_size"):
         if key not in doc:
             raise ConfigError(f"{where}: missing {key}; a grid needs crs, resolution and tile_size")
@@ -223,7 +225,7 @@ def outlines_lonlat(geoboxes: list[GeoBox]) -> np.ndarray:
     xs = c[:, None] + (a * nx)[:, None] * unit_cols[None, :]
     ys = f[:, None] + (e * ny)[:, None] * unit_rows[None, :]
     lon, lat = _to_lonlat(str(geoboxes[0].crs)).transform(xs, ys)
-    return shapely.polygons(np.stack([lon, lat], axis=-1))
+    return cast(np.ndarray, shapely.polygons(np.stack([lon, lat], axis=-1)))  # (cells, points, 2): an array
 
 
 @lru_cache(maxsize=4096)
@@ -231,4 +233,4 @@ def cell_outline_lonlat(geobox: GeoBox) -> tuple[dict, tuple[float, float, float
     """A cell's outline in lon/lat as GeoJSON, and its bbox: the same for every period of the cell,
     so made once per cell."""
     outline = outline_lonlat(geobox)
-    return shapely.geometry.mapping(outline), tuple(outline.bounds)
+    return shapely.geometry.mapping(outline), outline.bounds

@@ -47,7 +47,7 @@ class LayoutCount(NamedTuple):
 
     digest: str
     layout: dict
-    count: int
+    count: int  # type: ignore[assignment]  # the field hides tuple.count, which nothing here calls
     example_id: str
     latest: str
 
@@ -74,10 +74,12 @@ class Index(Protocol):
     dsn: str
 
     def upsert(self, rows: list[Row]) -> IngestCounts: ...
-    def layouts(self, *, bbox, start: datetime, end: datetime, collections: tuple[str, ...] = ()) -> list[LayoutCount]: ...
+    def layouts(self, *, bbox, start: datetime, end: datetime,
+                collections: tuple[str, ...] = ()) -> list[LayoutCount]: ...
     def candidates(self, *, bbox, start: datetime, end: datetime, collections: tuple[str, ...] = (),
-                   hrefs: bool = True) -> list[Candidate]: ...
-    def search(self, *, bbox, start: datetime, end: datetime, collections: tuple[str, ...] = ()) -> list[pystac.Item]: ...
+                   hrefs: bool = True) -> list[tuple]: ...  # rows in Candidate's order
+    def search(self, *, bbox, start: datetime, end: datetime,
+               collections: tuple[str, ...] = ()) -> list[pystac.Item]: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
 
@@ -319,7 +321,7 @@ class PostgresIndex:
         """Items of the first layout (gridded_items_v1, a jsonb doc each) -> this one, once."""
         from .candidates import candidate_of
 
-        exists = self.db.execute("SELECT to_regclass('gridded_items_v1')").fetchone()[0]
+        exists = self.db.execute("SELECT to_regclass('gridded_items_v1')").fetchone()[0]  # type: ignore[index]
         self.db.commit()
         if exists is None:
             return
@@ -349,7 +351,8 @@ class PostgresIndex:
                 with self.db.cursor() as cur:
                     cur.executemany("INSERT INTO gridded_layouts VALUES (%s, %s::jsonb) ON CONFLICT DO NOTHING",
                                     [(k, json.dumps(v)) for k, v in new_layouts.items()])
-            with self.db.cursor() as cur, cur.copy(f"COPY gridded_stage ({', '.join(self.COLUMNS)}) FROM STDIN") as copy:
+            stage = f"COPY gridded_stage ({', '.join(self.COLUMNS)}) FROM STDIN"
+            with self.db.cursor() as cur, cur.copy(stage) as copy:
                 for row in rows:
                     c = row.candidate
                     copy.write_row((c.collection, c.id, c.time, c.time, c.updated, c.platform, c.tile, c.baseline,
@@ -362,7 +365,7 @@ class PostgresIndex:
                 f"WHERE (excluded.updated <> '' AND excluded.updated > gridded_items.updated) "
                 f"OR (excluded.updated = '' AND gridded_items.updated = '' AND excluded.doc <> gridded_items.doc) "
                 f"RETURNING (xmax = 0) AS inserted) "
-                f"SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up").fetchone()
+                f"SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up").fetchone()  # type: ignore[misc]
         self.known_layouts.update(new_layouts)
         counts.added, counts.replaced = added, replaced
         counts.unchanged = len(rows) - added - replaced
@@ -380,8 +383,8 @@ class PostgresIndex:
         where, params = self._where(bbox, start, end, collections)
         found = self.db.execute(f"SELECT layout, count(*), min(id), max(start_time) {where} GROUP BY layout",
                                 params).fetchall()
-        docs = dict(self.db.execute("SELECT layout, doc::text FROM gridded_layouts WHERE layout = ANY(%s)",
-                                    [[f[0] for f in found]]).fetchall())
+        docs: dict[str, str] = dict(self.db.execute(
+            "SELECT layout, doc::text FROM gridded_layouts WHERE layout = ANY(%s)", [[f[0] for f in found]]).fetchall())
         self.db.commit()
         return [LayoutCount(d, json.loads(docs[d]), n, example, utc_text(latest)) for d, n, example, latest in found]
 
@@ -401,7 +404,7 @@ class PostgresIndex:
         return [_item_of(r[0]) for r in rows]
 
     def count(self) -> int:
-        n = self.db.execute("SELECT count(*) FROM gridded_items").fetchone()[0]
+        n = self.db.execute("SELECT count(*) FROM gridded_items").fetchone()[0]  # type: ignore[index]
         self.db.commit()
         return n
 
@@ -459,8 +462,9 @@ def ingest(source: str, index: Index, *, collection: str | None = None, bbox: st
     box = None
     if bbox:
         try:
-            box = tuple(float(v) for v in bbox.split(","))
-            assert len(box) == 4 and box[0] < box[2] and box[1] < box[3]
+            x0, y0, x1, y1 = (float(v) for v in bbox.split(","))  # not four: a ValueError
+            assert x0 < x1 and y0 < y1
+            box = (x0, y0, x1, y1)
         except (ValueError, AssertionError) as err:
             raise ConfigError(f"--bbox {bbox}: use minx,miny,maxx,maxy in degrees with min < max") from err
     query = ItemQuery(collections=names_of(collection), bbox=box, page_size=page_size,

@@ -9,6 +9,7 @@ import copy
 import math
 import os
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pystac
@@ -69,14 +70,14 @@ def band_statistics(array: np.ndarray, nodata) -> dict:
     stats = {"valid_percent": round(100.0 * n / array.size, 4) if array.size else 0.0}
     if n:
         values = array[valid] if n < array.size else array.ravel()
-        stats.update(minimum=float(values.min()), maximum=float(values.max()), mean=float(values.mean(dtype=np.float64)),
-                     stddev=float(values.std(dtype=np.float64)))
+        stats.update(minimum=float(values.min()), maximum=float(values.max()),
+                     mean=float(values.mean(dtype=np.float64)), stddev=float(values.std(dtype=np.float64)))
     return stats
 
 
 def eo_band(description: dict, band: str) -> dict:
     """An eo:bands entry (eo v1.1.0) from a source's band description (STAC 1.0 or 1.1 spelling)."""
-    entry = {"name": str(description.get("name") or band)}
+    entry: dict[str, Any] = {"name": str(description.get("name") or band)}
     common = description.get("common_name") or description.get("eo:common_name")
     if common in EO_COMMON_NAMES:
         entry["common_name"] = common
@@ -102,8 +103,10 @@ def build_item(*, pipeline: Pipeline, task: Task, assets: dict[str, tuple[np.dty
                extra: dict | None = None) -> dict:
     """The STAC item of a task's outputs (`hrefs`: asset key -> where it was written, absolute)."""
     geobox = task.geobox
+    crs = geobox.crs
+    assert crs is not None  # a grid's cells are in its CRS
     geometry, bbox = cell_outline_lonlat(geobox)
-    epsg = geobox.crs.epsg
+    epsg = crs.epsg
     resolution = abs(geobox.resolution.x)
     item = pystac.Item(
         id=item_id(pipeline, task),
@@ -135,12 +138,12 @@ def build_item(*, pipeline: Pipeline, task: Task, assets: dict[str, tuple[np.dty
         "gridded:inputs": [o.item_id for o in task.observations],
         "gridded:fingerprint": fingerprint,
     })
-    if geobox.crs.units[0] in ("metre", "meter", "m"):
+    if crs.units[0] in ("metre", "meter", "m"):
         props["gsd"] = resolution
     if len(platforms) == 1:
         props["platform"] = platforms[0]
     if epsg is None:
-        props["proj:wkt2"] = geobox.crs.to_wkt()
+        props["proj:wkt2"] = crs.to_wkt()
     image = os.environ.get("GRIDDED_IMAGE")
     if image:
         props["gridded:image"] = image
@@ -176,7 +179,7 @@ def data_asset(pipeline: Pipeline, key: str, dtype, nodata, href: str, resolutio
     band = {"data_type": np.dtype(dtype).name, "spatial_resolution": resolution}
     if _nodata_field(nodata) is not None:
         band["nodata"] = _nodata_field(nodata)
-    layer, statistic = asset_layer(pipeline, key)
+    layer, _ = asset_layer(pipeline, key)
     scale, offset = asset_encoding(pipeline, key)
     if (scale, offset) != (1.0, 0.0):  # how the stored values become the physical quantity
         band.update(scale=scale, offset=offset)

@@ -8,9 +8,10 @@ import io
 import json
 import math
 import warnings
+from typing import cast
 
 import numpy as np
-from shapely.geometry import shape
+from shapely.geometry import Polygon, shape
 
 from .errors import ConfigError
 from .io.storage import Storage
@@ -58,7 +59,7 @@ def plan_figure(plan: Plan, status: dict | None = None):
     for geometry in plan.footprints:
         _outline(axes, geometry, colour="#7f7f7f", width=0.5, style=":")
     for (x, y), (geometry, state) in cells.items():
-        polygon = shape(geometry)
+        polygon = _cell_polygon(geometry)
         xs, ys = polygon.exterior.xy
         axes.fill(xs, ys, facecolor=STATE_COLOURS[state], edgecolor="black", linewidth=0.6, alpha=0.85)
         if len(cells) <= MAX_LABELLED_CELLS:
@@ -85,8 +86,12 @@ def plan_figure(plan: Plan, status: dict | None = None):
     return figure
 
 
+def _cell_polygon(geometry: dict) -> Polygon:
+    return cast(Polygon, shape(geometry))  # a cell's outline (GeoJSON) is a polygon
+
+
 def _middle_latitude(cells) -> float:
-    lats = [y for geometry, _ in cells.values() for _, y in shape(geometry).exterior.coords]
+    lats = [y for geometry, _ in cells.values() for _, y in _cell_polygon(geometry).exterior.coords]
     return (min(lats) + max(lats)) / 2
 
 

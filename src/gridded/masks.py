@@ -90,11 +90,9 @@ def parse_mask(text: str) -> MaskRule | None:
 def infer_mask(asset_keys: set[str]) -> MaskRule | None:
     """The rule the items' assets imply: an `scl` asset -> Sentinel-2, `qa_pixel` -> Landsat, else none."""
     lowered = {k.lower(): k for k in asset_keys}
-    if "scl" in lowered:
-        rule = MASK_RULES["s2"]
-        return MaskRule(asset=lowered["scl"], kind=rule.kind, values=rule.values)
-    if "qa_pixel" in lowered:
-        rule = MASK_RULES["landsat"]
-        return MaskRule(asset=lowered["qa_pixel"], kind=rule.kind, values=rule.values)
+    if "scl" in lowered:  # as MASK_RULES["s2"]
+        return MaskRule(asset=lowered["scl"], kind="classes", values=S2_EXCLUDED_CLASSES)
+    if "qa_pixel" in lowered:  # as MASK_RULES["landsat"]
+        return MaskRule(asset=lowered["qa_pixel"], kind="bits", values=LANDSAT_EXCLUDED_BITS)
     return None
 

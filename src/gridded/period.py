@@ -111,7 +111,7 @@ def split_period(period: str, flag: str = "--period") -> tuple[int, str]:
 
 
 def label(start: datetime, period: str) -> str:
-    n, unit = split_period(period)
+    _, unit = split_period(period)
     stamp = {"Y": "%Y", "M": "%Y-%m", "D": "%Y-%m-%d"}[unit]
     return f"{start.strftime(stamp)}--{period}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,8 @@ class Pipeline:
             try:
                 np.dtype(self.dtype)
             except TypeError as err:
-                raise ConfigError(f"pipeline {self.name}: dtype {self.dtype!r} is not a numpy dtype; use e.g. uint16") from err
+                raise ConfigError(f"pipeline {self.name}: dtype {self.dtype!r} is not a numpy dtype; "
+                                  f"use e.g. uint16") from err
 
     @property
     def statistics(self) -> tuple[str, ...]:
@@ -116,7 +118,7 @@ class Pipeline:
     def parameters(self) -> dict:
         """What a result depends on, for the input fingerprint and the item's provenance."""
         mask = self.mask.spec() if isinstance(self.mask, MaskRule) else self.mask
-        params = {
+        params: dict[str, Any] = {
             "name": self.name,
             "bands": list(self.bands),
             "statistic": self.statistic,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pystac
@@ -33,6 +33,10 @@ from .masks import MaskRule
 from .period import Period, TimeRange, periods_for
 from .pipeline import Pipeline
 from .selection import Selection, local_roots
+
+if TYPE_CHECKING:
+    from .index import Index
+    from .process import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +146,7 @@ class Plan:
     def tasks(self) -> list[Task]:
         return [t for b in self.batches for t in b.tasks]
 
-    def status(self, output: str) -> dict[tuple[tuple[int, int], str], str]:
+    def status(self, output: str) -> dict[tuple[tuple[int, int], str], TaskState]:
         """Per (cell, period label) in `output`: done (item current), changed (stale) or to-do."""
         from .io.storage import open_storage
         from .process import task_states
@@ -227,7 +231,8 @@ class CellBlocks:
             b = np.array(self.bboxes)
             self.bbox = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
         else:
-            self.bbox = tuple(float(v) for v in extent.boundingbox)
+            x0, y0, x1, y1 = (float(v) for v in extent.boundingbox)
+            self.bbox = (x0, y0, x1, y1)
 
 
 def _us(when: datetime) -> np.datetime64:
@@ -288,7 +293,7 @@ class PlanStream:
             finder = ObservationFinder.of_candidates(found, self.resolved, self.local_roots)
             for (key, gbox), outline in zip(block, outlines):
                 if counts_only:
-                    found_tasks = finder.counts_for(gbox, self.periods, outline)
+                    found_tasks: list = finder.counts_for(gbox, self.periods, outline)  # or tasks, below
                 else:
                     found_tasks = finder.tasks_for(key, gbox, self.periods, outline)
                 if found_tasks:
@@ -377,12 +382,13 @@ def plan_stream(selection: Selection) -> PlanStream:
         if selection.query or selection.filter:
             raise ConfigError("--query and --filter need a STAC API --source; the index plans by collection, "
                               "place and time")
-        candidates = open_index(selection.index)
+        candidates: Index | InMemoryCandidates = open_index(selection.index)
     else:
         from dataclasses import replace
 
         from .source import iter_candidates
 
+        assert selection.source is not None  # a Selection has one of a source and an index
         query = replace(selection.item_query(), bbox=cells.bbox)  # the cells' bbox: beyond the extent's
         with selection.access.exported():
             candidates = InMemoryCandidates((c, layout) for c, layout, _ in iter_candidates(selection.source, query))

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -109,8 +109,8 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
     from .io.rasters import configure_gdal
 
     started = time.monotonic()
-    common = dict(key=task.key, period=task.period.label, observations=len(task.observations),
-                  started=datetime.now(UTC).isoformat())
+    common: dict[str, Any] = dict(key=task.key, period=task.period.label, observations=len(task.observations),
+                                  started=datetime.now(UTC).isoformat())
     try:
         configure_gdal(s3=any(href.startswith("s3://") for obs in task.observations for _, href in obs.hrefs))
         storage = open_storage(output)

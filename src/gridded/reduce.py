@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def reduce_task(stacks: Stacks, pipeline: Pipeline, period_start: datetime) -> R
     band_out = {b: np.dtype(pipeline.dtype) if pipeline.dtype else stacks.source_dtype[b] for b in pipeline.bands}
     band_nodata = {b: output_nodata(pipeline.nodata, stacks.source_nodata[b], band_out[b]) for b in pipeline.bands}
     index_stacks = _index_stacks(stacks, pipeline)
-    index_sentinels = {name: INDEX_NODATA for name in index_stacks}
+    index_sentinels: dict[str, float | None] = {name: INDEX_NODATA for name in index_stacks}
     arrays: dict[str, np.ndarray] = {}
     nodata: dict[str, float | int | None] = {}
 
@@ -82,10 +83,10 @@ def reduce_task(stacks: Stacks, pipeline: Pipeline, period_start: datetime) -> R
         return out, {n: nodatas[n] for n in names}
 
     index_dtype = dict.fromkeys(index_stacks, np.dtype(np.float32))
-    index_nodata = dict.fromkeys(index_stacks, INDEX_NODATA)
+    index_nodata: dict[str, float | None] = dict.fromkeys(index_stacks, INDEX_NODATA)
     percentiles = [statistic_for(s) for s in pipeline.statistics if statistic_for(s).q is not None]
     if percentiles:  # every percentile from one sort of each pixel's series
-        qs = tuple(p.q for p in percentiles)
+        qs = tuple(p.q for p in percentiles if p.q is not None)  # (all of them)
         for stacks_, sentinels, dtypes, nodatas in ((stacks.bands, stacks.sentinel, band_out, band_nodata),
                                                     (index_stacks, index_sentinels, index_dtype, index_nodata)):
             if not stacks_:
@@ -98,9 +99,10 @@ def reduce_task(stacks: Stacks, pipeline: Pipeline, period_start: datetime) -> R
         if statistic.q is not None:
             continue
         out, out_nodata = outputs(name, pipeline.bands, band_out, band_nodata)
-        options = {"max_iterations": pipeline.max_iterations, "tolerance": pipeline.tolerance}
-        if statistic.ranked:
-            options.update(rank=_rank(stacks, pipeline, index_stacks), maximize=not pipeline.rank.startswith("-"))
+        options: dict[str, Any] = {"max_iterations": pipeline.max_iterations, "tolerance": pipeline.tolerance}
+        if statistic.ranked:  # Pipeline refuses a ranked statistic without a --rank
+            rank = pipeline.rank or ""
+            options.update(rank=_rank(stacks, pipeline, index_stacks), maximize=not rank.startswith("-"))
         reduced = statistic.reduce(stacks.bands, stacks.sentinel, out=out, out_nodata=out_nodata, **options)
         if LAYER in statistic.extra_assets:  # a mosaic: every index from the chosen observation, and its date
             layer = reduced[LAYER]
@@ -117,6 +119,7 @@ def reduce_task(stacks: Stacks, pipeline: Pipeline, period_start: datetime) -> R
             index_out, index_out_nodata = outputs(name, list(index_stacks), index_dtype, index_nodata)
             statistic.reduce(index_stacks, index_sentinels, out=index_out, out_nodata=index_out_nodata, **options)
     arrays[COUNT_ASSET], nodata[COUNT_ASSET] = clear_count(stacks.bands, stacks.sentinel), COUNT_NODATA
+    assert stacks.observed is not None  # read_stacks counts them
     arrays[OBSERVED_ASSET], nodata[OBSERVED_ASSET] = stacks.observed, COUNT_NODATA
     properties = {}
     if any(statistic_for(s).iterative for s in pipeline.statistics):
@@ -156,7 +159,7 @@ def _index_stacks(stacks: Stacks, pipeline: Pipeline) -> dict[str, np.ndarray]:
 
 
 def _rank(stacks: Stacks, pipeline: Pipeline, index_stacks: dict[str, np.ndarray]) -> np.ndarray:
-    name = pipeline.rank.lstrip("-")
+    name = (pipeline.rank or "").lstrip("-")  # set: see reduce_task
     if name in index_stacks:
         return index_stacks[name]
     return physical(stacks.bands[name], stacks.sentinel[name], pipeline.encoding(name))

@@ -170,8 +170,8 @@ def _run_in_processes(plan: Plan, output: str, workers: int, overwrite: bool, on
         write_artifact(plan, artifact)
         results_q = ctx.Queue()
         pending = list(plan.batches)
-        running: dict[int, multiprocessing.Process] = {}
-        died: dict[int, int] = {}
+        running: dict[int, multiprocessing.context.SpawnProcess] = {}
+        died: dict[int, int | None] = {}  # exit codes (None only while a process runs)
         try:
             while pending or running:
                 while pending and len(running) < workers:

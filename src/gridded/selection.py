@@ -43,7 +43,7 @@ class Selection:
 
     def item_query(self) -> ItemQuery:
         """What to ask the source for: the collections, the extent's bbox and the time range."""
-        return ItemQuery(collections=self.collections, bbox=tuple(self.extent.boundingbox), time=self.time,
+        return ItemQuery(collections=self.collections, bbox=self.extent.boundingbox.bbox, time=self.time,
                          query=self.query, filter=self.filter)
 
 
@@ -142,6 +142,7 @@ def local_roots(selection: Selection) -> tuple[Path, ...] | None:
     nowhere for a remote catalog unless allowed; anywhere for an index the user built."""
     if selection.index:
         return None
+    assert selection.source is not None  # a Selection has one of a source and an index
     extra = tuple(Path(r).resolve() for r in selection.allow_roots)
     parsed = urlparse(selection.source)
     if parsed.scheme in ("s3", "http", "https"):

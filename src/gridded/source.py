@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import pystac
@@ -52,7 +52,8 @@ class ItemQuery:
     def datetime(self) -> str | None:
         if self.time is None:
             return None
-        return f"{self.time.start.isoformat().replace('+00:00', 'Z')}/{self.time.end.isoformat().replace('+00:00', 'Z')}"
+        return (f"{self.time.start.isoformat().replace('+00:00', 'Z')}/"
+                f"{self.time.end.isoformat().replace('+00:00', 'Z')}")
 
 
 def names_of(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -224,7 +225,8 @@ def _line_chunks(path: str) -> Iterator[tuple[list[bytes], int]]:
 def _rows_of_lines(chunk: tuple[list[bytes], int], base: str, where: str, query: ItemQuery):
     """(rows as (candidate, compressed document), their layouts, bad lines as (where, why)) of a chunk."""
     lines, first = chunk
-    rows, layouts, bad = [], {}, []
+    rows, bad = [], []
+    layouts: dict[str, dict] = {}
     for n, line in enumerate(lines, first):
         if not line.strip():
             continue
@@ -333,8 +335,8 @@ def _parse_source(text: str, href: str, source: str, *, flag: str, on_bad) -> It
     if kind in ("Catalog", "Collection"):
         missing = [field for field in ("id", "description", "links") if field not in doc]
         if missing or not isinstance(doc.get("links"), list):
-            raise ConfigError(f"{flag} {source}: not a valid STAC {kind.lower()} (no {', '.join(missing) or 'links list'}); "
-                              f"give a STAC catalog.json or collection.json")
+            raise ConfigError(f"{flag} {source}: not a valid STAC {kind.lower()} "
+                              f"(no {', '.join(missing) or 'links list'}); give a STAC catalog.json or collection.json")
         return _walk(href, doc, on_bad=on_bad or _refuse(flag, source))
     raise ConfigError(f"{flag} {source}: not a STAC catalog, collection, item or item collection "
                       f"(no STAC 'type'); give a catalog.json, collection.json or a saved search")
@@ -384,7 +386,7 @@ def _walk(root: str, root_doc: dict, *, on_bad: Callable[[str, str], None]) -> I
     """Item documents under a static catalog, depth first in the catalog's own order, the next few
     links read ahead on threads: a catalog on S3 or HTTPS costs a round trip per document, and one
     at a time a catalog of 10^4 items takes minutes."""
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     stac_io = _StacIO()
 
@@ -393,7 +395,7 @@ def _walk(root: str, root_doc: dict, *, on_bad: Callable[[str, str], None]) -> I
 
     seen: set[str] = set()
     todo: list[tuple[str, dict | None]] = [(root, root_doc)]  # a stack: the next document last
-    ahead: dict[str, object] = {}
+    ahead: dict[str, Future] = {}
     pool = ThreadPoolExecutor(WALK_PREFETCH, thread_name_prefix="gridded-walk")
     try:
         while todo:
@@ -487,7 +489,8 @@ def items_for_query(items: list[pystac.Item], extent_lonlat, time: TimeRange,
         when = item_time(item)
         if not time.start <= when <= time.end:
             continue
-        footprint = shape(item.geometry) if item.geometry else (box(*item.bbox) if item.bbox else None)
+        # (mypy spreads a bbox's floats over box's `ccw` flag too: a 2D bbox has four)
+        footprint = shape(item.geometry) if item.geometry else (box(*item.bbox) if item.bbox else None)  # type: ignore[arg-type]
         if footprint is None:
             log.warning("item %s has neither geometry nor bbox; skipped", item.id)
             continue
@@ -520,7 +523,7 @@ def search_api(source: str, query: ItemQuery, *, progress: Callable[[str], None]
     import pystac_client
     from pystac_client.exceptions import APIError
 
-    options = {}
+    options: dict[str, Any] = {}
     if query.filter:
         text = query.filter.strip()
         options["filter"] = json.loads(text) if text.startswith("{") else text
@@ -532,9 +535,7 @@ def search_api(source: str, query: ItemQuery, *, progress: Callable[[str], None]
         search = client.search(collections=list(query.collections) or None, bbox=query.bbox,
                                datetime=query.datetime, limit=query.page_size, max_items=query.max_items + 1,
                                **options)
-        n = 0
-        for item in (search.items_as_dicts() if as_dicts else search.items()):
-            n += 1
+        for n, item in enumerate(search.items_as_dicts() if as_dicts else search.items(), start=1):
             if n > query.max_items:
                 raise ConfigError(f"--source {source}: the search returned more than {query.max_items:,} items; "
                                   f"narrow --extent, --time, --collection or --filter")

@@ -51,7 +51,7 @@ def plan_features(plan: Plan, states: dict[tuple[tuple[int, int], str], str] | N
 def plan_states(plan: Plan, storage: Storage) -> dict[tuple[tuple[int, int], str], str]:
     """Per (cell, period): done or changed as the output's items say (fingerprints compared),
     failed where the last run report says a task still to do failed, else to-do."""
-    states = dict(plan.status(storage.uri))
+    states: dict[tuple[tuple[int, int], str], str] = dict(plan.status(storage.uri))
     failed = _failed_in_report(storage)
     for (key, period), state in states.items():
         if state == "to-do" and (key[0], key[1], period) in failed:

@@ -34,8 +34,9 @@ def thumbnail_rgba(arrays: dict[str, np.ndarray], nodata: dict[str, float | None
     small = {b: resample_nearest(arrays[b], size_px) for b in shown}
     valid = np.ones(next(iter(small.values())).shape, dtype=bool)
     for b, values in small.items():
-        if nodata.get(b) is not None and not (isinstance(nodata[b], float) and np.isnan(nodata[b])):
-            valid &= values != nodata[b]
+        fill = nodata.get(b)
+        if fill is not None and not (isinstance(fill, float) and np.isnan(fill)):
+            valid &= values != fill
         if np.issubdtype(values.dtype, np.floating):
             valid &= np.isfinite(values)
     channels = []

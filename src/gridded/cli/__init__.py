@@ -87,7 +87,7 @@ def main() -> None:
     than many a tile."""
     try:
         cli(args=global_flags_first(sys.argv[1:]), prog_name="gridded")
-        code = 0
+        code: str | int | None = 0
     except SystemExit as exit_:
         code = exit_.code
     if code is not None and not isinstance(code, int):

@@ -51,7 +51,9 @@ def make_selection_options(*, time_required: bool):
                      help="ISO interval START/END (dates inclusive), or last:P1M relative to --as-of."),
         click.option("--as-of", default=None, help="Reference time for --time last:PERIOD (default: now, UTC)."),
         click.option("--pipeline", default=None, help="Built-in recipe name or YAML file; flags override it."),
-        click.option("--grid", default=None, help="Built-in grid name (e.g. utm55s-10m, auto: the UTM zone of the extent, conus-albers-30m) or YAML file."),
+        click.option("--grid", default=None,
+                     help="Built-in grid name (e.g. utm55s-10m, auto: the UTM zone of the extent, conus-albers-30m) "
+                          "or YAML file."),
         click.option("--statistic", default=None,
                      help=f"{', '.join(STATISTICS)} or a percentile pNN; several at once as median,p10,p90,mean "
                           f"(one read). Default: median."),
@@ -62,7 +64,8 @@ def make_selection_options(*, time_required: bool):
         click.option("--rank", default=None,
                      help="What --statistic best ranks by: a band or index (ndvi); -NAME for the least."),
         click.option("--period", default=None, help="ISO 8601 period: P1M (default), P3M, P1Y, P10D."),
-        click.option("--bands", default=None, help="Comma-separated band names (asset keys, eo:bands or common names)."),
+        click.option("--bands", default=None,
+                     help="Comma-separated band names (asset keys, eo:bands or common names)."),
         click.option("--mask", default=None,
                      help="s2, landsat, none, ASSET:CLASSES (scl:0,1,3,8,9,10) or ASSET:bits:BITS. Default: inferred."),
         click.option("--collection", multiple=True, help="Only items of this collection (repeatable, or a,b)."),

@@ -23,7 +23,7 @@ from .progress import Progress, plan_summary, summary_table
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (tcp://host:8786).")
 @on_bad_source_option
 @click.pass_context
-def run(ctx, output, workers, overwrite, dry_run, scheduler, on_bad_source, **kwargs):
+def run(ctx, /, output, workers, overwrite, dry_run, scheduler, on_bad_source, **kwargs):
     """Plan the cells, then compute every batch on this machine."""
     from ..plan import plan_for
     from ..run import exit_code_for, run_plan

@@ -78,8 +78,8 @@ def stac_search(index, bbox, datetime_, collection, as_json):
         return
     click.echo(f"{len(items)} items")
     for item in items[:1000]:
-        when = item.properties.get("datetime") or item.properties.get("start_datetime") or ""
-        click.echo(f"{item.collection_id or '':<24} {item.id:<48} {when}")
+        stamp = item.properties.get("datetime") or item.properties.get("start_datetime") or ""
+        click.echo(f"{item.collection_id or '':<24} {item.id:<48} {stamp}")
 
 
 def _names(collection) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def sentinel_for(dtype: np.dtype, nodata) -> tuple[object, bool]:
+def sentinel_for(dtype: np.dtype, nodata) -> tuple[np.generic, bool]:
     """(the sentinel as `dtype` holds it, whether a value can equal it): a NaN, absent or
     unrepresentable sentinel marks nothing (NaN in a float stack is always missing)."""
     dtype = np.dtype(dtype)
@@ -34,7 +34,8 @@ def band_tuple(stacks: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
     return tuple(a if a.dtype == common else a.astype(common) for a in arrays)
 
 
-def sentinels_for(stacks: dict[str, np.ndarray], nodata: dict[str, float], dtype) -> tuple[np.ndarray, np.ndarray]:
+def sentinels_for(stacks: dict[str, np.ndarray], nodata: dict[str, float | None],
+                  dtype) -> tuple[np.ndarray, np.ndarray]:
     """Per band (sentinel as float64, whether it marks anything), for the multi-band kernels."""
     pairs = [sentinel_for(dtype, nodata[b]) for b in stacks]
     return (np.array([float(v) for v, _ in pairs], dtype=np.float64),
@@ -55,15 +56,13 @@ def output_rule(dtype: np.dtype, nodata: float | None) -> tuple[float, bool, flo
     return (np.nan if nodata is None else float(nodata)), False, -np.inf, np.inf
 
 
-def to_output(values: np.ndarray, dtype: np.dtype, nodata: float | None, *, out: np.ndarray | None = None) -> np.ndarray:
+def to_output(values: np.ndarray, dtype: np.dtype, nodata: float | None, *,
+              out: np.ndarray | None = None) -> np.ndarray:
     """Float results -> the output dtype: rounded half to even (numpy.rint), nodata where NaN."""
     dtype = np.dtype(dtype)
     missing = np.isnan(values)
     fill, rounded, lo, hi = output_rule(dtype, nodata)
-    if rounded:
-        converted = np.clip(np.rint(np.where(missing, 0, values)), lo, hi)
-    else:
-        converted = values
+    converted = np.clip(np.rint(np.where(missing, 0, values)), lo, hi) if rounded else values
     if out is None:
         out = np.empty(values.shape, dtype=dtype)
     np.copyto(out, converted, casting="unsafe")

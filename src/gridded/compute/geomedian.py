@@ -12,7 +12,7 @@ from .blocks import run_in_row_blocks
 # --- geomedian -------------------------------------------------------------------------------
 
 
-def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, float], *,
+def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *,
                               max_iterations: int = 1000, tolerance: float = 1e-7,
                               threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """((band, y, x) float64 geometric median, (y, x) int32 iterations taken) over the observations
@@ -22,7 +22,7 @@ def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, f
 
     arrays = band_tuple(stacks)
     sentinels, use = sentinels_for(stacks, nodata, arrays[0].dtype)
-    t, ny, nx = arrays[0].shape
+    _, ny, nx = arrays[0].shape
     out = np.empty((len(arrays), ny, nx), dtype=np.float64)
     iters = np.zeros((ny, nx), dtype=np.int32)
     is_float = is_float_dtype(arrays[0].dtype)
@@ -31,12 +31,12 @@ def geomedian_with_iterations(stacks: dict[str, np.ndarray], nodata: dict[str, f
     return out, iters
 
 
-def reduce_geomedian(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, max_iterations: int = 1000,
+def reduce_geomedian(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, max_iterations: int = 1000,
                      tolerance: float = 1e-7, threads: int | None = None, out: dict[str, np.ndarray] | None = None,
                      out_nodata: dict[str, float | None] | None = None, **_) -> dict[str, np.ndarray]:
     """Multi-band geometric median over observations clear in every band (Weiszfeld)."""
-    values, _ = geomedian_with_iterations(stacks, nodata, max_iterations=max_iterations, tolerance=tolerance,
-                                          threads=threads)
+    values, _iterations = geomedian_with_iterations(stacks, nodata, max_iterations=max_iterations,
+                                                    tolerance=tolerance, threads=threads)
     return _band_results(stacks, values, out, out_nodata)
 
 
@@ -55,7 +55,7 @@ def _band_results(stacks: dict[str, np.ndarray], values: np.ndarray, out: dict[s
 MADS = ("smad", "emad", "bcmad")
 
 
-def geomedian_mads(stacks: dict[str, np.ndarray], nodata: dict[str, float], geomedian: dict[str, np.ndarray], *,
+def geomedian_mads(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], geomedian: dict[str, np.ndarray], *,
                    threads: int | None = None) -> dict[str, np.ndarray]:
     """The median absolute deviations from the geomedian (odc-stats' `smad`, `emad`, `bcmad`): per pixel,
     float64, NaN where no observation is clear in every band, the median over those observations of
@@ -66,21 +66,21 @@ def geomedian_mads(stacks: dict[str, np.ndarray], nodata: dict[str, float], geom
     arrays = band_tuple(stacks)
     sentinels, use = sentinels_for(stacks, nodata, arrays[0].dtype)
     gm = np.ascontiguousarray(np.stack([np.asarray(geomedian[b], dtype=np.float64) for b in stacks]))
-    t, ny, nx = arrays[0].shape
+    _, ny, nx = arrays[0].shape
     out = np.empty((len(MADS), ny, nx), dtype=np.float64)
     is_float = is_float_dtype(arrays[0].dtype)
     run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinels, use, is_float, gm, r0, r1, out), ny, threads)
     return {name: out[i] for i, name in enumerate(MADS)}
 
 
-def reduce_geomad(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, max_iterations: int = 1000,
+def reduce_geomad(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, max_iterations: int = 1000,
                   tolerance: float = 1e-7, threads: int | None = None, out: dict[str, np.ndarray] | None = None,
                   out_nodata: dict[str, float | None] | None = None, **_) -> dict[str, np.ndarray]:
     """The geometric median per band, as reduce_geomedian, and the median absolute deviations from
     it (`smad`, `emad`, `bcmad`: float64, NaN where no observation is clear), taken from the
     unrounded geomedian, as odc-stats' geomad gives them."""
-    values, _ = geomedian_with_iterations(stacks, nodata, max_iterations=max_iterations, tolerance=tolerance,
-                                          threads=threads)
+    values, _iterations = geomedian_with_iterations(stacks, nodata, max_iterations=max_iterations,
+                                                    tolerance=tolerance, threads=threads)
     result = _band_results(stacks, values, out, out_nodata)
     result.update(geomedian_mads(stacks, nodata, {b: values[i] for i, b in enumerate(stacks)}, threads=threads))
     return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class _Parser:
             pos = match.end()
         self.i = 0
 
-    def fail(self, pos: int, what: str):
+    def fail(self, pos: int, what: str) -> NoReturn:
         raise ConfigError(f"{self.where}: {what} at position {pos + 1} of {self.text!r}; use band names, numbers, "
                           f"+ - * /, parentheses and {', '.join(FUNCTIONS)}")
 
@@ -82,20 +83,20 @@ class _Parser:
         if not self.tokens:
             self.fail(0, "an empty expression")
         node = self.expression()
-        if self.peek() is not None:
-            self.fail(self.peek()[2], f"unexpected {self.peek()[1]!r}")
+        if (token := self.peek()) is not None:
+            self.fail(token[2], f"unexpected {token[1]!r}")
         return node
 
     def expression(self) -> Node:
         node = self.term()
-        while self.peek() and self.peek()[1] in "+-":
+        while (token := self.peek()) and token[1] in "+-":
             op = self.take()[1]
             node = Node(op, (node, self.term()))
         return node
 
     def term(self) -> Node:
         node = self.factor()
-        while self.peek() and self.peek()[1] in "*/":
+        while (token := self.peek()) and token[1] in "*/":
             op = self.take()[1]
             node = Node(op, (node, self.factor()))
         return node
@@ -117,12 +118,12 @@ class _Parser:
             self.take(")")
             return node
         if kind == "name":
-            if self.peek() and self.peek()[1] == "(":
+            if (token := self.peek()) and token[1] == "(":
                 if value not in FUNCTIONS:
                     self.fail(pos, f"function {value!r} is not allowed")
                 self.take("(")
                 args = [self.expression()]
-                while self.peek() and self.peek()[1] == ",":
+                while (token := self.peek()) and token[1] == ",":
                     self.take(",")
                     args.append(self.expression())
                 self.take(")")
@@ -133,7 +134,6 @@ class _Parser:
                 self.fail(pos, f"{value} is a function; call it, e.g. {value}(nir)")
             return Node("band", (value,))
         self.fail(pos, f"unexpected {value!r}")
-        raise AssertionError("unreachable")
 
 
 def parse_expression(text: str, *, where: str = "--band-index") -> Node:

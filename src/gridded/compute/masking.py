@@ -30,7 +30,8 @@ def mask_into(layers: list[np.ndarray], values: list[np.ndarray], first: bool, r
                np.array([as_dtype(v, vtype) if u else 0 for v, u in zip(nd, use_nd)], dtype=vtype), use_nd, clear)
 
 
-def clear_count(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None) -> np.ndarray:
+def clear_count(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *,
+                threads: int | None = None) -> np.ndarray:
     """Number of observations clear in every band, as uint16."""
     arrays = band_tuple(stacks)
     sentinels, use = sentinels_for(stacks, nodata, arrays[0].dtype)
@@ -39,5 +40,5 @@ def clear_count(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, thre
     out = np.empty(arrays[0].shape[1:], dtype=np.uint16)
     from ._jit import count_rows as kernel
 
-    run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinels, use, r0, r1, out), out.shape[0], threads)
+    run_in_row_blocks(lambda r0, r1: kernel(arrays, sentinels, use, r0, r1, out), arrays[0].shape[1], threads)
     return out

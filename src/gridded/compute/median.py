@@ -60,7 +60,7 @@ def median_of_stack(stack: np.ndarray, nodata, *, threads: int | None = None, ou
     return out
 
 
-def reduce_median(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None,
+def reduce_median(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, threads: int | None = None,
                   out: dict[str, np.ndarray] | None = None, out_nodata: dict[str, float | None] | None = None,
                   **_) -> dict[str, np.ndarray]:
     """Per band: numpy.nanmedian over the clear values (mean of the two middle for an even count)."""

@@ -14,7 +14,7 @@ from .blocks import run_in_row_blocks
 LAYER = "layer"
 
 
-def _bands(stacks: dict[str, np.ndarray], nodata: dict[str, float]):
+def _bands(stacks: dict[str, np.ndarray], nodata: dict[str, float | None]):
     arrays = band_tuple(stacks)
     sentinels, use = sentinels_for(stacks, nodata, arrays[0].dtype)
     if arrays[0].dtype == np.bool_:
@@ -22,7 +22,7 @@ def _bands(stacks: dict[str, np.ndarray], nodata: dict[str, float]):
     return arrays, sentinels, use
 
 
-def _layer_by(kernel, stacks: dict[str, np.ndarray], nodata: dict[str, float], threads: int | None,
+def _layer_by(kernel, stacks: dict[str, np.ndarray], nodata: dict[str, float | None], threads: int | None,
               *args) -> np.ndarray:
     arrays, sentinels, use = _bands(stacks, nodata)
     t, ny, nx = arrays[0].shape
@@ -32,7 +32,7 @@ def _layer_by(kernel, stacks: dict[str, np.ndarray], nodata: dict[str, float], t
     return layer
 
 
-def first_layer(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, latest: bool = False,
+def first_layer(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, latest: bool = False,
                 threads: int | None = None) -> np.ndarray:
     """(y, x) int32: the earliest layer clear in every band (the latest with `latest`), -1 where none."""
     from ._jit import first_rows
@@ -40,7 +40,7 @@ def first_layer(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, late
     return _layer_by(first_rows, stacks, nodata, threads, bool(latest))
 
 
-def best_layer(stacks: dict[str, np.ndarray], nodata: dict[str, float], rank: np.ndarray, *,
+def best_layer(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], rank: np.ndarray, *,
                maximize: bool = True, threads: int | None = None) -> np.ndarray:
     """(y, x) int32: of the layers clear in every band and with a rank (not NaN), the one of the
     largest rank (the smallest unless `maximize`), the earliest on a tie; -1 where none."""
@@ -53,7 +53,8 @@ def best_layer(stacks: dict[str, np.ndarray], nodata: dict[str, float], rank: np
     return _layer_by(best_rows, stacks, nodata, threads, rank, bool(maximize))
 
 
-def medoid_layer(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None) -> np.ndarray:
+def medoid_layer(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *,
+                 threads: int | None = None) -> np.ndarray:
     """(y, x) int32: the observation clear in every band whose sum of Euclidean distances (over the
     bands, in the data's units) to the other clear observations is least, as hdmedians' medoid; the
     earliest on a tie; -1 where none. Costs k^2 x bands per pixel of k clear observations."""
@@ -97,21 +98,21 @@ def _mosaic(stacks, layer, threads, out, out_nodata) -> dict[str, np.ndarray]:
     return result
 
 
-def reduce_first(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None,
+def reduce_first(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, threads: int | None = None,
                  out: dict[str, np.ndarray] | None = None, out_nodata: dict[str, float | None] | None = None,
                  **_) -> dict[str, np.ndarray]:
     """Every band from each pixel's earliest observation clear in every band, and `layer`."""
     return _mosaic(stacks, first_layer(stacks, nodata, threads=threads), threads, out, out_nodata)
 
 
-def reduce_last(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None,
+def reduce_last(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, threads: int | None = None,
                 out: dict[str, np.ndarray] | None = None, out_nodata: dict[str, float | None] | None = None,
                 **_) -> dict[str, np.ndarray]:
     """Every band from each pixel's latest observation clear in every band, and `layer`."""
     return _mosaic(stacks, first_layer(stacks, nodata, latest=True, threads=threads), threads, out, out_nodata)
 
 
-def reduce_best(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, rank: np.ndarray | None = None,
+def reduce_best(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, rank: np.ndarray | None = None,
                 maximize: bool = True, threads: int | None = None, out: dict[str, np.ndarray] | None = None,
                 out_nodata: dict[str, float | None] | None = None, **_) -> dict[str, np.ndarray]:
     """Every band from each pixel's observation of the best `rank` ((time, y, x) float32, NaN where
@@ -123,7 +124,7 @@ def reduce_best(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, rank
                    out_nodata)
 
 
-def reduce_medoid(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None,
+def reduce_medoid(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, threads: int | None = None,
                   out: dict[str, np.ndarray] | None = None, out_nodata: dict[str, float | None] | None = None,
                   **_) -> dict[str, np.ndarray]:
     """Every band from each pixel's medoid observation (see medoid_layer), and `layer`."""

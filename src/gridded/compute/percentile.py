@@ -66,7 +66,7 @@ def percentiles_of_stack(stack: np.ndarray, nodata, qs: tuple[float, ...], *, me
     return out
 
 
-def reduce_percentiles(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, qs: tuple[float, ...],
+def reduce_percentiles(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, qs: tuple[float, ...],
                        method: str = "linear", threads: int | None = None,
                        out: dict[str, dict[str, np.ndarray]] | None = None,
                        out_nodata: dict[str, float | None] | None = None) -> dict[str, dict[str, np.ndarray]]:
@@ -93,7 +93,7 @@ def reduce_percentiles(stacks: dict[str, np.ndarray], nodata: dict[str, float], 
     return results
 
 
-def reduce_percentile(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, q: float,
+def reduce_percentile(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, q: float,
                       method: str = "linear", threads: int | None = None, out: dict[str, np.ndarray] | None = None,
                       out_nodata: dict[str, float | None] | None = None, **_) -> dict[str, np.ndarray]:
     """Per band: numpy.nanpercentile(values, q, method=method) over the clear values."""

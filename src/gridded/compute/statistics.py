@@ -86,7 +86,7 @@ def warm_kernels(statistic: str, n_bands: int = 1) -> threading.Thread:
     def warm() -> None:
         names = [f"b{i}" for i in range(max(1, n_bands))]
         tiny = {b: np.zeros((2, 1, 1), dtype=np.uint16) for b in names}
-        zeros = {b: 0 for b in names}
+        zeros: dict[str, float | None] = {b: 0 for b in names}
         out = {b: np.empty((1, 1), dtype=np.uint16) for b in names}
         rank = np.zeros((2, 1, 1), dtype=np.float32)
         statistic_for(statistic).reduce(tiny, zeros, threads=1, out=out, out_nodata=zeros, rank=rank)

@@ -67,7 +67,7 @@ def extreme_of_stack(stack: np.ndarray, nodata, *, largest: bool, threads: int |
     return _run(extreme_rows, stack, nodata, threads, out, out_nodata, bool(largest), start)
 
 
-def _per_band(of_stack: Callable, stacks: dict[str, np.ndarray], nodata: dict[str, float], threads: int | None,
+def _per_band(of_stack: Callable, stacks: dict[str, np.ndarray], nodata: dict[str, float | None], threads: int | None,
               out: dict[str, np.ndarray] | None, out_nodata: dict[str, float | None] | None,
               **options) -> dict[str, np.ndarray]:
     return {band: of_stack(stack, nodata[band], threads=threads, out=None if out is None else out[band],
@@ -75,28 +75,28 @@ def _per_band(of_stack: Callable, stacks: dict[str, np.ndarray], nodata: dict[st
             for band, stack in stacks.items()}
 
 
-def reduce_mean(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None,
+def reduce_mean(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, threads: int | None = None,
                 out: dict[str, np.ndarray] | None = None, out_nodata: dict[str, float | None] | None = None,
                 **_) -> dict[str, np.ndarray]:
     """Per band: numpy.nanmean over the clear values."""
     return _per_band(mean_of_stack, stacks, nodata, threads, out, out_nodata)
 
 
-def reduce_min(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None,
+def reduce_min(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, threads: int | None = None,
                out: dict[str, np.ndarray] | None = None, out_nodata: dict[str, float | None] | None = None,
                **_) -> dict[str, np.ndarray]:
     """Per band: numpy.nanmin over the clear values."""
     return _per_band(extreme_of_stack, stacks, nodata, threads, out, out_nodata, largest=False)
 
 
-def reduce_max(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None,
+def reduce_max(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, threads: int | None = None,
                out: dict[str, np.ndarray] | None = None, out_nodata: dict[str, float | None] | None = None,
                **_) -> dict[str, np.ndarray]:
     """Per band: numpy.nanmax over the clear values."""
     return _per_band(extreme_of_stack, stacks, nodata, threads, out, out_nodata, largest=True)
 
 
-def reduce_std(stacks: dict[str, np.ndarray], nodata: dict[str, float], *, threads: int | None = None,
+def reduce_std(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, threads: int | None = None,
                out: dict[str, np.ndarray] | None = None, out_nodata: dict[str, float | None] | None = None,
                **_) -> dict[str, np.ndarray]:
     """Per band: numpy.nanstd (population, ddof 0) over the clear values."""

@@ -80,7 +80,7 @@ def _client(unsigned: bool, _environment: tuple):
 
 
 def _is_aws(endpoint: str | None) -> bool:
-    return endpoint is None or urlparse(endpoint).hostname.endswith(".amazonaws.com")
+    return endpoint is None or (urlparse(endpoint).hostname or "").endswith(".amazonaws.com")
 
 
 def gdal_s3_env() -> dict[str, str]:

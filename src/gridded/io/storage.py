@@ -127,7 +127,8 @@ class LocalStorage:
             finally:
                 tmp.unlink(missing_ok=True)
         except OSError as err:
-            raise OutputError(f"{path}: cannot write there ({err.strerror or err}); choose a writable location") from err
+            raise OutputError(f"{path}: cannot write there ({err.strerror or err}); "
+                              f"choose a writable location") from err
 
     def put_bytes(self, name: str, data: bytes) -> None:
         self._commit(name, lambda tmp: _write_synced(tmp, data), _replace)
