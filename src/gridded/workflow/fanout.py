@@ -13,6 +13,8 @@ numbers travel between steps, whatever the plan's size.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hera.workflows import models as m
 
 from .options import WorkflowOptions
@@ -42,7 +44,7 @@ def _main(options: WorkflowOptions) -> m.Template:
     scope = "steps" if options.style == "steps" else "tasks"
     count = f"{{{{{scope}.generate.outputs.result}}}}"
     n, limit = f"asInt({scope}.generate.outputs.result)", options.max_batches_per_workflow
-    nodes = [
+    nodes: list[dict[str, Any]] = [
         dict(name="generate", template="generate"),
         # above the limit the count is 0: a `when` alone would still expand every id (a skipped node each)
         dict(name="process", template="process", with_sequence=m.Sequence(
@@ -64,7 +66,7 @@ def _chunks(options: WorkflowOptions) -> m.Template:
     """One child Workflow per range of ids, one at a time: at most --parallelism pods run, as below the limit."""
     limit = options.max_batches_per_workflow
     how_many = f"{{{{=asInt((asInt(inputs.parameters.batches) + {limit - 1}) / {limit})}}}}"
-    node = dict(name="child", template="child", with_sequence=m.Sequence(count=m.IntOrString(how_many)),
+    node: dict[str, Any] = dict(name="child", template="child", with_sequence=m.Sequence(count=m.IntOrString(how_many)),
                 arguments=_parameters(chunk="{{item}}", batches="{{inputs.parameters.batches}}"))
     inputs = m.Inputs(parameters=[m.Parameter(name="batches")])
     if options.style == "steps":

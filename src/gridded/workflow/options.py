@@ -182,10 +182,11 @@ def _cron_part_ok(part: str, low: int, high: int, names: tuple[str, ...]) -> boo
     if span in ("*", "?"):
         return True
     first, dash, last = span.partition("-")
-    ends = [_cron_value(first, names), _cron_value(last, names) if dash else None]
-    if ends[0] is None or (dash and ends[1] is None):
+    start = _cron_value(first, names)
+    end = _cron_value(last, names) if dash else start
+    if start is None or end is None:
         return False
-    return all(low <= v <= high for v in ends if v is not None) and (not dash or ends[0] <= ends[1])
+    return low <= start <= end <= high
 
 
 def _cron_value(text: str, names: tuple[str, ...]) -> int | None:

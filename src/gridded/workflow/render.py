@@ -10,6 +10,8 @@ passes every value, so a render is a pure function.
 
 from __future__ import annotations
 
+from typing import Any
+
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 
@@ -116,14 +118,14 @@ def render_workflow(flags: Mapping[str, object], options: WorkflowOptions) -> st
     return render(portable_selection(flags, index_secret=options.index_secret), options)
 
 
-def portable_selection(flags: Mapping[str, object], *, index_secret: str | None = None) -> dict[str, str | None]:
+def portable_selection(given: Mapping[str, Any], *, index_secret: str | None = None) -> dict[str, str | None]:
     """The selection as pod arguments, checked here: a bbox, small WKT or an extent URL; no local
     files; the index only through its Secret (an `--index` DSN given as well is checked, never kept)."""
     from pathlib import Path
 
     from ..selection import select
 
-    flags = {k: flags.get(k) for k in (*SELECTION_FLAGS, "index", "allow_root")}
+    flags: dict[str, Any] = {k: given.get(k) for k in (*SELECTION_FLAGS, "index", "allow_root")}
     for listed, separator in (("collection", ","), ("query", ","), ("band_index", ";")):
         value = flags[listed]  # repeatable flags travel as one parameter
         if value is not None and not isinstance(value, str):
@@ -208,7 +210,7 @@ def render_ingest(source: str, index: str | None, options: WorkflowOptions, coll
                                     ("bbox", bbox), ("datetime", datetime)) if v}
     if options.aws_endpoint_url:
         parameters["aws_endpoint_url"] = options.aws_endpoint_url
-    names = [k for k in ("index", "collection", "bbox", "datetime") if k in parameters]
+    names: list[str] = [k for k in ("index", "collection", "bbox", "datetime") if k in parameters]
     args = ["stac", "ingest", "{{workflow.parameters.source}}", *_flags(names)]
     extra_env = []
     if options.index_secret:

@@ -142,7 +142,7 @@ def ttl_strategy() -> m.TTLStrategy:
 def manifest(spec: m.WorkflowSpec, options: WorkflowOptions, object_labels: dict[str, str], *, name: str) -> str:
     """The YAML of the spec as a CronWorkflow (options.schedule), a WorkflowTemplate or a Workflow."""
     if options.schedule is not None:
-        resource = m.CronWorkflow(
+        resource: m.CronWorkflow | m.WorkflowTemplate | m.Workflow = m.CronWorkflow(
             api_version=API_VERSION, kind="CronWorkflow",
             metadata=m.ObjectMeta(name=name, namespace=options.namespace, labels=object_labels),
             spec=m.CronWorkflowSpec(
