@@ -10,10 +10,9 @@ passes every value, so a render is a pure function.
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections.abc import Mapping
 from pathlib import PurePosixPath
+from typing import Any
 
 from ..errors import ConfigError
 from .fanout import fan_out_templates
