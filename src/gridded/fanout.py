@@ -182,6 +182,7 @@ class _Fanout:
         self.inflight: dict = {}  # future -> (task, bytes, address it was placed on)
         self.by_key: dict[str, Task] = {}
         self.rerun: set[str] = set()  # keys of ours that were on a lost worker
+        self.collected: set[str] = set()  # keys whose result is in hand: a worker lost later loses none of ours
         self.lock = threading.Lock()  # the events arrive on the client's own thread
         self.pause = pause_fraction()
         self.seen_at = time.monotonic()  # when a worker was last seen
@@ -313,6 +314,7 @@ class _Fanout:
         result = self.result_of(future, task, need)
         with self.lock:
             rerun = future.key in self.rerun
+            self.collected.add(future.key)
         if rerun and result.status == "skipped":  # its first attempt committed it, then the worker was lost
             result = replace(result, status="done", reason="committed by an attempt on a lost worker")
         self.outcome.results.append(result)
@@ -398,7 +400,7 @@ class _Fanout:
             return
         keys = set(msg.get("processing-tasks", ())) | set(msg.get("lost-computed-tasks", ()))
         with self.lock:
-            ours = sorted(k for k in keys if k in self.by_key)
+            ours = sorted(k for k in keys if k in self.by_key and k not in self.collected)
             self.outcome.lost[msg["worker"]] = len(ours)
             self.rerun.update(ours)
             for key in ours:
