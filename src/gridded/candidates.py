@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import math
+import operator
 import struct
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -235,8 +236,9 @@ def drop_superseded(candidates: list) -> list:
         held = kept.get(key)
         if held is None or (c[BASELINE], c[UPDATED], c[ID]) > (held[BASELINE], held[UPDATED], held[ID]):
             kept[key] = c
-    if n_rest + len(kept) == len(candidates) and all(
-            _IN_ORDER(a) <= _IN_ORDER(b) for a, b in itertools.pairwise(candidates)):
-        return candidates
+    if n_rest + len(kept) == len(candidates):
+        keys = list(map(_IN_ORDER, candidates))
+        if all(map(operator.le, keys, itertools.islice(keys, 1, None))):  # in order already (an index's rows)
+            return candidates
     winners = {id(c) for c in kept.values()}
     return sorted((c for c in candidates if not c[TILE] or id(c) in winners), key=_IN_ORDER)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -175,7 +176,19 @@ class Plan:
         return geopandas.GeoDataFrame.from_features(self.__geo_interface__, crs="EPSG:4326")
 
 
-BLOCK_SIDE = 8  # cells are planned in blocks of 8 x 8, one index query each
+BLOCK_SIDE = 8  # cells are planned in blocks of at least 8 x 8, one index query each
+BLOCK_SPAN_M = 768_000  # and a block at least this wide (8 cells of 96 km): many scenes' widths, so
+MAX_BLOCK_SIDE = 128    # that a scene is fetched for few blocks (on 19.2 km cells, 40 x 40 of them)
+
+
+def block_side_for(grid: Grid) -> int:
+    """Cells a side of a planning block: BLOCK_SPAN_M of the grid's metres, at least BLOCK_SIDE."""
+    from pyproj import CRS
+
+    crs = CRS.from_user_input(grid.crs)
+    if not crs.is_projected or crs.axis_info[0].unit_name not in ("metre", "meter"):
+        return BLOCK_SIDE
+    return max(BLOCK_SIDE, min(MAX_BLOCK_SIDE, math.ceil(BLOCK_SPAN_M / max(grid.tile_size))))
 
 
 class InMemoryCandidates:
@@ -218,8 +231,8 @@ class CellBlocks:
     query each) and theirs together (what a source is asked for: items covering any part of a
     cell, inside the extent or not, are that cell's inputs)."""
 
-    def __init__(self, grid: Grid, extent, side: int = BLOCK_SIDE):
-        self.side = side
+    def __init__(self, grid: Grid, extent, side: int | None = None):
+        self.side = side = side or block_side_for(grid)
         self.cells = cells_for_extent(grid, extent)
         grouped: dict[tuple[int, int], list] = {}
         for key, gbox in self.cells:
@@ -247,7 +260,7 @@ class PlanStream:
 
     def __init__(self, *, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, tiles_per_worker: int,
                  candidates, local_roots: tuple[Path, ...] | None = None, collections: tuple[str, ...] = (),
-                 access: SourceAccess | None = None, block_side: int = BLOCK_SIDE, cells: CellBlocks | None = None):
+                 access: SourceAccess | None = None, block_side: int | None = None, cells: CellBlocks | None = None):
         from .finder import resolve_layouts
 
         if tiles_per_worker < 1:
@@ -255,7 +268,8 @@ class PlanStream:
         self.grid, self.extent, self.time, self.tiles_per_worker = grid, extent, time, tiles_per_worker
         self.source, self.local_roots, self.collections = candidates, local_roots, collections
         self.access = access or SourceAccess()
-        self.layout = cells if cells is not None and cells.side == block_side else CellBlocks(grid, extent, block_side)
+        wanted = block_side or block_side_for(grid)
+        self.layout = cells if cells is not None and cells.side == wanted else CellBlocks(grid, extent, wanted)
         self.cells, self.blocks = self.layout.cells, self.layout.blocks
         layouts = candidates.layouts(bbox=self.layout.bbox, start=time.start, end=time.end, collections=collections)
         self.pipeline, self.resolved, self.bands_read = resolve_layouts(pipeline, layouts)
