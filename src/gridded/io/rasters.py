@@ -9,7 +9,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,10 @@ GDAL_DEFAULTS = {
 READ_ATTEMPTS = 4
 MAX_SOURCE_PIXELS = 1 << 34  # a header claiming more is corrupt or hostile
 SOURCE_POOL_SIZE = 256  # open source datasets a batch keeps for its next tasks
+# Remote reads a worker keeps outstanding, whatever its CPUs: each waits a round trip to the
+# object store (tens of ms) far more than it decodes, so their number is sized for latency. A
+# read holds its window's decoded pixels only, which its task has allocated anyway
+REMOTE_READS_IN_FLIGHT = 32
 
 
 def configure_gdal(s3: bool = True) -> None:
@@ -301,6 +306,37 @@ class SourcePool:
 
 
 _POOL: SourcePool | None = None
+_READERS: dict[int, ThreadPoolExecutor] = {}
+
+
+def remote_reads() -> ThreadPoolExecutor:
+    """This process's threads for remote reads (REMOTE_READS_IN_FLIGHT), shared by its tasks, so
+    that a worker's outstanding requests stay bounded however many tasks it runs at once."""
+    pid = os.getpid()  # a forked worker starts its own: the parent's threads are not in the child
+    with _READERS_LOCK:
+        if pid not in _READERS:
+            _READERS.clear()
+            _READERS[pid] = ThreadPoolExecutor(REMOTE_READS_IN_FLIGHT, thread_name_prefix="gridded-read")
+        return _READERS[pid]
+
+
+_READERS_LOCK = threading.Lock()
+
+
+def open_ahead(hrefs, *, what: str) -> list[Future]:
+    """Start opening remote files on the read threads, so that their headers arrive while other
+    reads run: each is kept open in the batch's pool for the read that follows (nothing is opened
+    without a pool, where it would be read twice). Failures are left to that read to report."""
+    if _POOL is None:
+        return []
+
+    sign = signer()
+
+    def header(href: str) -> None:
+        with suppress(SourceError):  # tried once, recording nothing: the read that follows has the retries
+            _read_once(gdal_path(sign(href)) if sign else gdal_path(href), what, lambda src: None, remote=True)
+
+    return [remote_reads().submit(header, href) for href in hrefs if is_remote(href)]
 
 
 @contextmanager
