@@ -10,6 +10,8 @@ import math
 import os
 import pickle
 import shutil
+import struct
+import zlib
 from collections import Counter
 from datetime import datetime
 
@@ -137,27 +139,41 @@ def artifact(plans, tmp_path):
     return plan, path
 
 
-def split_artifact(blob: bytes) -> tuple[dict, int]:
-    """(header, offset of the first payload), read by hand from the documented layout."""
+def split_artifact(blob: bytes) -> tuple[dict, list[bytes]]:
+    """(header, payloads), read by hand from the documented layout."""
     assert blob.startswith(MAGIC)
-    end = blob.index(b"\n", len(MAGIC))
-    return json.loads(blob[len(MAGIC):end]), end + 1
+    header_at, header_length, index_at, n = struct.unpack("<4Q", blob[len(MAGIC):len(MAGIC) + 32])
+    header = json.loads(blob[header_at:header_at + header_length])
+    payloads = []
+    for i in range(n):
+        offset, length, digest = struct.unpack("<QQ32s", blob[index_at + 48 * i:index_at + 48 * (i + 1)])
+        payloads.append(blob[offset:offset + length])
+        assert hashlib.sha256(payloads[-1]).digest() == digest
+    return header, payloads
 
 
-def join_artifact(header: dict, payloads: bytes) -> bytes:
-    return MAGIC + json.dumps(header).encode() + b"\n" + payloads
+def join_artifact(header: dict, payloads: list[bytes]) -> bytes:
+    """An artifact in the documented layout, written by hand."""
+    body, entries, at = b"", b"", len(MAGIC) + 32
+    for payload in payloads:
+        entries += struct.pack("<QQ32s", at + len(body), len(payload), hashlib.sha256(payload).digest())
+        body += payload
+    head = json.dumps(header).encode()
+    header_at = len(MAGIC) + 32 + len(body)
+    return MAGIC + struct.pack("<4Q", header_at, len(head), header_at + len(head), len(payloads)) + body + head + entries
 
 
 def test_round_trip_equals_the_plan(artifact):
     plan, path = artifact
-    header, _ = split_artifact(path.read_bytes())
-    assert [e["id"] for e in header["batches"]] == [b.id for b in plan.batches]
-    for batch in plan.batches:
+    header, payloads = split_artifact(path.read_bytes())
+    assert header["batches"] == len(payloads) == len(plan.batches)
+    for batch, payload in zip(plan.batches, payloads):
         got_header, pipeline, grid, got, _ = read_batch(str(path), batch.id)
         assert got == batch
         assert got is not batch
         assert pipeline == plan.pipeline and grid == plan.grid
         assert got_header["version"] == FORMAT_VERSION
+        assert pickle.loads(zlib.decompress(payload))["batch"] == batch
 
 
 def test_round_trip_through_a_file_uri(artifact):
@@ -165,12 +181,26 @@ def test_round_trip_through_a_file_uri(artifact):
     assert read_batch(path.as_uri(), 1)[3] == plan.batches[1]
 
 
+def test_a_worker_reads_four_small_ranges_and_its_own_batch(artifact, monkeypatch):
+    from gridded.io.storage import LocalStorage
+
+    plan, path = artifact
+    _, payloads = split_artifact(path.read_bytes())
+    reads = []
+    original = LocalStorage.get_range
+    monkeypatch.setattr(LocalStorage, "get_range",
+                        lambda self, name, start, length: reads.append(length) or original(self, name, start, length))
+    read_batch(str(path), 2)
+    assert len(reads) == 4 and reads[2] == 48 and reads[3] == len(payloads[2])
+    assert sum(reads) < len(payloads[2]) + 1024
+
+
 def test_a_tampered_payload_byte_fails_its_sha256(artifact):
     plan, path = artifact
     blob = bytearray(path.read_bytes())
-    header, base = split_artifact(bytes(blob))
-    entry = header["batches"][1]
-    blob[base + entry["offset"] + entry["length"] // 2] ^= 0x01
+    _, payloads = split_artifact(bytes(blob))
+    at = bytes(blob).index(payloads[1])
+    blob[at + len(payloads[1]) // 2] ^= 0x01
     path.write_bytes(bytes(blob))
     with pytest.raises(ArtifactError, match="SHA-256") as err:
         read_batch(str(path), 1)
@@ -179,11 +209,17 @@ def test_a_tampered_payload_byte_fails_its_sha256(artifact):
 
 
 def test_a_truncated_artifact_is_refused(artifact):
-    _, path = artifact
+    plan, path = artifact
     path.write_bytes(path.read_bytes()[:-10])
-    last = len(split_artifact(path.read_bytes())[0]["batches"]) - 1
-    with pytest.raises(ArtifactError, match="SHA-256"):
-        read_batch(str(path), last)
+    with pytest.raises(ArtifactError, match="truncated|SHA-256"):
+        read_batch(str(path), len(plan.batches) - 1)
+
+
+def test_an_artifact_of_the_first_layout_is_refused_naming_its_version(artifact):
+    _, path = artifact
+    path.write_bytes(MAGIC + b'{"format":"gridded-cells","version":1,"batches":[]}\n')
+    with pytest.raises(ArtifactError, match="v1, this gridded reads gridded-cells v2; regenerate"):
+        read_batch(str(path), 0)
 
 
 def test_wrong_magic_is_refused(artifact):
@@ -201,8 +237,8 @@ def test_wrong_magic_is_refused(artifact):
                                     {"format": "other-cells"}])
 def test_wrong_version_or_format_is_refused(artifact, change):
     _, path = artifact
-    header, base = split_artifact(path.read_bytes())
-    path.write_bytes(join_artifact(header | change, path.read_bytes()[base:]))
+    header, payloads = split_artifact(path.read_bytes())
+    path.write_bytes(join_artifact(header | change, payloads))
     with pytest.raises(ArtifactError, match=r"v1|version|format") as err:
         read_batch(str(path), 0)
     assert "\n" not in str(err.value)
@@ -216,17 +252,18 @@ def test_unknown_batch_id_is_refused(artifact, batch_id):
         read_batch(str(path), batch_id)
 
 
-@pytest.mark.parametrize("drop", ["batches", "sha256"])
-def test_a_header_missing_fields_is_refused(artifact, drop):
+@pytest.mark.parametrize("damage", ["batch count", "unfinished"])
+def test_a_damaged_header_or_preamble_is_refused(artifact, damage):
     _, path = artifact
-    header, base = split_artifact(path.read_bytes())
-    if drop == "batches":
-        del header["batches"]
-    else:
-        del header["batches"][0]["sha256"]
-    path.write_bytes(join_artifact(header, path.read_bytes()[base:]))
-    with pytest.raises(ArtifactError):
+    header, payloads = split_artifact(path.read_bytes())
+    if damage == "batch count":
+        blob = join_artifact(header | {"batches": len(payloads) + 1}, payloads)
+    else:  # as a writer killed before filling the preamble leaves it
+        blob = MAGIC + bytes(32) + join_artifact(header, payloads)[len(MAGIC) + 32:]
+    path.write_bytes(blob)
+    with pytest.raises(ArtifactError, match="corrupt") as err:
         read_batch(str(path), 0)
+    assert "regenerate" in str(err.value)
 
 
 # --- foreign pickles -------------------------------------------------------------------------
@@ -270,13 +307,9 @@ class GriddedCallable:
 
 def artifact_with(payload: bytes) -> bytes:
     """A well-formed artifact around any payload, its SHA-256 computed here so the digest check passes."""
-    header = {
-        "format": "gridded-cells", "version": FORMAT_VERSION, "created": "2024-01-01T00:00:00+00:00",
-        "pipeline": "x", "grid": "x",
-        "batches": [{"id": 0, "offset": 0, "length": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
-                     "cells": [[0, 0]]}],
-    }
-    return join_artifact(header, payload)
+    header = {"format": "gridded-cells", "version": FORMAT_VERSION, "created": "2024-01-01T00:00:00+00:00",
+              "pipeline": "x", "grid": "x", "batches": 1}
+    return join_artifact(header, [zlib.compress(payload)])
 
 
 @pytest.mark.parametrize("attack", [Touch, EvalTouch, RemoveTree, GriddedCallable])

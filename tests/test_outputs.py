@@ -67,7 +67,8 @@ def test_items_describe_their_bands_and_how_to_read_them(output, demo_catalog):
     source = json.loads(next(demo_catalog.parent.rglob("*_L2A.json")).read_text())
     for path in item_files(output)[:3]:
         item = json.loads(path.read_text())
-        assert item["id"] == item["id"].lower() and item["properties"]["datetime"] == item["properties"]["start_datetime"]
+        assert item["id"] == item["id"].lower()
+        assert item["properties"]["datetime"] == item["properties"]["start_datetime"]
         assert {link["rel"] for link in item["links"]} >= {"self", "root", "parent", "collection", "derived_from"}
         assert all(link.get("title") for link in item["links"])
         for band in BANDS:
@@ -205,8 +206,7 @@ def test_plan_geojson_and_status_say_what_a_partial_run_left(demo_catalog, tmp_p
     out = tmp_path / "out"
     cells = tmp_path / "cells.pickle"
     select = ["--source", str(demo_catalog), *RUN]
-    ids = json.loads(cli_ok("tiles", "generate", *select, "--cells", str(cells)).stdout)
-    assert ids == [0, 1, 2]
+    assert cli_ok("tiles", "generate", *select, "--cells", str(cells)).stdout == "3\n"  # batches 0..2
     cli_ok("run", *select, "--output", str(out), "--dry-run")
     cli_ok("tiles", "process", "--cells", str(cells), "--batch", "1", "--output", str(out))
     geojson = tmp_path / "cells.geojson"
@@ -242,7 +242,12 @@ def test_the_plan_map_has_a_legend_labels_a_graticule_and_a_title(demo_catalog):
     assert {"x234\ny2343", "x236\ny2344"} <= labels and len(labels) == 6
     assert "6 cells" in axes.get_title() and "demo-utm55s-2560m" in axes.get_title()
     assert axes.xaxis.get_gridlines()[0].get_visible() and "longitude" in axes.get_xlabel()
-    assert len(axes.lines) >= 21 + 1  # every scene footprint and the extent outlined
+    # every distinct scene footprint (a tile's revisits share one) outlined, and the extent
+    import pystac
+
+    outlines = {json.dumps(item.geometry, sort_keys=True)
+                for item in pystac.Catalog.from_file(str(demo_catalog)).get_items(recursive=True)}
+    assert len(outlines) >= 2 and len(axes.lines) == len(outlines) + 1
 
 
 def test_quicklook_mosaics_a_period_with_a_scale_bar(output, tmp_path):

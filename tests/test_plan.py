@@ -23,7 +23,8 @@ from gridded.grid import Grid
 from gridded.masks import MaskRule
 from gridded.period import Period, TimeRange, periods_for
 from gridded.pipeline import INFER, Pipeline
-from gridded.plan import Observation, ObservationFinder, Task, make_plan
+from gridded.finder import ObservationFinder
+from gridded.plan import Observation, Task, make_plan
 from gridded.source import read_items
 
 CRS = "EPSG:32755"

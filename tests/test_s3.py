@@ -55,9 +55,10 @@ def test_run_from_s3_to_s3_is_pixel_exact(s3, s3_source, demo_catalog, tmp_path)
     assert check_pixels(tmp_path / "out", demo_catalog)["tasks"] == 18
     # the outputs are COGs that GDAL reads in place through /vsis3/ (configured by the test itself)
     host = s3.meta.endpoint_url.split("://", 1)[1]
+    name = "x235/y2343/2024-01--P1M/s2-monthly-median_x235_y2343_2024-01--p1m_red.tif"
     with rasterio.Env(AWS_S3_ENDPOINT=host, AWS_HTTPS="NO", AWS_VIRTUAL_HOSTING="FALSE"), rasterio.open(
-            "/vsis3/products/s2-median/x235/y2343/2024-01--P1M/s2-monthly-median_x235_y2343_2024-01--p1m_red.tif") as src:
-        local = tmp_path / "out" / "x235/y2343/2024-01--P1M/s2-monthly-median_x235_y2343_2024-01--p1m_red.tif"
+            f"/vsis3/products/s2-median/{name}") as src:
+        local = tmp_path / "out" / name
         with rasterio.open(local) as ref:
             np.testing.assert_array_equal(src.read(1), ref.read(1))
     assert s3.list_multipart_uploads(Bucket="products").get("Uploads", []) == []
@@ -91,7 +92,7 @@ def test_cells_artifact_on_s3(s3, s3_source, demo_catalog, tmp_path):
     cells = "s3://runs/r1/cells.pickle"
     proc = gridded_cli("-q", "tiles", "generate", *selection(s3_source), "--cells", cells)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == [0, 1, 2]
+    assert proc.stdout == "3\n"  # batches 0..2
     for batch in (0, 1, 2):
         result = CliRunner().invoke(cli, ["-q", "tiles", "process", "--cells", cells, "--batch", str(batch),
                                           "--output", "s3://products2/x"])

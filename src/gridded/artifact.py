@@ -1,9 +1,20 @@
-"""The cells artifact: batches pickled one by one behind a JSON header of offsets and digests.
+"""The cells artifact: batches pickled one by one, each found through a fixed-width index, so a
+worker reads four small ranges and its own batch whatever the plan's size.
 
-Layout: the magic line, one JSON header line, then each batch's pickle. A worker reads the
-header and its own batch only, checks that batch's SHA-256, then unpickles it with an
-unpickler that admits gridded's value classes and a few datetime builtins, nothing else:
-pickle runs code on load, so a foreign or tampered file must be refused before that.
+Layout (integers little-endian):
+
+    MAGIC                      b"GRIDDED-CELLS\n"
+    preamble                   4 x uint64: header offset, header length, index offset, batch count
+    payload 0 .. payload N-1   each the zlib-compressed pickle of one batch (with its recipe,
+                               grid and source access)
+    header                     JSON: format, version, created, pipeline, grid, batches (the count)
+    index                      N x 48 bytes: payload offset (uint64), length (uint64), SHA-256 (32 bytes)
+
+The file is written as the plan is made, batch by batch, to a local file (then put whole), and
+its preamble filled in last. A worker reads the preamble, the header, its index entry and its
+payload, checks the payload's SHA-256, then unpickles it with an unpickler that admits gridded's
+value classes and a few datetime builtins, nothing else: pickle runs code on load, so a foreign
+or tampered file must be refused before that.
 """
 
 from __future__ import annotations
@@ -11,22 +22,33 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
-from typing import NamedTuple
+import struct
+import zlib
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
 
 from .errors import ArtifactError
-from .io.storage import storage_for_file
 from .grid import Grid
 from .io.access import SourceAccess
+from .io.storage import storage_for_file
 from .pipeline import Pipeline
 from .plan import Batch, Plan
 
 MAGIC = b"GRIDDED-CELLS\n"
-FORMAT_VERSION = 1
-MAX_HEADER_BYTES = 64 * 1024 * 1024
+FORMAT_VERSION = 2
+PREAMBLE = struct.Struct("<4Q")
+ENTRY = struct.Struct("<QQ32s")
+MAX_HEADER_BYTES = 1 << 20
+ZLIB_LEVEL = 1
+MAX_BATCH_BYTES = 4 << 30  # a batch's pickle inflates to at most this
+REGENERATE = "regenerate it with `gridded tiles generate`"
 
 ALLOWED_CLASSES = {
+    ("gridded._pickling", "rebuild"),  # sets the slots of one of these classes (it is given the class)
     ("gridded.plan", "Batch"),
     ("gridded.plan", "Task"),
     ("gridded.plan", "Observation"),
@@ -51,56 +73,74 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def encode_artifact(plan: Plan) -> bytes:
-    """The artifact bytes for a plan: header with per-batch offsets and SHA-256, then payloads."""
-    payloads = [
-        pickle.dumps({"pipeline": plan.pipeline, "grid": plan.grid, "batch": b, "access": plan.access}, protocol=5)
-        for b in plan.batches
-    ]
-    entries, offset = [], 0
-    for batch, payload in zip(plan.batches, payloads):
-        entries.append({"id": batch.id, "offset": offset, "length": len(payload),
-                        "sha256": hashlib.sha256(payload).hexdigest(), "cells": batch.cells})
-        offset += len(payload)
-    header = {
-        "format": "gridded-cells",
-        "version": FORMAT_VERSION,
-        "created": datetime.now(UTC).isoformat(),
-        "pipeline": plan.pipeline.name,
-        "grid": plan.grid.name,
-        "batches": entries,
-    }
-    return MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n" + b"".join(payloads)
-
-
-def write_artifact(plan: Plan, uri: str) -> None:
+def write_artifact(plan, uri: str) -> int:
+    """Write the batches of a Plan or PlanStream (iterated here, so a stream is made as it is
+    written) to `uri`; the number of batches written. Nothing is left at `uri` on failure."""
     store, name = storage_for_file(uri)
-    store.put_bytes(name, encode_artifact(plan))
-
-
-def read_header(blob_head: bytes, uri: str) -> tuple[dict, int]:
-    if not blob_head.startswith(MAGIC):
-        raise ArtifactError(f"{uri}: not a gridded cells artifact (bad magic); regenerate it with `gridded tiles generate`")
-    end = blob_head.find(b"\n", len(MAGIC))
-    if end < 0:
-        raise ArtifactError(f"{uri}: truncated header; regenerate it with `gridded tiles generate`")
+    batches: Iterable[Batch] = plan.batches if isinstance(plan, Plan) else plan
+    scratch = Path(store.scratch_path(name))
     try:
-        header = json.loads(blob_head[len(MAGIC):end])
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{uri}: corrupt header; regenerate it with `gridded tiles generate`") from err
+        n = _write_file(scratch, batches, plan)
+        store.put_file(name, scratch)
+    finally:
+        if scratch.exists():
+            scratch.unlink()
+    return n
+
+
+def _write_file(path: Path, batches: Iterable[Batch], plan) -> int:
+    entries = []
+    with open(path, "wb") as f:
+        f.write(MAGIC + PREAMBLE.pack(0, 0, 0, 0))
+        for expected, batch in enumerate(batches):
+            if batch.id != expected:
+                raise ArtifactError(f"batch ids must be 0..N-1 in order: got {batch.id} after {expected - 1}")
+            payload = zlib.compress(pickle.dumps({"pipeline": plan.pipeline, "grid": plan.grid, "batch": batch,
+                                                  "access": plan.access}, protocol=5), ZLIB_LEVEL)
+            entries.append(ENTRY.pack(f.tell(), len(payload), hashlib.sha256(payload).digest()))
+            f.write(payload)
+        header = json.dumps({"format": "gridded-cells", "version": FORMAT_VERSION,
+                             "created": datetime.now(UTC).isoformat(), "pipeline": plan.pipeline.name,
+                             "grid": plan.grid.name, "batches": len(entries)}, separators=(",", ":")).encode()
+        header_at = f.tell()
+        f.write(header)
+        index_at = f.tell()
+        f.write(b"".join(entries))
+        f.seek(len(MAGIC))
+        f.write(PREAMBLE.pack(header_at, len(header), index_at, len(entries)))
+        f.flush()
+        os.fsync(f.fileno())
+    return len(entries)
+
+
+def read_header(store, name: str, uri: str) -> tuple[dict, int, int]:
+    """(header, index offset, batch count) of an artifact, its layout checked."""
+    head = store.get_range(name, 0, len(MAGIC) + PREAMBLE.size)
+    if not head.startswith(MAGIC):
+        raise ArtifactError(f"{uri}: not a gridded cells artifact (bad magic); {REGENERATE}")
+    if head[len(MAGIC):len(MAGIC) + 1] == b"{":  # the first layout: a JSON header line
+        raise ArtifactError(f"{uri}: artifact format gridded-cells v1, this gridded reads gridded-cells "
+                            f"v{FORMAT_VERSION}; regenerate it with this version")
+    if len(head) < len(MAGIC) + PREAMBLE.size:
+        raise ArtifactError(f"{uri}: truncated preamble; {REGENERATE}")
+    header_at, header_length, index_at, n = PREAMBLE.unpack(head[len(MAGIC):])
+    if not 0 < header_length <= MAX_HEADER_BYTES or header_at + header_length != index_at:
+        raise ArtifactError(f"{uri}: corrupt preamble (unfinished or damaged file); {REGENERATE}")
+    blob = store.get_range(name, header_at, header_length)
+    try:
+        header = json.loads(blob)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{uri}: corrupt header; {REGENERATE}") from err
     if not isinstance(header, dict):
-        raise ArtifactError(f"{uri}: corrupt header; regenerate it with `gridded tiles generate`")
+        raise ArtifactError(f"{uri}: corrupt header; {REGENERATE}")
     if header.get("format") != "gridded-cells" or header.get("version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{uri}: artifact format {header.get('format')} v{header.get('version')}, this gridded reads "
             f"gridded-cells v{FORMAT_VERSION}; regenerate it with this version"
         )
-    entries = header.get("batches")
-    required = {"id": int, "offset": int, "length": int, "sha256": str}
-    if not isinstance(entries, list) or not all(
-            isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in required.items()) for e in entries):
-        raise ArtifactError(f"{uri}: corrupt header (batch entries); regenerate it with `gridded tiles generate`")
-    return header, end + 1
+    if header.get("batches") != n:
+        raise ArtifactError(f"{uri}: corrupt header (batch count); {REGENERATE}")
+    return header, index_at, n
 
 
 class BatchRead(NamedTuple):
@@ -112,25 +152,30 @@ class BatchRead(NamedTuple):
 
 
 def read_batch(uri: str, batch_id: int) -> BatchRead:
-    """(header, pipeline, grid, batch, access) for one batch id, digest-checked and safely unpickled."""
+    """(header, pipeline, grid, batch, access) for one batch id, digest-checked and safely unpickled:
+    four ranged reads (preamble, header, index entry, payload), whatever the artifact's size."""
     store, name = storage_for_file(uri)
-    head = store.get_range(name, 0, MAX_HEADER_BYTES)
-    header, base = read_header(head, uri)
-    entries = {e["id"]: e for e in header["batches"]}
-    if batch_id not in entries:
-        ids = sorted(entries)
-        span = f"{ids[0]}..{ids[-1]}" if ids else "none"
+    header, index_at, n = read_header(store, name, uri)
+    if not 0 <= batch_id < n:
+        span = f"0..{n - 1}" if n else "none"
         raise ArtifactError(f"--batch {batch_id}: no such batch in {uri} (batches: {span})")
-    entry = entries[batch_id]
-    payload = store.get_range(name, base + entry["offset"], entry["length"])
-    if len(payload) != entry["length"] or hashlib.sha256(payload).hexdigest() != entry["sha256"]:
+    entry = store.get_range(name, index_at + batch_id * ENTRY.size, ENTRY.size)
+    if len(entry) != ENTRY.size:
+        raise ArtifactError(f"{uri}: truncated index; {REGENERATE}")
+    offset, length, digest = ENTRY.unpack(entry)
+    payload = store.get_range(name, offset, length)
+    if len(payload) != length or hashlib.sha256(payload).digest() != digest:
         raise ArtifactError(f"{uri}: batch {batch_id} fails its SHA-256 check (tampered or truncated); regenerate it")
     try:
-        doc = _RestrictedUnpickler(io.BytesIO(payload)).load()
+        inflate = zlib.decompressobj()
+        data = inflate.decompress(payload, MAX_BATCH_BYTES)
+        if inflate.unconsumed_tail:
+            raise ArtifactError(f"{uri}: batch {batch_id} inflates beyond {MAX_BATCH_BYTES >> 20} MiB; regenerate it")
+        doc = _RestrictedUnpickler(io.BytesIO(data)).load()
     except ArtifactError:
         raise
     except Exception as err:
         raise ArtifactError(f"{uri}: batch {batch_id} cannot be decoded ({err.__class__.__name__}); regenerate it") from err
-    if not isinstance(doc, dict) or not isinstance(doc.get("batch"), Batch):
-        raise ArtifactError(f"{uri}: batch {batch_id} holds no batch; regenerate it")
+    if not isinstance(doc, dict) or not isinstance(doc.get("batch"), Batch) or doc["batch"].id != batch_id:
+        raise ArtifactError(f"{uri}: batch {batch_id} holds no batch {batch_id}; regenerate it")
     return BatchRead(header, doc["pipeline"], doc["grid"], doc["batch"], doc.get("access") or SourceAccess())

@@ -28,7 +28,8 @@ def worker_resources(workers_on_machine: int = 1) -> tuple[int, int]:
 
 def _cgroup_cpus() -> int | None:
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
         return None if quota == "max" else max(1, int(int(quota) / int(period)))
     except (OSError, ValueError):
         return None
@@ -36,7 +37,8 @@ def _cgroup_cpus() -> int | None:
 
 def _cgroup_memory() -> int | None:
     try:
-        value = open("/sys/fs/cgroup/memory.max").read().strip()
+        with open("/sys/fs/cgroup/memory.max") as f:
+            value = f.read().strip()
         return None if value == "max" else int(value)
     except (OSError, ValueError):
         return None

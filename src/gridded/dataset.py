@@ -14,11 +14,12 @@ from affine import Affine
 from odc.geo.geobox import GeoBox, GeoboxTiles
 
 from .errors import ConfigError
+from .finder import ObservationFinder, drop_superseded
 from .grid import Grid, cells_for_extent, load_grid
 from .masks import MaskRule
 from .period import parse_time, periods_for
 from .pipeline import Pipeline
-from .plan import ObservationFinder, Task, drop_superseded
+from .plan import Task
 from .selection import extent_geometry, names_of, recipe_for
 from .source import ItemQuery, items_for_query, read_items
 

@@ -57,6 +57,15 @@ class ClusterError(GriddedError, OSError):
     retryable = True
 
 
+class SchedulerLost(ClusterError):
+    """The Dask scheduler went away mid-run: what finished is committed, a rerun resumes (exit 1).
+    `cluster` is what the run did until then (ClusterRun.summary), for the run report."""
+
+    def __init__(self, message: str, *, retryable: bool | None = None, cluster: dict | None = None):
+        super().__init__(message, retryable=retryable)
+        self.cluster = cluster
+
+
 class Interrupted(GriddedError):
     """Stopped by SIGTERM or Ctrl-C: what finished is kept; a rerun resumes (exit 143, retryable)."""
 

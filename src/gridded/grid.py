@@ -201,6 +201,22 @@ def outline_lonlat(geobox: GeoBox) -> shapely.Polygon:
     return shapely.Polygon(np.column_stack([lon, lat]))
 
 
+def outlines_lonlat(geoboxes: list[GeoBox]) -> np.ndarray:
+    """The lon/lat outlines (as outline_lonlat makes them) of cells of one CRS, in one projection
+    call: an array of shapely polygons."""
+    if not geoboxes:
+        return np.array([], dtype=object)
+    t = np.linspace(0.0, 1.0, OUTLINE_POINTS_PER_SIDE, endpoint=False)
+    unit_cols = np.concatenate([t, np.ones_like(t), 1 - t, np.zeros_like(t), [0.0]])
+    unit_rows = np.concatenate([np.zeros_like(t), t, np.ones_like(t), 1 - t, [0.0]])
+    a, c, e, f, nx, ny = (np.array(v, dtype=float) for v in zip(*(
+        (g.affine.a, g.affine.c, g.affine.e, g.affine.f, g.shape[1], g.shape[0]) for g in geoboxes)))
+    xs = c[:, None] + (a * nx)[:, None] * unit_cols[None, :]
+    ys = f[:, None] + (e * ny)[:, None] * unit_rows[None, :]
+    lon, lat = _to_lonlat(str(geoboxes[0].crs)).transform(xs, ys)
+    return shapely.polygons(np.stack([lon, lat], axis=-1))
+
+
 @lru_cache(maxsize=4096)
 def cell_outline_lonlat(geobox: GeoBox) -> tuple[dict, tuple[float, float, float, float]]:
     """A cell's outline in lon/lat as GeoJSON, and its bbox: the same for every period of the cell,

@@ -1,65 +1,55 @@
 """The STAC item index: SQLite (an R-tree over bboxes) by default, PostgreSQL (GiST) for a team.
 
-Ingest is an idempotent upsert keyed by (collection, id): the same item twice changes nothing,
-an item with a newer `updated` replaces the old one. Every query takes parameters; no SQL is
-ever built from values.
+Each item is stored as the columns planning reads (candidates.py: times, platform, tile, footprint
+as WKB, hrefs, the digest of its layout) beside its STAC document, zlib-compressed; layouts are
+stored once each. Planning reads the columns only, block by block, and never builds an item.
+
+Ingest is an idempotent upsert keyed by (collection, id), a few thousand items per transaction:
+the same item twice changes nothing, an item with a newer `updated` replaces the old one. Every
+query takes parameters; no SQL is ever built from values. An index of the first layout (one JSON
+document per item) is migrated in place when opened.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import urlparse
 
 import pystac
 
-from .errors import ConfigError, SourceError
+from .candidates import Candidate, utc_text
+from .errors import ConfigError
 
 DEFAULT_INDEX = "sqlite:///gridded-index.db"
 INGEST_BATCH = 2000  # items upserted per transaction
+SCHEMA_VERSION = 2
+ZLIB_LEVEL = 1  # the documents are read rarely (stac search, migration): speed over size
+_IN_CHUNK = 900  # ids per `IN (...)` lookup, below SQLite's variable limit
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IndexedItem:
-    """The columns an item is indexed by, taken from its STAC document."""
+class Row(NamedTuple):
+    """One item to upsert: its planning columns, its layout and its compressed document."""
 
-    id: str
-    collection: str
-    start: str
-    end: str
-    bbox: tuple[float, float, float, float]
-    updated: str
-    doc: str
-
-    @classmethod
-    def from_item(cls, item: pystac.Item) -> IndexedItem:
-        item.make_asset_hrefs_absolute()
-        doc = item.to_dict(include_self_link=True, transform_hrefs=False)
-        props = item.properties
-        when = props.get("datetime")
-        start = props.get("start_datetime") or when
-        end = props.get("end_datetime") or when
-        if start is None or end is None:
-            raise SourceError(f"item {item.id}: no datetime nor start_datetime/end_datetime")
-        if item.geometry is None or not item.bbox:
-            raise SourceError(f"item {item.id}: no geometry or bbox")
-        box = item.bbox
-        minx, miny, maxx, maxy = (box[0], box[1], box[3], box[4]) if len(box) == 6 else box
-        return cls(id=item.id, collection=item.collection_id or "", start=_utc(start), end=_utc(end),
-                   bbox=(float(minx), float(miny), float(maxx), float(maxy)),
-                   updated=str(props.get("updated", "")), doc=json.dumps(doc, separators=(",", ":")))
+    candidate: Candidate
+    layout: dict
+    doc: bytes  # zlib-compressed JSON
 
 
-def _utc(text: str) -> str:
-    """ISO text in UTC with a fixed width, so text comparison is time comparison."""
-    when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class LayoutCount(NamedTuple):
+    """A layout among the items a query selects: how many, one of their ids, the latest time."""
+
+    digest: str
+    layout: dict
+    count: int
+    example_id: str
+    latest: str
 
 
 @dataclass(slots=True)
@@ -75,70 +65,202 @@ class IngestCounts:
         self.unchanged += other.unchanged
         self.skipped += other.skipped
 
+    @property
+    def total(self) -> int:
+        return self.added + self.replaced + self.unchanged
+
 
 class Index(Protocol):
     dsn: str
 
-    def upsert(self, items: Iterable[IndexedItem]) -> IngestCounts: ...
+    def upsert(self, rows: list[Row]) -> IngestCounts: ...
+    def layouts(self, *, bbox, start: datetime, end: datetime, collections: tuple[str, ...] = ()) -> list[LayoutCount]: ...
+    def candidates(self, *, bbox, start: datetime, end: datetime, collections: tuple[str, ...] = (),
+                   hrefs: bool = True) -> list[Candidate]: ...
     def search(self, *, bbox, start: datetime, end: datetime, collections: tuple[str, ...] = ()) -> list[pystac.Item]: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
 
 
+def _latest_per_key(rows: Iterable[Row]) -> list[Row]:
+    """One row per (collection, id): the newest `updated`, the last on a tie."""
+    kept: dict[tuple[str, str], Row] = {}
+    for row in rows:
+        key = (row.candidate.collection, row.candidate.id)
+        held = kept.get(key)
+        if held is None or row.candidate.updated >= held.candidate.updated:
+            kept[key] = row
+    return list(kept.values())
+
+
+def _replaces(row: Row, updated: str, doc: bytes | None) -> bool:
+    """Whether a row replaces what is stored: a newer `updated`, or another document when neither has one."""
+    new = row.candidate.updated
+    return (bool(new) and new > updated) or (not new and not updated and doc is not None and doc != row.doc)
+
+
+def _item_of(doc: bytes) -> pystac.Item:
+    return pystac.Item.from_dict(json.loads(zlib.decompress(doc)), preserve_dict=False)
+
+
 class SQLiteIndex:
-    """A single SQLite file: items table plus an R-tree virtual table over the bboxes."""
+    """A single SQLite file (WAL): items with their planning columns (small rows, many to a page),
+    an R-tree over their bboxes, their documents in a table of their own, and the layouts."""
+
+    SCHEMA = """
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS items (
+            rowid INTEGER PRIMARY KEY, collection TEXT NOT NULL, id TEXT NOT NULL,
+            start TEXT NOT NULL, "end" TEXT NOT NULL, updated TEXT NOT NULL, platform TEXT NOT NULL,
+            tile TEXT NOT NULL, baseline REAL NOT NULL, geometry BLOB NOT NULL, self_href TEXT,
+            hrefs TEXT NOT NULL, layout TEXT NOT NULL, UNIQUE (collection, id));
+        CREATE TABLE IF NOT EXISTS docs (rowid INTEGER PRIMARY KEY, doc BLOB NOT NULL);
+        CREATE VIRTUAL TABLE IF NOT EXISTS items_bbox USING rtree(rowid, minx, maxx, miny, maxy);
+        CREATE TABLE IF NOT EXISTS layouts (layout TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    """
+    COLUMNS = ("collection", "id", "start", '"end"', "updated", "platform", "tile", "baseline", "geometry",
+               "self_href", "hrefs", "layout")
+    SELECT = ('SELECT i.id, i.collection, i.start, i.updated, i.platform, i.tile, i.baseline, '
+              'b.minx, b.miny, b.maxx, b.maxy, i.geometry, i.self_href, i.hrefs, i.layout ')
+    COUNTING = ("SELECT i.id, i.collection, i.start, i.updated, i.platform, i.tile, i.baseline, "
+                "NULL, NULL, NULL, NULL, i.geometry, NULL, '', NULL ")  # what counting observations needs
 
     def __init__(self, path: Path, dsn: str):
         self.dsn = dsn
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path)
-            self.db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS items (
-                    rowid INTEGER PRIMARY KEY, collection TEXT NOT NULL, id TEXT NOT NULL,
-                    start TEXT NOT NULL, "end" TEXT NOT NULL, updated TEXT NOT NULL, doc TEXT NOT NULL,
-                    UNIQUE (collection, id));
-                CREATE INDEX IF NOT EXISTS items_time ON items (start, "end");
-                CREATE VIRTUAL TABLE IF NOT EXISTS items_bbox USING rtree(rowid, minx, maxx, miny, maxy);
-                """
-            )
+            self.db = sqlite3.connect(path, isolation_level=None)  # transactions are explicit
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            old = self._columns("items")
+            if old and "layout" not in old:  # the first layout: set aside, then copied over below
+                self.db.executescript("BEGIN IMMEDIATE; ALTER TABLE items RENAME TO items_v1; "
+                                      "DROP TABLE IF EXISTS items_bbox; DROP INDEX IF EXISTS items_time; COMMIT;")
+            self.db.executescript(self.SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self.known_layouts = {r[0] for r in self.db.execute("SELECT layout FROM layouts")}
+            if self._columns("items_v1"):
+                self._migrate()
         except sqlite3.Error as err:
             raise ConfigError(f"--index {dsn}: cannot open the SQLite index ({err}); check the path") from err
 
-    def upsert(self, items: Iterable[IndexedItem]) -> IngestCounts:
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}  # a constant table name
+
+    def _migrate(self) -> None:
+        """The items of an index of the first layout (a JSON doc each) -> this one; idempotent, so an
+        interrupted migration resumes when the index is opened again."""
+        from .candidates import candidate_of
+
+        last = 0
+        while True:
+            page = self.db.execute("SELECT rowid, doc FROM items_v1 WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                                   (last, INGEST_BATCH)).fetchall()
+            if not page:
+                break
+            self.upsert([Row(*candidate_of(json.loads(doc)), zlib.compress(doc.encode(), ZLIB_LEVEL))
+                         for _, doc in page])
+            last = page[-1][0]
+        self.db.execute("DROP TABLE items_v1")
+
+    def upsert(self, rows: list[Row]) -> IngestCounts:
         counts = IngestCounts()
-        with self.db:
-            for it in items:
-                row = self.db.execute("SELECT rowid, updated, doc FROM items WHERE collection = ? AND id = ?",
-                                      (it.collection, it.id)).fetchone()
-                if row is None:
-                    cur = self.db.execute(
-                        'INSERT INTO items (collection, id, start, "end", updated, doc) VALUES (?, ?, ?, ?, ?, ?)',
-                        (it.collection, it.id, it.start, it.end, it.updated, it.doc))
-                    self.db.execute("INSERT INTO items_bbox VALUES (?, ?, ?, ?, ?)",
-                                    (cur.lastrowid, it.bbox[0], it.bbox[2], it.bbox[1], it.bbox[3]))
+        rows = _latest_per_key(rows)
+        if not rows:
+            return counts
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            stored: dict[tuple[str, str], tuple[int, str, bytes | None]] = {}
+            by_collection: dict[str, list[str]] = {}
+            for r in rows:
+                by_collection.setdefault(r.candidate.collection, []).append(r.candidate.id)
+            for collection, ids in by_collection.items():  # through the (collection, id) unique index
+                for start in range(0, len(ids), _IN_CHUNK):
+                    chunk = ids[start:start + _IN_CHUNK]
+                    for rowid, item_id, updated, doc in self.db.execute(
+                            "SELECT rowid, id, updated, CASE WHEN updated = '' THEN "
+                            "(SELECT doc FROM docs d WHERE d.rowid = items.rowid) END FROM items "
+                            f"WHERE collection = ? AND id IN ({', '.join('?' * len(chunk))})", [collection, *chunk]):
+                        stored[(collection, item_id)] = (rowid, updated, doc)
+            next_rowid = (self.db.execute("SELECT max(rowid) FROM items").fetchone()[0] or 0) + 1
+            inserts, updates, boxes, docs, layouts = [], [], [], [], {}
+            for row in rows:
+                c = row.candidate
+                values = (c.collection, c.id, c.time, c.time, c.updated, c.platform, c.tile, c.baseline,
+                          c.geometry, c.self_href, c.hrefs, c.layout)
+                held = stored.get((c.collection, c.id))
+                if held is None:
+                    inserts.append((next_rowid, *values))
+                    boxes.append((next_rowid, c.minx, c.maxx, c.miny, c.maxy))
+                    docs.append((next_rowid, row.doc))
+                    next_rowid += 1
                     counts.added += 1
-                elif _newer(it.updated, row[1]) or (it.updated == row[1] and it.doc != row[2] and not it.updated):
-                    self.db.execute('UPDATE items SET start = ?, "end" = ?, updated = ?, doc = ? WHERE rowid = ?',
-                                    (it.start, it.end, it.updated, it.doc, row[0]))
-                    self.db.execute("UPDATE items_bbox SET minx = ?, maxx = ?, miny = ?, maxy = ? WHERE rowid = ?",
-                                    (it.bbox[0], it.bbox[2], it.bbox[1], it.bbox[3], row[0]))
+                elif _replaces(row, held[1], held[2]):
+                    updates.append((*values[2:], held[0]))
+                    boxes.append((held[0], c.minx, c.maxx, c.miny, c.maxy))
+                    docs.append((held[0], row.doc))
                     counts.replaced += 1
                 else:
                     counts.unchanged += 1
+                    continue
+                if c.layout not in self.known_layouts:
+                    layouts[c.layout] = row.layout
+            self.db.executemany("INSERT OR IGNORE INTO layouts VALUES (?, ?)",
+                                [(k, json.dumps(v, separators=(",", ":"))) for k, v in layouts.items()])
+            self.db.executemany(f"INSERT INTO items (rowid, {', '.join(self.COLUMNS)}) "
+                                f"VALUES ({', '.join('?' * (len(self.COLUMNS) + 1))})", inserts)
+            self.db.executemany('UPDATE items SET start = ?, "end" = ?, updated = ?, platform = ?, tile = ?, '
+                                'baseline = ?, geometry = ?, self_href = ?, hrefs = ?, layout = ? '
+                                'WHERE rowid = ?', updates)
+            self.db.executemany("INSERT OR REPLACE INTO items_bbox VALUES (?, ?, ?, ?, ?)", boxes)
+            self.db.executemany("INSERT OR REPLACE INTO docs VALUES (?, ?)", docs)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.known_layouts.update(layouts)
         return counts
 
-    def search(self, *, bbox, start, end, collections=()) -> list[pystac.Item]:
-        sql = ('SELECT i.doc FROM items i JOIN items_bbox b ON b.rowid = i.rowid '
-               'WHERE b.maxx >= ? AND b.minx <= ? AND b.maxy >= ? AND b.miny <= ? '
-               'AND i."end" >= ? AND i.start <= ?')
-        params = [bbox[0], bbox[2], bbox[1], bbox[3], _utc(start.isoformat()), _utc(end.isoformat())]
+    def _where(self, bbox, start, end, collections, *, boxes: bool = False) -> tuple[str, list]:
+        """The FROM and WHERE of a query; with `boxes`, the R-tree's bounds as b.* too. Without, the
+        items are read in rowid order (a list of the R-tree's hits first): a third faster than in the
+        R-tree's order, which jumps about the items' pages."""
+        if boxes:
+            sql = 'FROM items_bbox b JOIN items i ON i.rowid = b.rowid WHERE b.maxx >= ? AND b.minx <= ? '
+            sql += 'AND b.maxy >= ? AND b.miny <= ? '
+        else:
+            sql = 'FROM items i WHERE i.rowid IN (SELECT rowid FROM items_bbox '
+            sql += 'WHERE maxx >= ? AND minx <= ? AND maxy >= ? AND miny <= ?) '
+        sql += 'AND i."end" >= ? AND i.start <= ?'
+        params = [bbox[0], bbox[2], bbox[1], bbox[3], utc_text(start), utc_text(end)]
         if collections:
-            sql += f" AND i.collection IN ({', '.join('?' * len(collections))})"
+            # `+`: not through the (collection, id) index, which would scan a whole collection
+            sql += f" AND +i.collection IN ({', '.join('?' * len(collections))})"
             params.extend(collections)
-        rows = self.db.execute(sql + " ORDER BY i.start, i.id", params).fetchall()
-        return [pystac.Item.from_dict(json.loads(r[0]), preserve_dict=False) for r in rows]
+        return sql, params
+
+    def layouts(self, *, bbox, start, end, collections=()) -> list[LayoutCount]:
+        where, params = self._where(bbox, start, end, collections)
+        found = self.db.execute(f"SELECT i.layout, count(*), min(i.id), max(i.start) {where} GROUP BY i.layout",
+                                params).fetchall()
+        docs = dict(self.db.execute(f"SELECT layout, doc FROM layouts WHERE layout IN "
+                                    f"({', '.join('?' * len(found))})", [f[0] for f in found]).fetchall()) \
+            if found else {}
+        return [LayoutCount(d, json.loads(docs[d]), n, example, latest) for d, n, example, latest in found]
+
+    def candidates(self, *, bbox, start, end, collections=(), hrefs: bool = True) -> list[tuple]:
+        """The planning columns of the items a query selects, as rows in Candidate's order, in time
+        then id order; without `hrefs`, none (for counting)."""
+        where, params = self._where(bbox, start, end, collections, boxes=hrefs)
+        select = self.SELECT if hrefs else self.COUNTING
+        return self.db.execute(f"{select} {where} ORDER BY i.start, i.id", params).fetchall()  # rows, as Candidates
+
+    def search(self, *, bbox, start, end, collections=()) -> list[pystac.Item]:
+        where, params = self._where(bbox, start, end, collections)
+        rows = self.db.execute(f"SELECT (SELECT doc FROM docs d WHERE d.rowid = i.rowid) {where} "
+                               "ORDER BY i.start, i.id", params).fetchall()
+        return [_item_of(r[0]) for r in rows]
 
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM items").fetchone()[0]
@@ -148,17 +270,26 @@ class SQLiteIndex:
 
 
 class PostgresIndex:
-    """PostgreSQL through psycopg 3: a `box` column with a GiST index, B-tree on times."""
+    """PostgreSQL through psycopg 3: the planning columns with a `box` under a GiST index, B-tree
+    on times, layouts in their own table; ingest copies a batch into a staging table and upserts
+    it on the server in one statement."""
 
     SCHEMA = """
         CREATE TABLE IF NOT EXISTS gridded_items (
             collection text NOT NULL, id text NOT NULL,
-            start_time timestamptz NOT NULL, end_time timestamptz NOT NULL,
-            bbox box NOT NULL, updated text NOT NULL, doc jsonb NOT NULL,
+            start_time timestamptz NOT NULL, end_time timestamptz NOT NULL, updated text NOT NULL,
+            platform text NOT NULL, tile text NOT NULL, baseline double precision NOT NULL,
+            bbox box NOT NULL, geometry bytea NOT NULL, self_href text, hrefs text NOT NULL,
+            layout text NOT NULL, doc bytea NOT NULL,
             PRIMARY KEY (collection, id));
         CREATE INDEX IF NOT EXISTS gridded_items_bbox ON gridded_items USING gist (bbox);
         CREATE INDEX IF NOT EXISTS gridded_items_time ON gridded_items (start_time, end_time);
+        CREATE TABLE IF NOT EXISTS gridded_layouts (layout text PRIMARY KEY, doc jsonb NOT NULL);
     """
+    COLUMNS = ("collection", "id", "start_time", "end_time", "updated", "platform", "tile", "baseline", "bbox",
+               "geometry", "self_href", "hrefs", "layout", "doc")
+    SELECT = ("SELECT id, collection, start_time, updated, platform, tile, baseline, "
+              "(bbox[1])[0], (bbox[1])[1], (bbox[0])[0], (bbox[0])[1], geometry, self_href, hrefs, layout ")
 
     def __init__(self, dsn: str):
         import psycopg
@@ -168,51 +299,114 @@ class PostgresIndex:
             self.db = psycopg.connect(dsn, connect_timeout=10)
             with self.db.transaction():
                 self.db.execute("SELECT pg_advisory_xact_lock(7212024)")  # one schema creator at a time
+                old = {r[0] for r in self.db.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'gridded_items' "
+                    "AND table_schema = current_schema()")}
+                if old and "layout" not in old:
+                    self.db.execute("ALTER TABLE gridded_items RENAME TO gridded_items_v1")
+                    self.db.execute("ALTER INDEX IF EXISTS gridded_items_bbox RENAME TO gridded_items_v1_bbox")
+                    self.db.execute("ALTER INDEX IF EXISTS gridded_items_time RENAME TO gridded_items_v1_time")
+                    self.db.execute("ALTER TABLE gridded_items_v1 RENAME CONSTRAINT gridded_items_pkey "
+                                    "TO gridded_items_v1_pkey")
                 self.db.execute(self.SCHEMA)
+            self.known_layouts = {r[0] for r in self.db.execute("SELECT layout FROM gridded_layouts")}
+            self._migrate()
         except psycopg.Error as err:
             raise ConfigError(f"--index {_redact(dsn)}: cannot connect to PostgreSQL "
                               f"({str(err).strip().splitlines()[0]}); check the host, port, user and database") from err
 
-    def upsert(self, items: Iterable[IndexedItem]) -> IngestCounts:
+    def _migrate(self) -> None:
+        """Items of the first layout (gridded_items_v1, a jsonb doc each) -> this one, once."""
+        from .candidates import candidate_of
+
+        exists = self.db.execute("SELECT to_regclass('gridded_items_v1')").fetchone()[0]
+        self.db.commit()
+        if exists is None:
+            return
+        with self.db.transaction():  # one transaction: the upserts nest in it as savepoints
+            with self.db.cursor(name="gridded_migrate") as cur:
+                cur.itersize = INGEST_BATCH
+                cur.execute("SELECT doc::text FROM gridded_items_v1")
+                rows = []
+                for (doc,) in cur:
+                    rows.append(Row(*candidate_of(json.loads(doc)), zlib.compress(doc.encode(), ZLIB_LEVEL)))
+                    if len(rows) >= INGEST_BATCH:
+                        self.upsert(rows)
+                        rows = []
+                self.upsert(rows)
+            self.db.execute("DROP TABLE gridded_items_v1")
+
+    def upsert(self, rows: list[Row]) -> IngestCounts:
         counts = IngestCounts()
+        rows = _latest_per_key(rows)
+        if not rows:
+            return counts
         with self.db.transaction():
-            for it in items:
-                row = self.db.execute("SELECT updated, doc::text FROM gridded_items WHERE collection = %s AND id = %s",
-                                      (it.collection, it.id)).fetchone()
-                box = f"(({it.bbox[0]},{it.bbox[1]}),({it.bbox[2]},{it.bbox[3]}))"
-                if row is None:
-                    self.db.execute(
-                        "INSERT INTO gridded_items VALUES (%s, %s, %s, %s, %s::box, %s, %s::jsonb)",
-                        (it.collection, it.id, it.start, it.end, box, it.updated, it.doc))
-                    counts.added += 1
-                elif _newer(it.updated, row[0]):
-                    self.db.execute(
-                        "UPDATE gridded_items SET start_time = %s, end_time = %s, bbox = %s::box, updated = %s, "
-                        "doc = %s::jsonb WHERE collection = %s AND id = %s",
-                        (it.start, it.end, box, it.updated, it.doc, it.collection, it.id))
-                    counts.replaced += 1
-                else:
-                    counts.unchanged += 1
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS gridded_stage "
+                            "(LIKE gridded_items INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            new_layouts = {r.candidate.layout: r.layout for r in rows if r.candidate.layout not in self.known_layouts}
+            if new_layouts:
+                with self.db.cursor() as cur:
+                    cur.executemany("INSERT INTO gridded_layouts VALUES (%s, %s::jsonb) ON CONFLICT DO NOTHING",
+                                    [(k, json.dumps(v)) for k, v in new_layouts.items()])
+            with self.db.cursor() as cur, cur.copy(f"COPY gridded_stage ({', '.join(self.COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    c = row.candidate
+                    copy.write_row((c.collection, c.id, c.time, c.time, c.updated, c.platform, c.tile, c.baseline,
+                                    f"(({c.minx},{c.miny}),({c.maxx},{c.maxy}))", c.geometry, c.self_href, c.hrefs,
+                                    c.layout, row.doc))
+            changed = ", ".join(f"{col} = excluded.{col}" for col in self.COLUMNS[2:])
+            added, replaced = self.db.execute(
+                f"WITH up AS (INSERT INTO gridded_items SELECT * FROM gridded_stage "
+                f"ON CONFLICT (collection, id) DO UPDATE SET {changed} "
+                f"WHERE (excluded.updated <> '' AND excluded.updated > gridded_items.updated) "
+                f"OR (excluded.updated = '' AND gridded_items.updated = '' AND excluded.doc <> gridded_items.doc) "
+                f"RETURNING (xmax = 0) AS inserted) "
+                f"SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up").fetchone()
+        self.known_layouts.update(new_layouts)
+        counts.added, counts.replaced = added, replaced
+        counts.unchanged = len(rows) - added - replaced
         return counts
 
-    def search(self, *, bbox, start, end, collections=()) -> list[pystac.Item]:
-        sql = ("SELECT doc::text FROM gridded_items WHERE bbox && %s::box AND end_time >= %s AND start_time <= %s")
+    def _where(self, bbox, start, end, collections) -> tuple[str, list]:
+        sql = "FROM gridded_items WHERE bbox && %s::box AND end_time >= %s AND start_time <= %s"
         params = [f"(({bbox[0]},{bbox[1]}),({bbox[2]},{bbox[3]}))", start, end]
         if collections:
             sql += " AND collection = ANY(%s)"
             params.append(list(collections))
-        rows = self.db.execute(sql + " ORDER BY start_time, id", params).fetchall()
-        return [pystac.Item.from_dict(json.loads(r[0]), preserve_dict=False) for r in rows]
+        return sql, params
+
+    def layouts(self, *, bbox, start, end, collections=()) -> list[LayoutCount]:
+        where, params = self._where(bbox, start, end, collections)
+        found = self.db.execute(f"SELECT layout, count(*), min(id), max(start_time) {where} GROUP BY layout",
+                                params).fetchall()
+        docs = dict(self.db.execute("SELECT layout, doc::text FROM gridded_layouts WHERE layout = ANY(%s)",
+                                    [[f[0] for f in found]]).fetchall())
+        self.db.commit()
+        return [LayoutCount(d, json.loads(docs[d]), n, example, utc_text(latest)) for d, n, example, latest in found]
+
+    def candidates(self, *, bbox, start, end, collections=(), hrefs: bool = True) -> list[tuple]:
+        where, params = self._where(bbox, start, end, collections)
+        select = self.SELECT if hrefs else self.SELECT.replace("self_href, hrefs", "NULL::text, ''")
+        with self.db.cursor(binary=True) as cur:
+            cur.execute(f"{select} {where} ORDER BY start_time, id", params)
+            found = [(r[0], r[1], utc_text(r[2]), *r[3:]) for r in cur]  # rows, in Candidate's order
+        self.db.commit()
+        return found
+
+    def search(self, *, bbox, start, end, collections=()) -> list[pystac.Item]:
+        where, params = self._where(bbox, start, end, collections)
+        rows = self.db.execute(f"SELECT doc {where} ORDER BY start_time, id", params).fetchall()
+        self.db.commit()
+        return [_item_of(r[0]) for r in rows]
 
     def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM gridded_items").fetchone()[0]
+        n = self.db.execute("SELECT count(*) FROM gridded_items").fetchone()[0]
+        self.db.commit()
+        return n
 
     def close(self) -> None:
         self.db.close()
-
-
-def _newer(candidate: str, stored: str) -> bool:
-    return bool(candidate) and candidate > stored
 
 
 def _redact(dsn: str) -> str:
@@ -246,9 +440,10 @@ def open_index(dsn: str | None) -> Index:
 
 def ingest(source: str, index: Index, *, collection: str | None = None, bbox: str | None = None,
            datetime_: str | None = None, progress=None, page_size: int = 500) -> IngestCounts:
-    """Read a static catalog, STAC API or ndjson file and upsert its items; bad items and broken
-    links are counted and skipped (the first few named through `progress`), the rest go in. The
-    same items again change nothing.
+    """Read a static catalog, STAC API or ndjson file and upsert its items, as they are read, a
+    few thousand per transaction (memory stays flat whatever the size); bad items and broken links
+    are counted and skipped (the first few named through `progress`), the rest go in. The same
+    items again change nothing.
 
     >>> index = open_index(f"sqlite:///{tmp / 'again.db'}")
     >>> first, second = ingest(demo_catalog, index), ingest(demo_catalog, index)
@@ -256,9 +451,10 @@ def ingest(source: str, index: Index, *, collection: str | None = None, bbox: st
     (21, 0, 21)
     >>> index.close()
     """
+    import time
+
     from .period import parse_time
-    from .selection import names_of
-    from .source import ItemQuery, iter_items
+    from .source import ItemQuery, iter_rows, names_of
 
     box = None
     if bbox:
@@ -271,20 +467,28 @@ def ingest(source: str, index: Index, *, collection: str | None = None, bbox: st
                       time=parse_time(datetime_) if datetime_ else None)
     skipped: list[str] = []
     counts = IngestCounts()
-    rows: list[IndexedItem] = []
-    items = iter_items(source, query, flag="SOURCE", on_bad=lambda where, reason: skipped.append(f"{where}: {reason}"),
-                       progress=progress)
-    for item in items:
-        try:
-            rows.append(IndexedItem.from_item(item))
-        except (SourceError, ValueError, TypeError) as err:
-            skipped.append(f"{item.id}: {err}")
-        if len(rows) >= INGEST_BATCH:  # one transaction per few thousand items: memory stays flat
-            counts.add(index.upsert(rows))
-            rows = []
-    counts.add(index.upsert(rows))
+    started = last_said = time.monotonic()
+    rows = iter_rows(source, query, flag="SOURCE", on_bad=lambda where, reason: skipped.append(f"{where}: {reason}"),
+                     progress=progress)
+    for batch in _batched(rows, INGEST_BATCH):  # one transaction per few thousand items: memory stays flat
+        counts.add(index.upsert(batch))
+        now = time.monotonic()
+        if progress and now - last_said >= 5:
+            last_said = now
+            progress(f"ingested {counts.total + len(skipped):,} items ({counts.total / (now - started):,.0f} items/s)")
     counts.skipped = len(skipped)
     for reason in skipped[:20]:
         if progress:
             progress(f"skipped {reason}")
     return counts
+
+
+def _batched(rows: Iterator[Row], n: int) -> Iterator[list[Row]]:
+    batch: list[Row] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

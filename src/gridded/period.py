@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from ._pickling import by_fields
 from .errors import ConfigError
 
 PERIOD = re.compile(r"^P(?P<n>[1-9]\d*)(?P<unit>[YMD])$")
@@ -26,6 +27,7 @@ class TimeRange:
             raise ConfigError(f"--time {self.start:%Y-%m-%d}/{self.end:%Y-%m-%d}: start is after end; swap them")
 
 
+@by_fields
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Period:
     """One time bin: [start, end] in UTC, and its label (`2024-01--P1M`)."""

@@ -1,14 +1,21 @@
-"""A selection -> the items it needs (source or index) -> grid cells x periods x items -> tasks in batches."""
+"""A selection -> the items it needs (source or index) -> grid cells x periods x items -> tasks in batches.
+
+The plan is built block by block: a run of cells, one query of the index (or of the items read
+from a source) for the block's bbox returning planning columns only (candidates.py), the block's
+tasks, its batches; so a continent against millions of items needs the memory of a block, and
+`PlanStream` hands the batches on as they are made (to the cells artifact, to a table).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import NamedTuple
 
 import numpy as np
 import pystac
@@ -16,25 +23,23 @@ import shapely
 from affine import Affine
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
-from shapely.geometry import box, shape
-from shapely.strtree import STRtree
 
-from .assets import (SENTINEL2_SCALE, BandInfo, band_info, find_band_asset, is_sentinel2_reflectance,
-                     stored_encoding)
+from ._pickling import by_fields
+from .candidates import GEOMETRY, Candidate, candidate_of_item, drop_superseded
 from .errors import ConfigError
-from .grid import Grid, cell_outline_lonlat, cells_for_extent, outline_lonlat
+from .grid import Grid, cell_outline_lonlat, cells_for_extent, outlines_lonlat
 from .io.access import SourceAccess
-from .masks import MaskRule, infer_mask
+from .masks import MaskRule
 from .period import Period, TimeRange, periods_for
-from .pipeline import INFER, Pipeline
+from .pipeline import Pipeline
 from .selection import Selection, local_roots
-from .source import item_time, items_for_query, read_items
 
 log = logging.getLogger(__name__)
 
 MAX_MAP_FOOTPRINTS = 5000  # a plan keeps its items' footprints for a map up to this many
 
 
+@by_fields
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Observation:
     """One source item as a worker needs it: hrefs per band (and mask), no open handles."""
@@ -56,6 +61,7 @@ class Observation:
         return next(((s, o) for b, s, o in self.encodings if b == band), (1.0, 0.0))
 
 
+@by_fields
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Task:
     """One cell and one period with the observations to read: what a worker computes."""
@@ -71,6 +77,11 @@ class Task:
     def geobox(self) -> GeoBox:
         return GeoBox(self.shape_yx, Affine(*self.transform), self.crs)
 
+    @property
+    def n_layers(self) -> int:
+        """Its layers: the observations once same-day scenes of a platform are mosaicked (load.py)."""
+        return len({(o.platform, o.solar_day) for o in self.observations})
+
     def fingerprint(self, pipeline: Pipeline) -> str:
         """SHA-256 of the input item ids and `updated` times, the pipeline's parameters and the cell's grid."""
         doc = {
@@ -82,6 +93,23 @@ class Task:
             "period": [self.period.start.isoformat(), self.period.end.isoformat()],
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+class TaskShape(NamedTuple):
+    """What a task's memory depends on (gridded.sizing), known without its observations."""
+
+    key: tuple[int, int]
+    period: str  # its label
+    shape_yx: tuple[int, int]
+    layers: int
+
+
+def is_larger(shape: TaskShape, than: TaskShape | None) -> bool:
+    """Whether `shape` holds more pixels x layers (then more pixels) than `than`."""
+    if than is None:
+        return True
+    area, other = shape.shape_yx[0] * shape.shape_yx[1], than.shape_yx[0] * than.shape_yx[1]
+    return (area * shape.layers, area) > (other * than.layers, other)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,223 +171,229 @@ class Plan:
         return geopandas.GeoDataFrame.from_features(self.__geo_interface__, crs="EPSG:4326")
 
 
-def solar_day(when: datetime, lon: float) -> str:
-    """The local solar date of an acquisition: UTC shifted by longitude / 15 hours."""
-    return (when + timedelta(hours=lon / 15.0)).date().isoformat()
+BLOCK_SIDE = 8  # cells are planned in blocks of 8 x 8, one index query each
 
 
-ALLOWED_SCHEMES = ("s3", "http", "https", "file", "")
+class InMemoryCandidates:
+    """Candidates read from a source, answering the index's two queries (see index.Index)."""
+
+    def __init__(self, pairs):
+        self.items: list[Candidate] = []
+        self.layout_docs: dict[str, dict] = {}
+        for candidate, layout in pairs:
+            self.items.append(candidate)
+            self.layout_docs.setdefault(candidate.layout, layout)
+        self.items.sort(key=lambda c: (c.time, c.id))  # so every selection is in time then id order
+        self.bounds = np.array([(c.minx, c.miny, c.maxx, c.maxy) for c in self.items], dtype=float).reshape(-1, 4)
+        self.times = np.array([c.time[:26] for c in self.items], dtype="datetime64[us]")
+        self.collections = np.array([c.collection for c in self.items], dtype=object)
+
+    def _select(self, bbox, start, end, collections) -> list[Candidate]:
+        b = self.bounds
+        keep = (b[:, 2] >= bbox[0]) & (b[:, 0] <= bbox[2]) & (b[:, 3] >= bbox[1]) & (b[:, 1] <= bbox[3])
+        keep &= (self.times >= _us(start)) & (self.times <= _us(end))
+        if collections:
+            keep &= np.isin(self.collections, list(collections))
+        return [self.items[i] for i in np.flatnonzero(keep)]
+
+    def layouts(self, *, bbox, start, end, collections=()):
+        from .finder import LayoutCounts
+
+        return LayoutCounts.of(self._select(bbox, start, end, collections), self.layout_docs)
+
+    def candidates(self, *, bbox, start, end, collections=(), hrefs: bool = True) -> list[Candidate]:
+        return self._select(bbox, start, end, collections)
+
+    def close(self) -> None:
+        pass
 
 
-def check_href(href: str, *, item_id: str, asset: str, local_roots: tuple[Path, ...] | None) -> None:
-    """Refuse an asset href outside the allowed schemes, or a local file outside the allowed roots
-    (`local_roots` None: any local file; empty: none), so a catalog cannot make gridded read
-    /etc/passwd or another local file into its outputs."""
-    parsed = urlparse(href)
-    scheme = "" if len(parsed.scheme) == 1 else parsed.scheme  # a Windows drive letter is a path
-    if scheme not in ALLOWED_SCHEMES or href.startswith("/vsi"):
-        raise ConfigError(f"item {item_id} asset {asset}: href {href!r} has a scheme gridded does not read; "
-                          f"use s3://, https:// or a file under the catalog")
-    if scheme in ("file", "") and local_roots is not None:
-        path = Path(parsed.path if scheme == "file" else href).resolve()
-        if not any(path == root or root in path.parents for root in local_roots):
-            where = ", ".join(str(r) for r in local_roots) or "none for a remote catalog"
-            raise ConfigError(f"item {item_id} asset {asset}: local file {path} is outside the allowed roots "
-                              f"({where}); pass --allow-root DIR to read it")
+class CellBlocks:
+    """The cells meeting an extent in square blocks of `side` x `side` (blocks, and the cells in
+    them, in row order: the order of the plan's cells and batches), each block's lon/lat bbox (one
+    query each) and theirs together (what a source is asked for: items covering any part of a
+    cell, inside the extent or not, are that cell's inputs)."""
 
-
-def observation_for(item: pystac.Item, pipeline: Pipeline,
-                    local_roots: tuple[Path, ...] | None = None) -> tuple[Observation, dict[str, BandInfo]]:
-    """The hrefs of the bands (and mask asset) of one item, the clear rule that applies to it (the
-    recipe's, or the one its assets imply) and how its band values read; an unknown band is a
-    one-line error."""
-    mask = infer_mask(set(item.assets)) if pipeline.mask == INFER else pipeline.mask
-    hrefs, infos = [], {}
-    wanted = list(pipeline.bands) + ([mask.asset] if mask is not None else [])
-    for band in wanted:
-        found = find_band_asset(item, band)
-        if found is None:
-            if mask is not None and band == mask.asset and band not in pipeline.bands:
-                raise ConfigError(
-                    f"item {item.id}: no mask asset {band!r} (assets: {', '.join(sorted(item.assets))}); "
-                    f"pass --mask ASSET:... naming one of them, or --mask none"
-                )
-            raise ConfigError(
-                f"item {item.id}: no asset for band {band!r} (assets: {', '.join(sorted(item.assets))}); "
-                f"use --bands with asset keys, eo:bands names or common names"
-            )
-        key, asset = found
-        href = asset.get_absolute_href() or asset.href
-        check_href(href, item_id=item.id, asset=key, local_roots=local_roots)
-        hrefs.append((band, href))
-        if band in pipeline.bands:
-            infos[band] = band_info(item, key, asset)
-    minx, _, maxx, _ = item.bbox or shape(item.geometry).bounds
-    when = item_time(item)
-    platform = item.properties.get("platform", item.properties.get("constellation", ""))
-    observation = Observation(
-        item_id=item.id,
-        time=when,
-        # providers spell platforms differently (Sentinel-2A, sentinel-2a): one platform, one mosaic a day
-        platform=str(platform).strip().lower(),
-        updated=str(item.properties.get("updated", "")),
-        solar_day=solar_day(when, (minx + maxx) / 2),
-        hrefs=tuple(hrefs),
-        self_href=item.get_self_href(),
-        mask=mask,
-        encodings=tuple((band, *stored_encoding(item, band, info)) for band, info in infos.items()),
-    )
-    return observation, infos
-
-
-def resolve_recipe(pipeline: Pipeline, observations: list[Observation],
-                   infos: list[dict[str, BandInfo]]) -> Pipeline:
-    """The recipe with what the items decide: an inferred mask made concrete when every item has the
-    same rule, and per band the encoding of its outputs and its description. The outputs' encoding
-    is the one most observations have (the later on a tie), or with `harmonize` Sentinel-2's first
-    encoding (DN / 10000): observations stored otherwise are converted to it before reducing."""
-    from dataclasses import replace
-
-    changes: dict = {}
-    if pipeline.mask == INFER:
-        rules = {o.mask for o in observations}
-        changes["mask"] = rules.pop() if len(rules) == 1 else (None if not rules else INFER)
-    encodings = []
-    for band in pipeline.bands:
-        seen = [o.encoding(band) for o in sorted(observations, key=lambda o: o.time)]
-        if pipeline.harmonize and any(is_sentinel2_reflectance(s, o) for s, o in seen):
-            target = (SENTINEL2_SCALE, 0.0)
-        elif seen:
-            votes = {e: (seen.count(e), i) for i, e in enumerate(seen)}
-            target = max(votes, key=lambda e: votes[e])
+    def __init__(self, grid: Grid, extent, side: int = BLOCK_SIDE):
+        self.side = side
+        self.cells = cells_for_extent(grid, extent)
+        grouped: dict[tuple[int, int], list] = {}
+        for key, gbox in self.cells:
+            grouped.setdefault((key[1] // side, key[0] // side), []).append((key, gbox))
+        self.blocks = [sorted(grouped[b], key=lambda kv: (kv[0][1], kv[0][0])) for b in sorted(grouped)]
+        self.bboxes = [tuple(float(v) for v in shapely.total_bounds(outlines_lonlat([g for _, g in block])))
+                       for block in self.blocks]
+        if self.bboxes:
+            b = np.array(self.bboxes)
+            self.bbox = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
         else:
-            target = (1.0, 0.0)
-        encodings.append((band, *target))
-    changes["encodings"] = tuple(encodings)
-    descriptions = {}
-    for info in infos:
-        for band, band_meta in info.items():
-            if band not in descriptions and band_meta.description:
-                descriptions[band] = json.dumps(band_meta.description, sort_keys=True)
-    changes["descriptions"] = tuple(sorted(descriptions.items()))
-    return replace(pipeline, **changes)
+            self.bbox = tuple(float(v) for v in extent.boundingbox)
 
 
-def drop_superseded(items: list[pystac.Item]) -> list[pystac.Item]:
-    """The items less those another one of their collection reprocesses: the same platform, tile and
-    acquisition time (Earth Search lists ESA's reprocessings of Sentinel-2 as `_1_` beside `_0_`), of
-    which the latest processing baseline (then the latest `updated`) is kept. Items naming no tile
-    are all kept."""
-    kept: dict[tuple, pystac.Item] = {}
-    rest = []
-    for item in items:
-        props = item.properties
-        tile = props.get("s2:mgrs_tile") or props.get("grid:code") or props.get("landsat:wrs_path_row")
-        if not tile:
-            rest.append(item)
-            continue
-        key = (item.collection_id, str(props.get("platform", "")).lower(), str(tile).upper().removeprefix("MGRS-"),
-               item_time(item))
-        if key not in kept or _processing(item) > _processing(kept[key]):
-            kept[key] = item
-    return sorted(rest + list(kept.values()), key=lambda it: (item_time(it), it.id))
+def _us(when: datetime) -> np.datetime64:
+    return np.datetime64(when.astimezone(UTC).replace(tzinfo=None), "us")
 
 
-def _processing(item: pystac.Item) -> tuple:
-    props = item.properties
-    try:
-        baseline = float(props.get("s2:processing_baseline", 0))
-    except (TypeError, ValueError):
-        baseline = 0.0
-    return baseline, str(props.get("updated") or props.get("created") or ""), item.id
+class PlanStream:
+    """The plan of a selection made block by block: iterate for the batches as they are made; the
+    totals (`n_items`, `empty_cells`, `n_tasks`, ...) are complete once iterated; `to_plan()` keeps
+    them all in a Plan. The recipe is resolved before the first batch, from the layouts of the
+    items in the extent's bbox (so each artifact payload can carry it)."""
+
+    def __init__(self, *, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, tiles_per_worker: int,
+                 candidates, local_roots: tuple[Path, ...] | None = None, collections: tuple[str, ...] = (),
+                 access: SourceAccess | None = None, block_side: int = BLOCK_SIDE, cells: CellBlocks | None = None):
+        from .finder import resolve_layouts
+
+        if tiles_per_worker < 1:
+            raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
+        self.grid, self.extent, self.time, self.tiles_per_worker = grid, extent, time, tiles_per_worker
+        self.source, self.local_roots, self.collections = candidates, local_roots, collections
+        self.access = access or SourceAccess()
+        self.layout = cells if cells is not None and cells.side == block_side else CellBlocks(grid, extent, block_side)
+        self.cells, self.blocks = self.layout.cells, self.layout.blocks
+        layouts = candidates.layouts(bbox=self.layout.bbox, start=time.start, end=time.end, collections=collections)
+        self.pipeline, self.resolved, self.bands_read = resolve_layouts(pipeline, layouts)
+        self.n_items = sum(lc.count for lc in layouts)
+        self.periods = periods_for(time, self.pipeline.period)
+        self.empty_cells: list[tuple[int, int]] = []
+        self.n_batches = self.n_tasks = self.n_observations = 0
+        self.footprints: dict[bytes, None] = {}
+        self.largest: TaskShape | None = None  # of the tasks so far, for the summary's memory estimate
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> PlanStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _cells(self, counts_only: bool) -> Iterator[tuple[tuple[int, int], tuple[int, int], list]]:
+        """(cell, its shape, its tasks) for each cell with data, in plan order; with `counts_only`
+        its (period, number of observations, of layers) instead, no observation made."""
+        from .finder import ObservationFinder
+
+        self.empty_cells, self.footprints = [], {}
+        self.n_batches = self.n_tasks = self.n_observations = 0
+        self.largest = None
+        for block, bbox in zip(self.blocks, self.layout.bboxes):
+            outlines = outlines_lonlat([gbox for _, gbox in block])
+            found = self.source.candidates(bbox=bbox, start=self.time.start, end=self.time.end,
+                                           collections=self.collections, hrefs=not counts_only)
+            found = drop_superseded(found)
+            if len(self.footprints) <= MAX_MAP_FOOTPRINTS:
+                self.footprints.update(dict.fromkeys(c[GEOMETRY] for c in found))
+            finder = ObservationFinder.of_candidates(found, self.resolved, self.local_roots)
+            for (key, gbox), outline in zip(block, outlines):
+                if counts_only:
+                    found_tasks = finder.counts_for(gbox, self.periods, outline)
+                else:
+                    found_tasks = finder.tasks_for(key, gbox, self.periods, outline)
+                if found_tasks:
+                    yield key, tuple(gbox.shape), found_tasks
+                else:
+                    self.empty_cells.append(key)
+
+    def __iter__(self) -> Iterator[Batch]:
+        """The batches, as they are made."""
+        pending: list[Task] = []
+        n_pending = 0
+        for _, _, tasks in self._cells(counts_only=False):
+            pending.extend(tasks)
+            n_pending += 1
+            if n_pending == self.tiles_per_worker:
+                yield self._batch(pending)
+                pending, n_pending = [], 0
+        if pending:
+            yield self._batch(pending)
+
+    def _batch(self, tasks: list[Task]) -> Batch:
+        batch = Batch(id=self.n_batches, tasks=tuple(tasks))
+        self.n_batches += 1
+        self.n_tasks += len(tasks)
+        self.n_observations += sum(len(t.observations) for t in tasks)
+        for t in tasks:
+            self._seen(TaskShape(t.key, t.period.label, t.shape_yx, t.n_layers))
+        return batch
+
+    def _seen(self, shape: TaskShape) -> None:
+        if is_larger(shape, self.largest):
+            self.largest = shape
+
+    def rows(self) -> Iterator[dict]:
+        """One row per task, in batch order (its batch, cell, period and observation count), as
+        they are planned: the observations are counted, not made, so a continent lists in seconds."""
+        n_pending = 0
+        for key, shape_yx, counts in self._cells(counts_only=True):
+            for period, n, layers in counts:
+                self.n_tasks += 1
+                self.n_observations += n
+                self._seen(TaskShape(key, period.label, shape_yx, layers))
+                yield {"batch": self.n_batches, "cell": list(key), "period": period.label, "observations": n}
+            n_pending += 1
+            if n_pending == self.tiles_per_worker:
+                self.n_batches += 1
+                n_pending = 0
+        if n_pending:
+            self.n_batches += 1
+
+    @property
+    def n_cells_in_extent(self) -> int:
+        return len(self.cells)
+
+    @property
+    def n_cells_with_data(self) -> int:
+        return len(self.cells) - len(self.empty_cells)
+
+    def map_footprints(self) -> tuple:
+        if len(self.footprints) > MAX_MAP_FOOTPRINTS:
+            return ()
+        return tuple(shapely.from_wkb(list(self.footprints)))
+
+    def to_plan(self) -> Plan:
+        batches = tuple(self)
+        return Plan(pipeline=self.pipeline, grid=self.grid, batches=batches, n_cells_in_extent=len(self.cells),
+                    n_items=self.n_items, empty_cells=tuple(self.empty_cells), bands_read=self.bands_read,
+                    extent=self.extent, access=self.access, footprints=self.map_footprints())
 
 
 def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items: list[pystac.Item],
               tiles_per_worker: int, local_roots: tuple[Path, ...] | None = None) -> Plan:
     """Cells x periods x items -> tasks, batched by cell. Cells with no observation are left out."""
-    if tiles_per_worker < 1:
-        raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
-    cells = cells_for_extent(grid, extent)
-    items = drop_superseded(items)
-    finder = ObservationFinder(items, pipeline, local_roots)
-    pipeline = finder.resolve(pipeline)
-    periods = periods_for(time, pipeline.period)
-    tasks_by_cell: dict[tuple[int, int], list[Task]] = {}
-    empty = []
-    for key, gbox in cells:
-        tasks = finder.tasks_for(key, gbox, periods)
-        if tasks:
-            tasks_by_cell[key] = tasks
-        else:
-            empty.append(key)
-    keys = list(tasks_by_cell)
-    batches = tuple(
-        Batch(id=i, tasks=tuple(t for k in keys[start:start + tiles_per_worker] for t in tasks_by_cell[k]))
-        for i, start in enumerate(range(0, len(keys), tiles_per_worker))
-    )
-    return Plan(pipeline=pipeline, grid=grid, batches=batches, n_cells_in_extent=len(cells),
-                n_items=len(items), empty_cells=tuple(empty), bands_read=finder.bands_read(), extent=extent,
-                footprints=tuple(finder.footprints) if len(finder.footprints) <= MAX_MAP_FOOTPRINTS else ())
+    source = InMemoryCandidates(candidate_of_item(item) for item in items)
+    return PlanStream(pipeline=pipeline, grid=grid, extent=extent, time=time, tiles_per_worker=tiles_per_worker,
+                      candidates=source, local_roots=local_roots).to_plan()
 
 
-class ObservationFinder:
-    """The observations of a set of items (hrefs checked once) and a spatial index of their
-    footprints: the tasks of any cell, for any periods."""
+def plan_stream(selection: Selection) -> PlanStream:
+    """The selection's plan, to be iterated batch by batch: from the index (a query per block of
+    cells) or from the items of the source (read once, kept as candidates)."""
+    cells = CellBlocks(selection.grid, selection.extent)
+    if selection.index:
+        from .index import open_index
 
-    def __init__(self, items: list[pystac.Item], pipeline: Pipeline, local_roots: tuple[Path, ...] | None):
-        collections = sorted({it.collection_id or "" for it in items})
-        self.observations, self.infos = [], []
-        for item in items:
-            try:
-                observation, info = observation_for(item, pipeline, local_roots)
-            except ConfigError as err:
-                if len(collections) > 1:  # most likely one sensor's band names asked of another's items
-                    raise ConfigError(f"{err}; the source mixes collections ({', '.join(collections)}): "
-                                      f"pass --collection to composite one of them") from err
-                raise
-            self.observations.append(observation)
-            self.infos.append(info)
-        self.footprints = np.array([shape(it.geometry) if it.geometry else box(*it.bbox) for it in items])
-        self.tree = STRtree(self.footprints) if len(self.footprints) else None
+        if selection.query or selection.filter:
+            raise ConfigError("--query and --filter need a STAC API --source; the index plans by collection, "
+                              "place and time")
+        candidates = open_index(selection.index)
+    else:
+        from dataclasses import replace
 
-    def resolve(self, pipeline: Pipeline) -> Pipeline:
-        return resolve_recipe(pipeline, self.observations, self.infos)
+        from .source import iter_candidates
 
-    def bands_read(self) -> tuple[tuple[str, str, str | None, float, float, int], ...]:
-        """Per band and way of reading it (asset key, data type, stored encoding), how many items."""
-        ways: dict[tuple, int] = {}
-        for observation, info in zip(self.observations, self.infos):
-            for band, meta in info.items():
-                way = (band, meta.key, meta.data_type, *observation.encoding(band))
-                ways[way] = ways.get(way, 0) + 1
-        return tuple((*way, n) for way, n in sorted(ways.items(), key=lambda kv: (kv[0][0], -kv[1])))
-
-    def inputs_of(self, gbox: GeoBox) -> list[int]:
-        """The items whose footprints cover some of the cell: more than half a pixel of it, so that
-        an item that only touches the cell (a shared edge, as the next cell's output item does) is
-        not one of its inputs."""
-        if self.tree is None:
-            return []
-        cell_lonlat = outline_lonlat(gbox)
-        hits = self.tree.query(cell_lonlat, predicate="intersects")
-        if not len(hits):
-            return []
-        overlap = shapely.area(shapely.intersection(self.footprints[hits], cell_lonlat))
-        half_pixel = 0.5 * cell_lonlat.area / (gbox.shape[0] * gbox.shape[1])
-        return sorted(int(i) for i in hits[overlap > half_pixel])
-
-    def tasks_for(self, key: tuple[int, int], gbox: GeoBox, periods: list[Period]) -> list[Task]:
-        """One task per period that has observations meeting the cell, in time order."""
-        hits = self.inputs_of(gbox)
-        tasks = []
-        for period in periods:
-            obs = tuple(o for o in (self.observations[i] for i in hits) if period.start <= o.time <= period.end)
-            if obs:
-                tasks.append(Task(
-                    key=key, crs=str(gbox.crs), transform=tuple(gbox.affine)[:6], shape_yx=tuple(gbox.shape),
-                    period=period, observations=tuple(sorted(obs, key=lambda o: (o.time, o.item_id))),
-                ))
-        return tasks
+        query = replace(selection.item_query(), bbox=cells.bbox)  # the cells' bbox: beyond the extent's
+        with selection.access.exported():
+            candidates = InMemoryCandidates((c, layout) for c, layout, _ in iter_candidates(selection.source, query))
+    try:
+        return PlanStream(pipeline=selection.pipeline, grid=selection.grid, extent=selection.extent,
+                          time=selection.time, tiles_per_worker=selection.tiles_per_worker, candidates=candidates,
+                          local_roots=local_roots(selection), collections=selection.collections,
+                          access=selection.access, cells=cells)
+    except BaseException:
+        candidates.close()
+        raise
 
 
 def plan_for(selection: Selection) -> Plan:
@@ -373,23 +407,5 @@ def plan_for(selection: Selection) -> Plan:
     >>> plan.status(str(tmp / "nothing-yet"))[((234, 2343), "2024-01--P1M")]
     'to-do'
     """
-    if selection.index:
-        from .index import open_index
-
-        if selection.query or selection.filter:
-            raise ConfigError("--query and --filter need a STAC API --source; the index plans by collection, "
-                              "place and time")
-        index = open_index(selection.index)
-        try:
-            candidates = index.search(bbox=selection.extent.boundingbox, start=selection.time.start,
-                                      end=selection.time.end, collections=selection.collections)
-        finally:
-            index.close()
-    else:
-        with selection.access.exported():
-            candidates = read_items(selection.source, selection.item_query())
-    items = items_for_query(candidates, selection.extent, selection.time, selection.collections)
-    plan = make_plan(pipeline=selection.pipeline, grid=selection.grid, extent=selection.extent,
-                     time=selection.time, items=items, tiles_per_worker=selection.tiles_per_worker,
-                     local_roots=local_roots(selection))
-    return replace(plan, access=selection.access)
+    with plan_stream(selection) as stream:
+        return stream.to_plan()

@@ -8,20 +8,21 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
 
 from .cluster import local_client, tune_allocator, worker_resources
 from .compute.statistics import warm_kernels
-from .errors import ClusterError, GriddedError
+from .errors import GriddedError
 from .io.access import SourceAccess
 from .io.storage import Storage, open_storage
+from .items import item_name
 from .masks import MaskRule
 from .pipeline import Pipeline
 from .plan import Batch, Task
 from .reduce import reduce_task
-from .items import item_name
 from .write import commit_outputs
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class CellResult:
     observations: int = 0
     retryable: bool = False  # a failure that running the task again may not meet (throttling, a 5xx, a kill)
     skipped_inputs: tuple[tuple[str, str], ...] = ()  # (item id, why) of unreadable inputs left out
+    started: str = ""  # when it started (UTC, ISO 8601), on the clock of the machine that ran it
+    worker: str = ""  # the Dask worker that ran it, on an external cluster (--scheduler)
 
 
 def is_current(storage: Storage, name: str, fingerprint: str) -> bool:
@@ -84,7 +87,8 @@ def compute_task(task: Task, pipeline: Pipeline, *, on_bad_source: BadSource = "
     return TaskArrays(arrays=reduced.arrays, nodata=reduced.nodata, properties=properties, skipped=stacks.skipped)
 
 
-def task_states(tasks: list[Task], pipeline: Pipeline, storage: Storage) -> dict[tuple[tuple[int, int], str], TaskState]:
+def task_states(tasks: list[Task], pipeline: Pipeline,
+                storage: Storage) -> dict[tuple[tuple[int, int], str], TaskState]:
     """Per (cell, period label): done (its item is current), changed (an item for other inputs or
     parameters) or to-do (no item). Looked up 16 at a time: on S3 each is a HEAD and a GET."""
     from concurrent.futures import ThreadPoolExecutor
@@ -105,7 +109,8 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
     from .io.rasters import configure_gdal
 
     started = time.monotonic()
-    common = dict(key=task.key, period=task.period.label, observations=len(task.observations))
+    common = dict(key=task.key, period=task.period.label, observations=len(task.observations),
+                  started=datetime.now(UTC).isoformat())
     try:
         configure_gdal(s3=any(href.startswith("s3://") for obs in task.observations for _, href in obs.hrefs))
         storage = open_storage(output)
@@ -136,7 +141,8 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
                   on_bad_source: BadSource = "fail", access: SourceAccess | None = None,
                   workers_on_machine: int = 1, scheduler: str | None = None,
                   on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
-    """Every task of a batch on a Dask cluster: this worker's own LocalCluster, or `scheduler`.
+    """Every task of a batch on a Dask cluster: this worker's own LocalCluster, or `scheduler`'s
+    workers (see gridded.fanout: placed by memory, reads and writes on the workers).
 
     >>> from gridded import plan, select
     >>> todo = plan(select(demo_catalog, extent=DEMO_EXTENT, time="2024-02", grid=str(DEMO_GRID), bands="nir",
@@ -144,38 +150,33 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
     >>> [(r.key, r.status) for r in process_batch(todo.batches[0], todo.pipeline, str(tmp / "batch"))]
     [((234, 2343), 'done'), ((235, 2343), 'done')]
     """
-    from distributed import Client, as_completed
+    if scheduler:
+        from .fanout import run_on_cluster
+
+        results = run_on_cluster(list(batch.tasks), pipeline, output, scheduler=scheduler, overwrite=overwrite,
+                                 on_bad_source=on_bad_source, access=access, on_result=on_result).results
+        return sorted(results, key=lambda r: (r.key[1], r.key[0], r.period))
+    from distributed import as_completed
 
     from .io.rasters import pooled_sources
 
-    results = []
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as err:
-            raise ClusterError(f"--scheduler {scheduler}: cannot connect ({err.__class__.__name__}); "
-                               f"check the address and that the scheduler is running") from err
-    else:
-        tune_allocator()
-        # the tasks run in this process: load numba's code while Dask starts and the first reads run
-        for statistic in pipeline.statistics:
-            warm_kernels(statistic, len(pipeline.bands))
-        client = local_client(*worker_resources(workers_on_machine))
+    tune_allocator()
+    # the tasks run in this process: load numba's code while Dask starts and the first reads run
+    for statistic in pipeline.statistics:
+        warm_kernels(statistic, len(pipeline.bands))
+    client = local_client(*worker_resources(workers_on_machine))
     # period by period: the cells of one period read the same scenes, which stay open between them
     tasks = sorted(batch.tasks, key=lambda t: (t.period.label, t.key[1], t.key[0]))
-    try:
-        with pooled_sources(), (access or SourceAccess()).exported():
-            futures = [client.submit(process_task, t, pipeline, output, overwrite, on_bad_source, pure=False)
-                       for t in tasks]
-            for future in as_completed(futures):
-                result = future.result()
-                results.append(result)
-                if on_result:
-                    on_result(result)
-            # released now, not whenever the scheduler hears of it: a cluster closed at exit with
-            # results still held warns that the worker's removal lost them
-            client.cancel(futures)
-    finally:
-        if scheduler:
-            client.close()
+    results = []
+    with pooled_sources(), (access or SourceAccess()).exported():
+        futures = [client.submit(process_task, t, pipeline, output, overwrite, on_bad_source, pure=False)
+                   for t in tasks]
+        for future in as_completed(futures):
+            result = future.result()
+            results.append(result)
+            if on_result:
+                on_result(result)
+        # released now, not whenever the scheduler hears of it: a cluster closed at exit with
+        # results still held warns that the worker's removal lost them
+        client.cancel(futures)
     return sorted(results, key=lambda r: (r.key[1], r.key[0], r.period))

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import __version__
 from .artifact import read_batch, write_artifact
 from .catalog import write_catalog
-from .errors import BAD_INPUT_EXIT, TRANSIENT_EXIT, ConfigError, Interrupted
+from .errors import BAD_INPUT_EXIT, TRANSIENT_EXIT, ConfigError, Interrupted, SchedulerLost
 from .io.storage import open_storage
 from .plan import Batch, Plan
 from .process import BadSource, CellResult, process_batch
@@ -70,7 +70,11 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
 
     On SIGTERM (or Ctrl-C) the workers are stopped, the catalog and the report are written for
     what finished, and Interrupted is raised: every committed cell stays committed (and listed),
-    a rerun resumes the rest. `command` is what the report records as the command line. While it
+    a rerun resumes the rest. With `scheduler` (a Dask scheduler's address) the tasks of every
+    batch go to that cluster's workers at once, placed by their memory (gridded.fanout); the
+    report then says which worker ran each task, and which workers were lost; when the scheduler
+    itself is lost, the catalog and the report are written for what finished and SchedulerLost
+    (exit 1) is raised. `command` is what the report records as the command line. While it
     runs, OUT/status.geojson is kept current (see gridded.status), each version also passed to
     `on_status`."""
     if workers < 1:
@@ -83,22 +87,37 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
     todo = plan if overwrite else _without_current(plan, storage, tally)
     results: list[CellResult] = list(tally.results)
     workers = min(workers, max(1, len(todo.batches)))
+    cluster = None
     try:
         with interruptible(tally, len(plan.tasks), in_process=workers == 1 or bool(scheduler)), \
                 StatusWriter(storage, on_status=on_status):
-            if workers == 1 or scheduler:
+            if scheduler and todo.batches:  # every batch's tasks at once over the cluster's workers
+                from .fanout import run_on_cluster
+                from .sizing import sample_bytes_of
+
+                cluster = run_on_cluster(todo.tasks, plan.pipeline, output, scheduler=scheduler, overwrite=overwrite,
+                                         on_bad_source=on_bad_source, access=plan.access,
+                                         sample_bytes=sample_bytes_of(plan), on_result=tally.add)
+                results += cluster.results
+            elif workers == 1:
                 for batch in todo.batches:
-                    results += process_batch(batch, plan.pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source,
-                                             scheduler=scheduler, access=plan.access, on_result=tally.add)
+                    results += process_batch(batch, plan.pipeline, output, overwrite=overwrite,
+                                             on_bad_source=on_bad_source, access=plan.access, on_result=tally.add)
             elif todo.batches:
                 results = _run_in_processes(todo, output, workers, overwrite, on_bad_source, tally)
     except Interrupted:
         write_catalog(storage, collection_id=plan.pipeline.name, license=plan.pipeline.license)
         write_report(storage, plan, tally.results, started=started, command=command, outcome="interrupted")
         raise
+    except SchedulerLost as err:
+        write_catalog(storage, collection_id=plan.pipeline.name, license=plan.pipeline.license)
+        write_report(storage, plan, tally.results, started=started, command=command, outcome="scheduler lost",
+                     cluster=err.cluster)
+        raise
     storage.sweep()
     write_catalog(storage, collection_id=plan.pipeline.name, license=plan.pipeline.license)
-    write_report(storage, plan, results, started=started, command=command)
+    write_report(storage, plan, results, started=started, command=command,
+                 cluster=cluster.summary() if cluster else None)
     write_status(storage)
     return results
 
@@ -229,9 +248,11 @@ def exit_code_for(results: list[CellResult]) -> int:
 
 
 def write_report(storage, plan: Plan, results: list[CellResult], *, started: datetime,
-                 command: list[str] | None = None, outcome: str = "completed") -> dict:
+                 command: list[str] | None = None, outcome: str = "completed", cluster: dict | None = None) -> dict:
     """run-report.json at the output root (and a copy kept under runs/, named by the start time):
-    what ran, when, how fast, every task's status, and the inputs left out as unreadable."""
+    what ran, when, how fast, every task's status (and where it ran), the inputs left out as
+    unreadable, and on a cluster (`cluster`, see ClusterRun.summary) its workers, those lost and
+    the tasks that re-ran because of it."""
     finished = datetime.now(UTC)
     elapsed_s = (finished - started).total_seconds()
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
@@ -249,6 +270,8 @@ def write_report(storage, plan: Plan, results: list[CellResult], *, started: dat
                            for r in results for item, why in r.skipped_inputs],
         "tasks": [asdict(r) | {"key": list(r.key)} for r in results],
     }
+    if cluster is not None:
+        report["cluster"] = cluster
     body = json.dumps(report, indent=1).encode()
     storage.put_bytes(f"{RUNS_DIR}/{started.strftime('%Y%m%dT%H%M%S.%fZ')}.json", body)
     storage.put_bytes(REPORT_NAME, body)

@@ -18,7 +18,7 @@ from .io.s3 import requester_pays, unsigned_requested
 from .masks import MaskRule, parse_mask
 from .period import TimeRange, parse_as_of, parse_time
 from .pipeline import Pipeline, indices_of, load_pipeline, with_overrides
-from .source import ItemQuery
+from .source import ItemQuery, names_of
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,14 +97,6 @@ def select(source: str | None = None, *, extent, time: str | TimeRange, index: s
         allow_roots=tuple(allow_roots),
         access=access or SourceAccess(unsigned=unsigned_requested(), requester_pays=requester_pays(), sign=sign),
     )
-
-
-def names_of(value: str | Sequence[str] | None) -> tuple[str, ...]:
-    """None, "a,b", or ["a", "b,c"] -> ("a", "b", "c")."""
-    if value is None:
-        return ()
-    parts = [value] if isinstance(value, str) else list(value)
-    return tuple(name.strip() for part in parts for name in str(part).split(",") if name.strip())
 
 
 def recipe_for(pipeline: str | Pipeline | None, *, statistic: str | Sequence[str] | None = None,

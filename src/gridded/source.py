@@ -5,12 +5,17 @@ Items come as they are read (`iter_items`), so a large source need not be held i
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Callable, Iterator
+import os
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import pystac
@@ -18,6 +23,7 @@ import pystac.stac_io
 import pystac.utils
 from shapely.geometry import box, shape
 
+from .candidates import Candidate, candidate_of
 from .errors import ConfigError, GriddedError, SourceError
 from .io.s3 import is_remote, with_retries
 from .period import TimeRange
@@ -47,6 +53,14 @@ class ItemQuery:
         if self.time is None:
             return None
         return f"{self.time.start.isoformat().replace('+00:00', 'Z')}/{self.time.end.isoformat().replace('+00:00', 'Z')}"
+
+
+def names_of(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """None, "a,b", or ["a", "b,c"] -> ("a", "b", "c")."""
+    if value is None:
+        return ()
+    parts = [value] if isinstance(value, str) else list(value)
+    return tuple(name.strip() for part in parts for name in str(part).split(",") if name.strip())
 
 
 class _StacIO(pystac.stac_io.DefaultStacIO):
@@ -93,6 +107,16 @@ def read_items(source: str, query: ItemQuery | None = None, *, flag: str = "--so
     return list(iter_items(source, query, flag=flag))
 
 
+class Doc(NamedTuple):
+    """One item document as read: where its relative hrefs resolve, and how to name it in messages."""
+
+    doc: dict
+    base: str | None  # the file it came from (its own, or the file listing it)
+    self_href: str | None  # its own file, when it has one
+    where: str
+    raw: bytes | None = None  # the line it was read from, when it was one
+
+
 def iter_items(source: str, query: ItemQuery | None = None, *, flag: str = "--source",
                on_bad: Callable[[str, str], None] | None = None,
                progress: Callable[[str], None] | None = None) -> Iterator[pystac.Item]:
@@ -101,39 +125,211 @@ def iter_items(source: str, query: ItemQuery | None = None, *, flag: str = "--so
     and the walk goes on (without `on_bad` they fail it); a root that cannot be read or is not STAC
     is a one-line error naming `flag`."""
     query = query or ItemQuery()
+    for doc in iter_docs(source, query, flag=flag, on_bad=on_bad, progress=progress):
+        try:
+            item = _item_from(doc.doc, doc.where, href=doc.self_href)
+        except ConfigError as err:
+            if on_bad is None:
+                raise
+            on_bad(doc.where, str(err).split(": ", 1)[-1])
+            continue
+        if doc.self_href is None and doc.base is not None:
+            _absolute_assets(item, doc.base)
+        if _wanted(item, query):
+            yield item
+
+
+def iter_candidates(source: str, query: ItemQuery | None = None, *, flag: str = "--source",
+                    on_bad: Callable[[str, str], None] | None = None,
+                    progress: Callable[[str], None] | None = None) -> Iterator[tuple[Candidate, dict, Doc]]:
+    """(planning row, layout, document) of every item of a source the query selects, as read, without
+    building pystac objects (see iter_items for the sources and `on_bad`)."""
+    query = query or ItemQuery()
+    for doc in iter_docs(source, query, flag=flag, on_bad=on_bad, progress=progress):
+        try:
+            candidate, layout = candidate_of(doc.doc, base=doc.base, self_href=doc.self_href)
+        except SourceError as err:
+            if on_bad is None:
+                raise ConfigError(f"{doc.where}: not a usable STAC item ({err}); fix or remove it") from err
+            on_bad(doc.where, str(err))
+            continue
+        if _candidate_wanted(candidate, query):
+            yield candidate, layout, doc
+
+
+def iter_rows(source: str, query: ItemQuery | None = None, **kwargs) -> Iterator:
+    """Index rows (planning columns, layout, compressed document) of a source's items, as read; a
+    large local ndjson file is parsed by a pool of processes, in order, a chunk of lines each."""
+    from .index import Row
+
+    query = query or ItemQuery()
+    href = None if is_stac_api(source) else _catalog_href(source, flag=kwargs.get("flag", "--source"))
+    if href and not is_remote(href) and _looks_like_ndjson(href) and os.path.getsize(href) > PARALLEL_PARSE_BYTES:
+        yield from _parallel_rows(href, source, query, **kwargs)
+        return
+    for candidate, layout, doc in iter_candidates(source, query, **kwargs):
+        yield Row(candidate, layout, _stored_doc(doc.doc, doc.raw, candidate))
+
+
+def _stored_doc(doc: dict, raw: bytes | None, candidate: Candidate) -> bytes:
+    """The compressed document the index keeps: as read when its hrefs are absolute."""
+    from .index import ZLIB_LEVEL
+
+    if raw is None or not _hrefs_absolute(doc):
+        raw = json.dumps(_with_absolute_hrefs(doc, candidate), separators=(",", ":")).encode()
+    return zlib.compress(raw, ZLIB_LEVEL)
+
+
+PARALLEL_PARSE_BYTES = 16 << 20  # below this an ndjson file is parsed in the process reading it
+PARSE_CHUNK_LINES = 1000
+
+
+def _parallel_rows(path: str, source: str, query: ItemQuery, *, flag: str = "--source",
+                   on_bad: Callable[[str, str], None] | None = None, progress=None) -> Iterator:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from .index import Row
+
+    workers = max(1, len(os.sched_getaffinity(0)))
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+        pending: deque = deque()
+        chunks = _line_chunks(path)
+        while True:
+            while len(pending) < 2 * workers:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                pending.append(pool.submit(_rows_of_lines, chunk, path, f"{flag} {source}", query))
+            if not pending:
+                return
+            rows, layouts, bad = pending.popleft().result()
+            for where, why in bad:
+                _bad(on_bad, where, why)
+            for candidate, doc in rows:
+                yield Row(candidate, layouts[candidate.layout], doc)
+
+
+def _line_chunks(path: str) -> Iterator[tuple[list[bytes], int]]:
+    with open(path, "rb") as f:
+        first = 1
+        while True:
+            lines = list(itertools.islice(f, PARSE_CHUNK_LINES))
+            if not lines:
+                return
+            yield lines, first
+            first += len(lines)
+
+
+def _rows_of_lines(chunk: tuple[list[bytes], int], base: str, where: str, query: ItemQuery):
+    """(rows as (candidate, compressed document), their layouts, bad lines as (where, why)) of a chunk."""
+    lines, first = chunk
+    rows, layouts, bad = [], {}, []
+    for n, line in enumerate(lines, first):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            if not isinstance(doc, dict):
+                raise SourceError("not a JSON object")
+            candidate, layout = candidate_of(doc, base=base)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            bad.append((f"{where} line {n}", f"not a STAC item ({err})"))
+            continue
+        except SourceError as err:
+            bad.append((f"{where} line {n}", str(err)))
+            continue
+        if _candidate_wanted(candidate, query):
+            layouts.setdefault(candidate.layout, layout)
+            rows.append((candidate, _stored_doc(doc, line.rstrip(b"\r\n"), candidate)))
+    return rows, layouts, bad
+
+
+def _hrefs_absolute(doc: dict) -> bool:
+    return all("://" in str(a.get("href", "://")) for a in (doc.get("assets") or {}).values() if isinstance(a, dict))
+
+
+def _with_absolute_hrefs(doc: dict, candidate: Candidate) -> dict:
+    """The document as the index stores it: asset hrefs absolute, its own file as its self link."""
+    hrefs = candidate.href_map()
+    assets = {k: {**a, "href": hrefs.get(k, a.get("href"))} if isinstance(a, dict) else a
+              for k, a in (doc.get("assets") or {}).items()}
+    links = [link for link in doc.get("links") or () if not (isinstance(link, dict) and link.get("rel") == "self")]
+    if candidate.self_href:
+        links.append({"rel": "self", "href": candidate.self_href, "type": "application/geo+json"})
+    return {**doc, "assets": assets, "links": links}
+
+
+def _candidate_wanted(c: Candidate, query: ItemQuery) -> bool:
+    if query.collections and c.collection not in query.collections:
+        return False
+    if query.time is not None and not query.time.start <= c.datetime <= query.time.end:
+        return False
+    if query.bbox is not None:
+        qx0, qy0, qx1, qy1 = query.bbox
+        if c.maxx < qx0 or c.minx > qx1 or c.maxy < qy0 or c.miny > qy1:
+            return False
+    return True
+
+
+def iter_docs(source: str, query: ItemQuery, *, flag: str = "--source",
+              on_bad: Callable[[str, str], None] | None = None,
+              progress: Callable[[str], None] | None = None) -> Iterator[Doc]:
+    """The item documents of a source, as read (a STAC API's pages as they come, an ndjson file
+    line by line)."""
     api = is_stac_api(source)
     if (query.query or query.filter) and not api:
         raise ConfigError(f"{flag} {source}: --query and --filter need a STAC API source (item search); "
                           f"drop them, or give the API's URL")
     if api:
-        yield from search_api(source, query, progress=progress)
+        for n, doc in enumerate(search_api(source, query, progress=progress, as_dicts=True), 1):
+            yield Doc(doc, None, None, f"{flag} {source} item {n}")
         return
     href = _catalog_href(source, flag=flag)
+    if not is_remote(href) and _looks_like_ndjson(href):
+        yield from _ndjson_docs(_local_lines(href), source, flag=flag, on_bad=on_bad, base=href)
+        return
     try:
         text = _StacIO().read_text(href)
     except GriddedError as err:  # the message starts with the href
         raise type(err)(f"{flag} {err}", retryable=err.retryable) from err
-    items = _parse_source(text, href, source, flag=flag, on_bad=on_bad)
-    for item in items:
-        if _wanted(item, query):
-            yield item
+    yield from _parse_source(text, href, source, flag=flag, on_bad=on_bad)
 
 
-def _parse_source(text: str, href: str, source: str, *, flag: str, on_bad) -> Iterator[pystac.Item]:
+def _looks_like_ndjson(path: str) -> bool:
+    """A local file of one JSON document a line (read line by line, never whole)."""
+    with open(path, "rb") as f:
+        first = f.readline(1 << 24).strip()
+        second = f.readline(16).strip()
+    if not first.startswith(b"{") or not second.startswith(b"{"):
+        return False
+    try:
+        return isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
+def _local_lines(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from f
+
+
+def _parse_source(text: str, href: str, source: str, *, flag: str, on_bad) -> Iterator[Doc]:
     try:
         doc = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError):
         doc = None
     if doc is None:
         if text.lstrip().startswith("{"):  # several JSON documents, one a line: ndjson
-            return _ndjson_items(text, source, flag=flag)
+            return _ndjson_docs((line.encode() for line in text.splitlines()), source, flag=flag, on_bad=on_bad,
+                                base=href)
         raise ConfigError(f"{flag} {source}: not JSON; give a STAC catalog, collection, item collection or "
                           f"newline-delimited items")
     kind = doc.get("type") if isinstance(doc, dict) else None
-    if kind == "FeatureCollection":
-        return _feature_items(doc.get("features") or [], href, source, flag=flag)
-    if kind == "Feature":
-        return _feature_items([doc], href, source, flag=flag)
+    if kind in ("FeatureCollection", "Feature"):
+        features = doc.get("features") or [] if kind == "FeatureCollection" else [doc]
+        return (Doc(f, href, None, f"{flag} {source} feature {n}") for n, f in enumerate(features, 1)
+                if isinstance(f, dict) or _bad(on_bad, f"{flag} {source} feature {n}", "not a JSON object"))
     if kind in ("Catalog", "Collection"):
         missing = [field for field in ("id", "description", "links") if field not in doc]
         if missing or not isinstance(doc.get("links"), list):
@@ -142,6 +338,13 @@ def _parse_source(text: str, href: str, source: str, *, flag: str, on_bad) -> It
         return _walk(href, doc, on_bad=on_bad or _refuse(flag, source))
     raise ConfigError(f"{flag} {source}: not a STAC catalog, collection, item or item collection "
                       f"(no STAC 'type'); give a catalog.json, collection.json or a saved search")
+
+
+def _bad(on_bad, where: str, why: str) -> bool:
+    if on_bad is None:
+        raise ConfigError(f"{where}: {why}; fix or remove it")
+    on_bad(where, why)
+    return False
 
 
 def _item_from(doc, where: str, href: str | None = None) -> pystac.Item:
@@ -155,24 +358,17 @@ def _item_from(doc, where: str, href: str | None = None) -> pystac.Item:
     return item
 
 
-def _feature_items(features: list, href: str, source: str, *, flag: str) -> Iterator[pystac.Item]:
-    for n, feature in enumerate(features, 1):
-        item = _item_from(feature, f"{flag} {source} feature {n}")
-        _absolute_assets(item, href)
-        yield item
-
-
-def _ndjson_items(text: str, source: str, *, flag: str) -> Iterator[pystac.Item]:
-    for n, line in enumerate(text.splitlines(), 1):
+def _ndjson_docs(lines: Iterator[bytes], source: str, *, flag: str, on_bad, base: str) -> Iterator[Doc]:
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             doc = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{flag} {source} line {n}: not a STAC item ({err}); fix or remove the line") from err
-        item = _item_from(doc, f"{flag} {source} line {n}")
-        _absolute_assets(item, source)
-        yield item
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            _bad(on_bad, f"{flag} {source} line {n}", f"not a STAC item ({err})")
+            continue
+        if isinstance(doc, dict) or _bad(on_bad, f"{flag} {source} line {n}", "not a JSON object"):
+            yield Doc(doc, base, None, f"{flag} {source} line {n}", line.rstrip(b"\r\n"))
 
 
 def _absolute_assets(item: pystac.Item, base: str) -> None:
@@ -181,36 +377,54 @@ def _absolute_assets(item: pystac.Item, base: str) -> None:
         asset.href = pystac.utils.make_absolute_href(asset.href, base)
 
 
-def _walk(root: str, root_doc: dict, *, on_bad: Callable[[str, str], None]) -> Iterator[pystac.Item]:
-    """Items under a static catalog, following child and item links one by one."""
+WALK_PREFETCH = 10  # documents read ahead of the walk (boto3's connection pool holds ten)
+
+
+def _walk(root: str, root_doc: dict, *, on_bad: Callable[[str, str], None]) -> Iterator[Doc]:
+    """Item documents under a static catalog, depth first in the catalog's own order, the next few
+    links read ahead on threads: a catalog on S3 or HTTPS costs a round trip per document, and one
+    at a time a catalog of 10^4 items takes minutes."""
+    from concurrent.futures import ThreadPoolExecutor
+
     stac_io = _StacIO()
-    seen, todo = set(), [(root, root_doc)]
-    while todo:
-        href, doc = todo.pop()
-        if href in seen:
-            continue
-        seen.add(href)
-        if doc is None:
-            try:
-                doc = json.loads(stac_io.read_text(href))
-            except (OSError, ValueError, GriddedError) as err:
-                if isinstance(err, GriddedError) and err.retryable:
-                    raise  # transient: the whole walk is worth retrying, not a link to count as broken
-                on_bad(href, f"cannot be read ({err})")
+
+    def read(href: str) -> dict:
+        return json.loads(stac_io.read_text(href))
+
+    seen: set[str] = set()
+    todo: list[tuple[str, dict | None]] = [(root, root_doc)]  # a stack: the next document last
+    ahead: dict[str, object] = {}
+    pool = ThreadPoolExecutor(WALK_PREFETCH, thread_name_prefix="gridded-walk")
+    try:
+        while todo:
+            for href, doc in todo[-1:-WALK_PREFETCH - 1:-1]:
+                if doc is None and href not in ahead and href not in seen:
+                    ahead[href] = pool.submit(read, href)
+            href, doc = todo.pop()
+            if href in seen:
                 continue
-        kind = doc.get("type") if isinstance(doc, dict) else None
-        if kind == "Feature":
-            try:
-                yield _item_from(doc, href, href=href)
-            except ConfigError as err:
-                on_bad(href, str(err).split(": ", 1)[-1])
-            continue
-        if kind not in ("Catalog", "Collection"):
-            on_bad(href, "not a STAC catalog, collection or item")
-            continue
-        links = [link for link in doc.get("links", []) if link.get("rel") in ("child", "item") and link.get("href")]
-        for link in reversed(links):  # depth first, in the catalog's own order
-            todo.append((pystac.utils.make_absolute_href(link["href"], href), None))
+            seen.add(href)
+            if doc is None:
+                future = ahead.pop(href)
+                try:
+                    doc = future.result()
+                except (OSError, ValueError, GriddedError) as err:
+                    if isinstance(err, GriddedError) and err.retryable:
+                        raise  # transient: the whole walk is worth retrying, not a link to count as broken
+                    on_bad(href, f"cannot be read ({err})")
+                    continue
+            kind = doc.get("type") if isinstance(doc, dict) else None
+            if kind == "Feature":
+                yield Doc(doc, href, href, href)
+                continue
+            if kind not in ("Catalog", "Collection"):
+                on_bad(href, "not a STAC catalog, collection or item")
+                continue
+            links = [link for link in doc.get("links", []) if link.get("rel") in ("child", "item") and link.get("href")]
+            for link in reversed(links):  # depth first, in the catalog's own order
+                todo.append((pystac.utils.make_absolute_href(link["href"], href), None))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _refuse(flag: str, source: str) -> Callable[[str, str], None]:
@@ -299,7 +513,8 @@ def is_stac_api(source: str) -> bool:
     return "item-search" in conforms or any(isinstance(link, dict) and link.get("rel") == "search" for link in links)
 
 
-def search_api(source: str, query: ItemQuery, *, progress: Callable[[str], None] | None = None) -> Iterator[pystac.Item]:
+def search_api(source: str, query: ItemQuery, *, progress: Callable[[str], None] | None = None,
+               as_dicts: bool = False) -> Iterator:
     """Every item a STAC API search returns, page after page as they come (pystac-client follows the
     `next` links); more than `query.max_items` is refused, so a server paging forever stops."""
     import pystac_client
@@ -318,7 +533,7 @@ def search_api(source: str, query: ItemQuery, *, progress: Callable[[str], None]
                                datetime=query.datetime, limit=query.page_size, max_items=query.max_items + 1,
                                **options)
         n = 0
-        for item in search.items():
+        for item in (search.items_as_dicts() if as_dicts else search.items()):
             n += 1
             if n > query.max_items:
                 raise ConfigError(f"--source {source}: the search returned more than {query.max_items:,} items; "

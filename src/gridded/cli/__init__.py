@@ -40,6 +40,16 @@ class GriddedGroup(click.Group):
                 sys.stderr.flush()
                 os._exit(err.exit_code)
             ctx.exit(err.exit_code)
+        except MemoryError:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            import resource
+
+            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+            click.echo(f"gridded: error: out of memory in `{ctx.invoked_subcommand or ctx.info_name}` at about "
+                       f"{peak_mb:,} MB resident; give it more memory, or ask for less at once (a smaller "
+                       f"--extent or --time, fewer --bands, a coarser --period)", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=GriddedGroup)

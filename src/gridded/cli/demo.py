@@ -6,8 +6,8 @@ import time
 
 import click
 
-from .logs import command_line
 from ..errors import ConfigError
+from .logs import command_line
 from .options import build_selection, check_output, say
 from .progress import Progress, plan_summary, summary_table
 

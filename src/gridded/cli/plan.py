@@ -18,6 +18,22 @@ def plan_rows(plan) -> list[dict]:
     ]
 
 
+def _print_rows(rows, as_json: bool) -> None:
+    """The tasks as a table, or as one JSON list (written as the rows come)."""
+    if as_json:
+        out = click.get_text_stream("stdout")
+        first = True
+        for r in rows:
+            out.write(("[\n " if first else ",\n ") + json.dumps(r, indent=1).replace("\n", "\n "))
+            first = False
+        out.write("[]\n" if first else "\n]\n")
+        return
+    click.echo(f"{'batch':>5}  {'cell':<14} {'period':<14} {'obs':>4}  state")
+    for r in rows:
+        cell = f"x{r['cell'][0]} y{r['cell'][1]}"
+        click.echo(f"{r['batch']:>5}  {cell:<14} {r['period']:<14} {r['observations']:>4}  {r.get('state', '')}")
+
+
 @click.command()
 @selection_options
 @click.option("--output", default=None, help="Show which tasks are done, to do, changed or failed in this output.")
@@ -28,12 +44,17 @@ def plan_rows(plan) -> list[dict]:
 @click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON instead of a table.")
 def plan(output, png, geojson, as_json, **kwargs):
     """Show what would run, and where: cells, periods, observations, batches."""
-    from ..plan import plan_for
+    from ..plan import plan_for, plan_stream
 
     selection = build_selection(**kwargs)
     for target, flag in ((png, "--png"), (geojson, "--geojson")):
         if target:
             check_file_target(target, flag)
+    if not (output or png or geojson):  # rows as they are planned: no observation made, any size
+        with plan_stream(selection) as stream:
+            _print_rows(stream.rows(), as_json)
+            say(plan_summary(stream))
+        return
     plan_ = plan_for(selection)
     say(plan_summary(plan_))
     rows = plan_rows(plan_)
@@ -47,13 +68,7 @@ def plan(output, png, geojson, as_json, **kwargs):
         states = plan_states(plan_, storage)
         for (key, period), state in states.items():
             by_task[(key, period)]["state"] = state
-    if as_json:
-        click.echo(json.dumps(rows, indent=1))
-    else:
-        click.echo(f"{'batch':>5}  {'cell':<14} {'period':<14} {'obs':>4}  state")
-        for r in rows:
-            cell = f"x{r['cell'][0]} y{r['cell'][1]}"
-            click.echo(f"{r['batch']:>5}  {cell:<14} {r['period']:<14} {r['observations']:>4}  {r.get('state', '')}")
+    _print_rows(rows, as_json)
     if png or geojson:
         from ..status import plan_features
 

@@ -12,10 +12,14 @@ if TYPE_CHECKING:
 
 
 def plan_summary(plan) -> str:
-    """What a plan will compute: recipe, grid, items, cells, tasks and batches."""
-    tasks = plan.tasks
-    cells = {t.key for t in tasks}
-    obs = sum(len(t.observations) for t in tasks)
+    """What a plan will compute: recipe, grid, items, cells, tasks and batches (of a Plan, or of a
+    PlanStream once iterated)."""
+    if hasattr(plan, "n_cells_with_data"):
+        n_tasks, n_cells, obs, n_batches = plan.n_tasks, plan.n_cells_with_data, plan.n_observations, plan.n_batches
+    else:
+        tasks = plan.tasks
+        n_tasks, n_cells, n_batches = len(tasks), len({t.key for t in tasks}), len(plan.batches)
+        obs = sum(len(t.observations) for t in tasks)
     mask = plan.pipeline.mask
     mask_text = "none" if mask is None else (mask if isinstance(mask, str) else mask.spec())
     if mask_text == "infer":
@@ -25,17 +29,30 @@ def plan_summary(plan) -> str:
         f"per {plan.pipeline.period}, mask {mask_text}\n"
         f"grid {plan.grid.name} ({plan.grid.crs}, {plan.grid.resolution:g} m, tiles "
         f"{plan.grid.tile_shape_px[1]}x{plan.grid.tile_shape_px[0]} px)\n"
-        f"{plan.n_items} source items; {plan.n_cells_in_extent} cells meet the extent, {len(cells)} with data, "
+        f"{plan.n_items} source items; {plan.n_cells_in_extent} cells meet the extent, {n_cells} with data, "
         f"{len(plan.empty_cells)} without\n"
-        f"{len(tasks)} tasks ({obs} observations) in {len(plan.batches)} batches"
-        + "".join(f"\n{line}" for line in bands_read(plan))
+        f"{n_tasks} tasks ({obs} observations) in {n_batches} batches"
+        + "".join(f"\n{line}" for line in [*largest_task_line(plan), *bands_read(plan)])
     )
+
+
+def largest_task_line(plan) -> list[str]:
+    """The memory the largest task needs at its peak, estimated from the plan (gridded.sizing)."""
+    from ..sizing import describe_bytes, largest_task
+
+    shape, need = largest_task(plan)
+    if shape is None:
+        return []
+    (x, y), (ny, nx) = shape.key, shape.shape_yx
+    return [f"largest task needs ~{describe_bytes(need)} of memory (cell x{x} y{y} {shape.period}: {nx}x{ny} px, "
+            f"{shape.layers} observations, {len(plan.pipeline.bands)} bands)"]
 
 
 def bands_read(plan) -> list[str]:
     """One line per band and way it is read: the asset, its data type and what its values mean."""
     lines = []
-    for band, key, data_type, scale, offset, n in sorted(plan.bands_read, key=lambda r: plan.pipeline.bands.index(r[0])):
+    order = plan.pipeline.bands.index
+    for band, key, data_type, scale, offset, n in sorted(plan.bands_read, key=lambda r: order(r[0])):
         target = plan.pipeline.encoding(band)
         meaning = "" if (scale, offset) == (1.0, 0.0) else f", value x {scale:g} {offset:+g}"
         converted = "" if (scale, offset) == target else f" (converted to x {target[0]:g} {target[1]:+g})"

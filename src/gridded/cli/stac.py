@@ -83,6 +83,6 @@ def stac_search(index, bbox, datetime_, collection, as_json):
 
 
 def _names(collection) -> tuple[str, ...]:
-    from ..selection import names_of
+    from ..source import names_of
 
     return names_of(collection)

@@ -7,7 +7,6 @@ import time
 import click
 
 
-
 @click.command()
 @click.option("--output", required=True, help="The output root of a run (a directory or s3://bucket/prefix).")
 @click.option("--watch", type=click.FloatRange(min=1), default=None, metavar="SECONDS",

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import os
 import time
 
 import click
 
-from ..errors import ConfigError
 from .options import (
     build_selection,
     check_file_target,
@@ -20,8 +19,6 @@ from .options import (
 )
 from .progress import Progress, plan_summary, summary_table
 
-MAX_STDOUT_BYTES = 200 * 1024  # Argo keeps only the last 256 KiB of a step's output
-
 
 @click.group()
 def tiles():
@@ -32,23 +29,24 @@ def tiles():
 @selection_options
 @click.option("--cells", required=True, help="Where to write the cells artifact (path or s3://).")
 def tiles_generate(cells, **kwargs):
-    """Plan and write the cells artifact; print the JSON list of batch ids on stdout."""
-    from ..artifact import write_artifact
-    from ..plan import plan_for
+    """Plan and write the cells artifact; print the number of batches on stdout (their ids are 0..N-1).
 
+    With neither --source nor --index, the index DSN is read from $GRIDDED_INDEX_DSN (how a rendered
+    workflow passes it from a Kubernetes Secret)."""
+    from ..artifact import write_artifact
+    from ..plan import plan_stream
+    from ..workflow.options import INDEX_DSN_ENV
+
+    if kwargs.get("source") is None and kwargs.get("index") is None:
+        kwargs["index"] = os.environ.get(INDEX_DSN_ENV) or None
     selection = build_selection(**kwargs)
     check_file_target(cells, "--cells")
-    plan_ = plan_for(selection)
-    say(plan_summary(plan_))
-    ids = json.dumps([b.id for b in plan_.batches], separators=(",", ":"))
-    if len(ids) > MAX_STDOUT_BYTES:
-        raise ConfigError(
-            f"{len(plan_.batches)} batches make a {len(ids) // 1024} KiB id list, over the {MAX_STDOUT_BYTES // 1024} KiB "
-            f"a workflow step may print; raise --tiles-per-worker"
-        )
-    write_artifact(plan_, cells)
-    say(f"wrote {cells}: {len(plan_.batches)} batches")
-    click.echo(ids)
+    # planned as written, batch by batch: the plan is never whole in memory; its totals are known after
+    with plan_stream(selection) as stream:
+        count = write_artifact(stream, cells)
+        say(plan_summary(stream))
+    say(f"wrote {cells}: {count} batches")
+    click.echo(count)
 
 
 @tiles.command("process")
@@ -62,10 +60,9 @@ def tiles_generate(cells, **kwargs):
 @on_bad_source_option
 @click.pass_context
 def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler, on_bad_source):
-    """Process one batch of the cells artifact into the output."""
+    """Process one batch of the cells artifact into the output: its COGs and items, not the catalog
+    (`gridded catalog --output URI` writes that, once all batches are done)."""
     from ..artifact import read_batch
-    from ..catalog import write_catalog
-    from ..errors import Interrupted
     from ..io.storage import open_storage
     from ..process import process_batch
     from ..run import Tally, exit_code_for, interruptible
@@ -77,14 +74,10 @@ def tiles_process(ctx, cells, batch_id, output, overwrite, scheduler, on_bad_sou
     storage = open_storage(output)
     progress = Progress(len(batch.tasks), quiet=ctx.obj["quiet"])
     tally = Tally(progress.update)
-    try:
-        with interruptible(tally, len(batch.tasks), in_process=True):
-            results = process_batch(batch, pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source,
-                                    scheduler=scheduler, access=access, on_result=tally.add)
-    except Interrupted:  # the catalog lists what is committed, whatever stopped the pod
-        write_catalog(storage, collection_id=pipeline.name, license=pipeline.license)
-        raise
+    # only this batch's COGs and items: the workflow's last step (`gridded catalog`) lists them all once
+    with interruptible(tally, len(batch.tasks), in_process=True):
+        results = process_batch(batch, pipeline, output, overwrite=overwrite, on_bad_source=on_bad_source,
+                                scheduler=scheduler, access=access, on_result=tally.add)
     storage.sweep()
-    write_catalog(storage, collection_id=pipeline.name, license=pipeline.license)
     click.echo(summary_table(results, time.monotonic() - started, output))
     ctx.exit(exit_code_for(results))

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from ..workflow.options import MAX_BATCHES_PER_WORKFLOW
 from .options import make_selection_options, on_bad_source_option, say
 
 
@@ -52,17 +53,24 @@ def _workflow_options(*, output=None, style="dag", **kwargs):
 @make_selection_options(time_required=False)
 @click.option("--output", required=True, help="s3://bucket/prefix for the products (pods share no disk).")
 @click.option("--style", default="dag", show_default=True, help="dag or steps.")
+@click.option("--index-secret", default=None,
+              help="Plan from a PostgreSQL index: the Secret whose key 'dsn' holds its DSN (--index, if given, "
+                   "is only checked; the DSN never enters the manifest).")
+@click.option("--max-batches-per-workflow", type=int, default=MAX_BATCHES_PER_WORKFLOW, show_default=True,
+              help="Above this many batches the run fans out child workflows of at most this many each.")
 @on_bad_source_option
 @argo_options
-def workflow_render(output, style, on_bad_source, image, kind, schedule, timezone, name, namespace, service_account,
-                    parallelism, s3_secret, aws_endpoint_url, cpu, memory, retries, deadline, owner, **kwargs):
+def workflow_render(output, style, index_secret, max_batches_per_workflow, on_bad_source, image, kind, schedule,
+                    timezone, name, namespace, service_account, parallelism, s3_secret, aws_endpoint_url, cpu, memory,
+                    retries, deadline, owner, **kwargs):
     """Print the Argo Workflow (or CronWorkflow, WorkflowTemplate) YAML of a run."""
     from ..workflow.render import render_workflow
 
     options = _workflow_options(
-        output=output, style=style, on_bad_source=on_bad_source, image=image, kind=kind, schedule=schedule, timezone=timezone, name=name,
-        namespace=namespace, service_account=service_account, parallelism=parallelism, s3_secret=s3_secret,
-        aws_endpoint_url=aws_endpoint_url, cpu=cpu, memory=memory, retries=retries, deadline=deadline, owner=owner)
+        output=output, style=style, on_bad_source=on_bad_source, image=image, kind=kind, schedule=schedule,
+        timezone=timezone, name=name, namespace=namespace, service_account=service_account, parallelism=parallelism,
+        s3_secret=s3_secret, aws_endpoint_url=aws_endpoint_url, cpu=cpu, memory=memory, retries=retries,
+        deadline=deadline, owner=owner, index_secret=index_secret, max_batches_per_workflow=max_batches_per_workflow)
     flags = {{"time_": "time", "filter_": "filter"}.get(k, k): v for k, v in kwargs.items()}
     click.echo(render_workflow(flags, options), nl=False)
 

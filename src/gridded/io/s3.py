@@ -129,8 +129,14 @@ def is_transient(err: BaseException) -> bool:
     connection refused, reset or cut short, a timeout. Decided by type and status, never by text."""
     from http.client import HTTPException
 
-    from botocore.exceptions import (ClientError, ConnectionError, HTTPClientError, IncompleteReadError,
-                                     ReadTimeoutError, ResponseStreamingError)
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        IncompleteReadError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     if isinstance(err, ClientError):

@@ -11,18 +11,16 @@ import shutil
 import socket
 import time
 import uuid
+from http.client import HTTPException
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
-
-from http.client import HTTPException
 
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import ProtocolError
 
 from ..errors import ConfigError, GriddedError, OutputError, SourceError
-from .s3 import (http_status, requester_pays, s3_client, split_s3, translate_error, unsigned_requested,
-                 with_retries)
+from .s3 import http_status, requester_pays, s3_client, split_s3, translate_error, unsigned_requested, with_retries
 
 
 class Storage(Protocol):

@@ -15,6 +15,10 @@ from ..errors import ConfigError
 STYLES = ("dag", "steps")
 KINDS = ("workflow", "template")
 INDEX_SECRET_KEY = "dsn"  # key of the DSN inside options.index_secret
+INDEX_DSN_ENV = "GRIDDED_INDEX_DSN"  # how a pod gets that DSN: from the Secret, never in argv or the manifest
+# Argo keeps every node of a workflow in its one object (etcd's limit: 1.5 MB, compressed above 1 MB):
+# above this many batches the fan-out is split into child workflows
+MAX_BATCHES_PER_WORKFLOW = 5000
 MAX_NAME_LEN = 52  # CronWorkflow names get a timestamp suffix; 52 leaves room (Argo's own limit)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -49,7 +53,7 @@ class WorkflowOptions:
     parallelism: int = 10
     s3_secret: str | None = None       # Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
     aws_endpoint_url: str | None = None
-    index_secret: str | None = None    # Secret whose key `dsn` holds the index DSN (render_ingest)
+    index_secret: str | None = None    # Secret whose key `dsn` holds the index DSN (ingest, or planning from it)
     unsigned: bool = False             # read s3:// sources unsigned (public buckets)
     requester_pays: bool = False       # read requester-pays s3:// sources
     cpu: str = "2"
@@ -61,6 +65,7 @@ class WorkflowOptions:
     artifact_prefix: str | None = None  # default: <output prefix>/_workflows
     version: str = __version__          # the gridded/version label
     on_bad_source: str = "fail"         # fail, or skip: tiles process leaves unreadable sources out
+    max_batches_per_workflow: int = MAX_BATCHES_PER_WORKFLOW  # above: child workflows of this many batches
 
     def __post_init__(self):
         check_choice("--style", self.style, STYLES)
@@ -84,6 +89,10 @@ class WorkflowOptions:
             prefix = "/".join(p for p in (out.path.strip("/"), "_workflows") if p)
         return bucket, "/".join(p for p in (prefix, "{{workflow.uid}}", "cells.pickle") if p)
 
+    def cells_uri(self) -> str:
+        """The cells artifact as the pods name it: generate writes it there, each process pod reads its batch."""
+        return "s3://{}/{}".format(*self.cells_key())
+
 
 def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
@@ -103,6 +112,9 @@ def check_cluster_values(o: WorkflowOptions) -> None:
             raise ConfigError(f"{flag} {value}: not a Kubernetes name; use lower-case letters, digits, '-' and '.'")
     if o.parallelism < 1:
         raise ConfigError(f"--parallelism {o.parallelism}: must be at least 1; e.g. --parallelism 10")
+    if o.max_batches_per_workflow < 1:
+        raise ConfigError(f"--max-batches-per-workflow {o.max_batches_per_workflow}: must be at least 1; "
+                          f"e.g. --max-batches-per-workflow {MAX_BATCHES_PER_WORKFLOW}")
     if o.retries < 0:
         raise ConfigError(f"--retries {o.retries}: must be 0 or more; e.g. --retries 2")
     if o.deadline_s < 1:
@@ -182,16 +194,44 @@ def _cron_value(text: str, names: tuple[str, ...]) -> int | None:
     return names.index(text) if text and text in names else None
 
 
-def check_index_dsn(dsn: str) -> None:
-    """A PostgreSQL DSN without a password (the manifest is stored and shown in the Argo UI)."""
-    parts = urlsplit(dsn)
-    if parts.password or re.search(r"password\s*=", dsn, re.IGNORECASE):
-        where = f"{parts.scheme}://{parts.hostname}/..." if parts.hostname else "DSN"  # never echo the password
-        raise ConfigError(f"--index {where}: the DSN holds a password, which the workflow would store; put the "
-                          f"DSN in a Secret (key '{INDEX_SECRET_KEY}') and pass --index-secret NAME")
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError(f"--index {dsn}: a pod's disk is gone when it ends; use a PostgreSQL DSN, "
-                          f"e.g. --index postgresql://gridded@db:5432/stac")
+def check_index_dsn(dsn: str, *, inline: bool = True) -> None:
+    """A PostgreSQL DSN, without a password when `inline` (the manifest is stored and shown in the Argo UI).
+    Messages never echo a DSN that may hold a password."""
+    if inline and has_password(dsn):
+        raise ConfigError(f"--index {dsn_for_messages(dsn)}: the DSN holds a password, which the workflow would "
+                          f"store; put the DSN in a Secret (key '{INDEX_SECRET_KEY}') and pass --index-secret NAME")
+    if _scheme(dsn) not in ("postgresql", "postgres"):
+        # a pod's disk is gone when it ends (no SQLite), and the index takes URLs, not key=value DSNs
+        raise ConfigError(f"--index {dsn_for_messages(dsn) or repr(dsn)}: not a PostgreSQL URL, which a workflow's "
+                          f"pods need; use e.g. postgresql://gridded@db:5432/stac")
+
+
+def has_password(dsn: str) -> bool:
+    """A password in a URL DSN (user:pw@host) or a key-value one (password=...)."""
+    try:
+        in_url = bool(urlsplit(dsn).password)
+    except ValueError:  # a port that is not a number: say it holds one rather than echo it
+        in_url = True
+    return in_url or bool(re.search(r"password\s*=", dsn, re.IGNORECASE))
+
+
+def dsn_for_messages(dsn: str) -> str:
+    """A DSN fit for a message: itself without a password, else its scheme and host only."""
+    if not has_password(dsn):
+        return dsn
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname
+    except ValueError:
+        return "(a DSN with a password)"
+    return f"{parts.scheme}://{host}/..." if parts.scheme and host else "(a DSN with a password)"
+
+
+def _scheme(dsn: str) -> str:
+    try:
+        return urlsplit(dsn).scheme
+    except ValueError:
+        return ""
 
 
 def label_value(text: str) -> str:

@@ -1,0 +1,236 @@
+"""Planning that streams (issue 19): the index's planning columns and layouts, its migration from the
+first layout, ingest that parses in parallel and skips what it cannot read, plans made block by
+block equal to plans made at once, and task rows counted without making observations."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gridded.cli import cli
+from gridded.demo import DEMO_EXTENT, DEMO_GRID, DEMO_TIME
+from gridded.index import open_index
+from gridded.plan import PlanStream, plan_for, plan_stream
+from gridded.selection import select
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import synthetic_index  # noqa: E402
+
+KENYA = "-5,4,10,16"  # West Africa, where the first synthetic items are
+
+
+def plan_key(batches) -> list:
+    """Everything a plan decides, for comparing two of them."""
+    return [(b.id, [(t.key, t.period.label, [(o.item_id, o.hrefs, o.encodings) for o in t.observations])
+                    for t in b.tasks]) for b in batches]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """1,500 synthetic Sentinel-2 items over Africa (benchmarks/synthetic_index.py), as ndjson."""
+    path = tmp_path_factory.mktemp("synthetic") / "items.ndjson"
+    synthetic_index.write_items(path, 1500)
+    return path
+
+
+@pytest.fixture
+def dsn(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.db'}"
+    import psycopg
+
+    base = request.getfixturevalue("pg_dsn")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # a generated identifier, not user input
+    return base.rsplit("/", 1)[0] + f"/{name}"
+
+
+def kenya(**where):
+    return select(extent=KENYA, time="2024-01", grid="africa-10m", bands="red,nir", tiles_per_worker=3, **where)
+
+
+@pytest.mark.parametrize("dsn", ["sqlite", "postgresql"], indirect=True)
+def test_a_plan_from_the_index_equals_the_plan_from_the_file(dsn, synthetic):
+    index = open_index(dsn)
+    try:
+        from gridded.index import ingest
+
+        counts = ingest(str(synthetic), index)
+        assert (counts.added, counts.skipped, index.count()) == (1500, 0, 1500)
+    finally:
+        index.close()
+    from_file = plan_for(kenya(source=str(synthetic)))
+    from_index = plan_for(kenya(index=dsn))
+    assert from_file.tasks and plan_key(from_index.batches) == plan_key(from_file.batches)
+    assert from_index.n_items == from_file.n_items and from_index.bands_read == from_file.bands_read
+    # one layout for 1,500 items that differ in hrefs, transforms and baselines' values only
+    if dsn.startswith("sqlite"):
+        db = sqlite3.connect(dsn.removeprefix("sqlite:///"))
+        assert db.execute("SELECT count(*) FROM layouts").fetchone()[0] == 1
+
+
+def test_solar_days_are_those_of_the_footprint_centre(synthetic):
+    """Solar days are made for a whole block at once; each equals the one-item formula, on both
+    sides of midnight and of the antimeridian's neighbours."""
+    from gridded.candidates import candidate_of
+    from gridded.finder import ObservationFinder, solar_day
+
+    with open(synthetic) as f:
+        doc = json.loads(f.readline())
+    rows = []
+    for n, (hour, lon) in enumerate([(23, 30.0), (0, -30.0), (12, 170.0), (12, -170.0), (1, 14.0), (22, -14.0)]):
+        d = json.loads(json.dumps(doc))
+        d["id"] = f"item-{n}"
+        d["properties"]["datetime"] = f"2024-01-10T{hour:02d}:30:00Z"
+        d["geometry"] = {"type": "Polygon", "coordinates": [[[lon - 0.5, 0], [lon + 0.5, 0], [lon + 0.5, 1],
+                                                             [lon - 0.5, 1], [lon - 0.5, 0]]]}
+        rows.append(candidate_of(d)[0])
+    rows.sort(key=lambda c: (c.time, c.id))
+    finder = ObservationFinder.of_candidates(rows, {}, None)
+    days = finder._solar_days_of_block()
+    expected = [solar_day(c.datetime, (c.minx + c.maxx) / 2) for c in rows]
+    assert days == expected and {"2024-01-09", "2024-01-10", "2024-01-11"} <= set(days)
+
+
+@pytest.mark.parametrize("side", [1, 3, 64])
+def test_blocks_of_any_size_make_the_same_plan(synthetic, side):
+    selection = kenya(source=str(synthetic))
+    whole = plan_for(selection)
+    with plan_stream(selection) as stream:
+        stream_in_blocks = PlanStream(pipeline=selection.pipeline, grid=selection.grid, extent=selection.extent,
+                                      time=selection.time, tiles_per_worker=3, candidates=stream.source,
+                                      block_side=side)
+        batches = list(stream_in_blocks)
+    # the blocks decide the order of the cells (and so which share a batch), not what a cell gets
+    assert by_task(batches) == by_task(whole.batches) and by_task(batches)
+    assert sorted(stream_in_blocks.empty_cells) == sorted(whole.empty_cells)
+    assert all(len(b.cells) <= 3 for b in batches) and [b.id for b in batches] == list(range(len(batches)))
+
+
+def by_task(batches) -> dict:
+    return {(t.key, t.period.label): [(o.item_id, o.hrefs) for o in t.observations] for b in batches for t in b.tasks}
+
+
+def test_rows_count_what_the_batches_hold(synthetic):
+    selection = kenya(source=str(synthetic))
+    plan = plan_for(selection)
+    with plan_stream(selection) as stream:
+        rows = list(stream.rows())
+    assert rows == [{"batch": b.id, "cell": list(t.key), "period": t.period.label,
+                     "observations": len(t.observations)} for b in plan.batches for t in b.tasks]
+    assert (stream.n_tasks, stream.n_batches) == (len(plan.tasks), len(plan.batches))
+    assert stream.n_observations == sum(len(t.observations) for t in plan.tasks) > 0
+
+
+def test_a_large_ndjson_file_is_parsed_in_parallel_and_bad_lines_are_named_and_skipped(tmp_path, synthetic,
+                                                                                      monkeypatch):
+    import gridded.source
+
+    lines = synthetic.read_bytes().splitlines()[:400]
+    broken = json.loads(lines[7])
+    del broken["properties"]["datetime"]
+    lines[7] = json.dumps(broken).encode()
+    lines[20] = b'{"type": "Feature", "id": '  # cut short
+    path = tmp_path / "items.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    monkeypatch.setattr(gridded.source, "PARALLEL_PARSE_BYTES", 0)
+    monkeypatch.setattr(gridded.source, "PARSE_CHUNK_LINES", 64)
+    result = CliRunner().invoke(cli, ["stac", "ingest", str(path), "--index", f"sqlite:///{tmp_path / 'p.db'}"])
+    assert result.exit_code == 0, result.output
+    counts = dict(line.rsplit(None, 1) for line in result.stdout.splitlines()[:5])
+    assert {k.strip(): int(v) for k, v in counts.items()} == {
+        "added": 398, "replaced": 0, "unchanged": 0, "skipped": 2, "in index": 398}
+    assert "line 8: item" in result.stderr and "no datetime" in result.stderr
+    assert "line 21: not a STAC item" in result.stderr
+    # the same rows as parsed in one process
+    monkeypatch.setattr(gridded.source, "PARALLEL_PARSE_BYTES", 1 << 40)
+    CliRunner().invoke(cli, ["stac", "ingest", str(path), "--index", f"sqlite:///{tmp_path / 's.db'}"])
+    query = "SELECT collection, id, start, platform, tile, geometry, hrefs, layout FROM items ORDER BY id"
+    parallel = sqlite3.connect(tmp_path / "p.db").execute(query).fetchall()
+    assert parallel == sqlite3.connect(tmp_path / "s.db").execute(query).fetchall() and len(parallel) == 398
+
+
+V1_SQLITE = """
+    CREATE TABLE items (
+        rowid INTEGER PRIMARY KEY, collection TEXT NOT NULL, id TEXT NOT NULL,
+        start TEXT NOT NULL, "end" TEXT NOT NULL, updated TEXT NOT NULL, doc TEXT NOT NULL,
+        UNIQUE (collection, id));
+    CREATE INDEX items_time ON items (start, "end");
+    CREATE VIRTUAL TABLE items_bbox USING rtree(rowid, minx, maxx, miny, maxy);
+"""
+V1_POSTGRES = """
+    CREATE TABLE gridded_items (
+        collection text NOT NULL, id text NOT NULL,
+        start_time timestamptz NOT NULL, end_time timestamptz NOT NULL,
+        bbox box NOT NULL, updated text NOT NULL, doc jsonb NOT NULL,
+        PRIMARY KEY (collection, id));
+    CREATE INDEX gridded_items_bbox ON gridded_items USING gist (bbox);
+    CREATE INDEX gridded_items_time ON gridded_items (start_time, end_time);
+"""
+
+
+def demo_docs(demo_catalog) -> list[dict]:
+    import pystac
+
+    docs = []
+    for item in pystac.read_file(str(demo_catalog)).get_items(recursive=True):
+        item.make_asset_hrefs_absolute()
+        docs.append(item.to_dict(include_self_link=True, transform_hrefs=False))
+    return docs
+
+
+@pytest.mark.parametrize("dsn", ["sqlite", "postgresql"], indirect=True)
+def test_an_index_of_the_first_layout_is_migrated_when_opened(dsn, demo_catalog):
+    docs = demo_docs(demo_catalog)
+    if dsn.startswith("sqlite"):
+        db = sqlite3.connect(dsn.removeprefix("sqlite:///"))
+        db.executescript(V1_SQLITE)
+        for n, doc in enumerate(docs, 1):
+            when = doc["properties"]["datetime"]
+            db.execute("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (n, doc["collection"], doc["id"], when, when, "", json.dumps(doc)))
+            box = doc["bbox"]
+            db.execute("INSERT INTO items_bbox VALUES (?, ?, ?, ?, ?)", (n, box[0], box[2], box[1], box[3]))
+        db.commit()
+        db.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(V1_POSTGRES)
+            for doc in docs:
+                when, box = doc["properties"]["datetime"], doc["bbox"]
+                conn.execute("INSERT INTO gridded_items VALUES (%s, %s, %s, %s, %s::box, %s, %s::jsonb)",
+                             (doc["collection"], doc["id"], when, when, f"(({box[0]},{box[1]}),({box[2]},{box[3]}))",
+                              "", json.dumps(doc)))
+    index = open_index(dsn)
+    assert index.count() == len(docs) == 21
+    index.close()
+    where = dict(extent=DEMO_EXTENT, time=DEMO_TIME, grid=str(DEMO_GRID), bands="red,nir", tiles_per_worker=2)
+    assert plan_key(plan_for(select(index=dsn, **where)).batches) == \
+        plan_key(plan_for(select(source=str(demo_catalog), **where)).batches)
+    again = open_index(dsn)  # migrated once: opening again changes nothing
+    assert again.count() == 21
+    again.close()
+
+
+def test_plan_lists_a_continent_without_making_observations(synthetic, monkeypatch):
+    from gridded.finder import ObservationFinder
+
+    def refuse(self, i):
+        raise AssertionError("an observation was made for a listing")
+
+    monkeypatch.setattr(ObservationFinder, "observation", refuse)
+    result = CliRunner().invoke(cli, ["plan", "--source", str(synthetic), "--extent", "-18,-35,52,38", "--time",
+                                      "2024-01", "--grid", "africa-10m", "--bands", "red,nir", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) > 1000 and {r["period"] for r in rows} == {"2024-01--P1M"}
+    assert f"{len(rows)} tasks" in result.stderr
