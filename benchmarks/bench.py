@@ -69,6 +69,19 @@ def prepare(data: Path, size: int, n_dates: int) -> dict:
     return layout
 
 
+def tiles_layout(layout: dict, tile_px: int, aligned: bool) -> dict:
+    """The year on a grid of `tile_px` cells: on the scene's edges (aligned), or moved by half a cell
+    so that no cell lines up with the scenes (offset: one more cell a side, the outer ones partly
+    outside the scene)."""
+    root = Path(layout["root"])
+    res = layout["resolution_m"]
+    shift = 0 if aligned else tile_px // 2
+    grid = root / f"grid-bench-{tile_px}-{'aligned' if aligned else 'offset'}.yaml"
+    grid.write_text(f"crs: {synthetic.CRS}\nresolution: {res}\ntile_size: {tile_px * res}\n"
+                    f"origin: [{shift * res}, {shift * res}]\n")
+    return {**layout, "grid": str(grid), "tile_px": tile_px, "cells": tiles_layout_cells(layout, tile_px, aligned)}
+
+
 def stacks_for(layout: dict) -> dict[str, np.ndarray]:
     """The year's (time, y, x) uint16 stacks with every unclear value set to 0, as gridded loads
     them (cached as .npy beside the catalog)."""
@@ -130,7 +143,7 @@ def child_gridded(layout: dict, out: str, info: Path) -> None:
         info.write_text(json.dumps(result))
 
     ny, nx = layout["shape_yx"]
-    cells = -(-ny // TILE_PX) * -(-nx // TILE_PX)
+    cells = layout.get("cells") or -(-ny // TILE_PX) * -(-nx // TILE_PX)
     sys.argv = ["gridded", "-q", "run", "--source", layout["catalog"], "--extent", layout["extent"],
                 "--time", layout["time"], "--grid", layout["grid"], "--pipeline", "s2-monthly-median",
                 "--tiles-per-worker", str(cells), "--workers", "1", "--output", out]
@@ -379,7 +392,7 @@ CHILDREN = {
 def child_main(args) -> None:
     layout = json.loads(Path(args.layout).read_text())
     out = Path(args.out)
-    if args.child in ("gridded", "s3:gridded"):
+    if args.child in ("gridded", "s3:gridded") or args.child.startswith("tiles:"):
         child_gridded(layout, args.out, Path(args.info))  # does not return
     if args.child == "s3:odc-stac":
         info = child_odc_stac(layout, args.out)
@@ -440,8 +453,11 @@ def _monthly_mosaics(layout: dict, out: Path) -> dict[tuple[str, str], np.ndarra
             t = src.transform
             r0, c0 = round((y0 - t.f) / res), round((t.c - x0) / res)
             data = src.read(1)
-        h, w = min(data.shape[0], ny - r0), min(data.shape[1], nx - c0)
-        layer[r0:r0 + h, c0:c0 + w] = data[:h, :w]
+        # a cell of an offset grid reaches past the scene's edges: only its part over the scene
+        dr, dc = max(0, -r0), max(0, -c0)
+        h, w = min(data.shape[0], ny - r0) - dr, min(data.shape[1], nx - c0) - dc
+        if h > 0 and w > 0:
+            layer[r0 + dr:r0 + dr + h, c0 + dc:c0 + dc + w] = data[dr:dr + h, dc:dc + w]
     return mosaics
 
 
@@ -527,6 +543,9 @@ def main() -> None:
                         help="also run gridded (and each variant) and the odc-stac script on the year served by an "
                              "S3-protocol server (moto, loopback) behind a proxy adding --latency-ms to every request")
     parser.add_argument("--latency-ms", type=float, default=40.0, help="the proxy's delay per request (default 40)")
+    parser.add_argument("--small-tiles", default="",
+                        help="also run gridded on grids of these cell sizes in px (e.g. 256,512,1024), aligned with "
+                             "the scenes and offset by half a cell, for the per-task fixed cost")
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--keep", action="store_true", help="keep the runs' outputs and the object store's request "
                         "logs (requests-*.tsv) in the scratch folder")
@@ -584,6 +603,16 @@ def main() -> None:
                 extra.update(object_store.environment(proxy.url))
             runs.append((name, size, [python, __file__, "--child", child, "--layout", str(where),
                                       "--out", target], out, extra))
+        for tile_px, aligned in small_tiles(args):
+            name = tiles_name(tile_px, aligned)
+            if name == "gridded" or skip & {name, "tiles"}:  # the first is the `gridded` row
+                continue
+            tiles_file = Path(layout["root"]) / f"layout-bench-{name.replace(':', '-')}.json"
+            tiles_file.write_text(json.dumps(tiles_layout(layout, tile_px, aligned)))
+            out = scratch / f"{name.replace(':', '-')}-{size}"
+            python = args.gridded_python or sys.executable
+            runs.append((name, size, [python, __file__, "--child", name, "--layout", str(tiles_file),
+                                      "--out", str(out)], out, {}))
     kernel_layout_file = Path(kernel_layout["root"]) / "layout-bench.json"
     for rows in kernel_rows:
         for kind, contenders in (("median", ("gridded", "numpy", "bottleneck")),
@@ -617,7 +646,7 @@ def main() -> None:
                 m.update(proxy.counts())
                 (scratch / f"requests-{out.name}-{rnd + 1}.tsv").write_text(
                     "".join(f"{t:.3f}\t{k}\t{p}\t{r or ''}\n" for t, k, p, r in proxy.log))
-                object_store.download(direct, object_store.OUTPUT_BUCKET, out.name, out)
+                m["objects"] = object_store.download(direct, object_store.OUTPUT_BUCKET, out.name, out)
                 requests = f", {m['requests']} requests ({m['max_in_flight']} at most in flight)"
             measured.setdefault((name, size), []).append(m)
             print(f"round {rnd + 1}/{args.repeats} {name:<20} {size!s:>5}: {m['wall_s']:7.2f} s wall, "
@@ -627,7 +656,9 @@ def main() -> None:
     checks = {}
     for size in sizes:
         numpy_out = scratch / f"numpy-{size}"
-        for name in ("gridded", *variants, "odc-stac", *(f"s3:{n}" for n in ("gridded", *variants, "odc-stac"))):
+        tiles = [tiles_name(px, aligned) for px, aligned in small_tiles(args)]
+        for name in ("gridded", *variants, "odc-stac", *(f"s3:{n}" for n in ("gridded", *variants, "odc-stac")),
+                     *tiles):
             if (name, size) in measured and ("numpy", size) in measured:
                 checks[(name, size)] = "medians " + median_tifs_equal(
                     layouts[size], scratch / f"{name.replace(':', '-')}-{size}", numpy_out)
@@ -717,6 +748,8 @@ def render(measured, checks, layouts, kernel_layout, kernel_rows, args) -> str:
                              f"| {rel} | {check} |")
     if args.object_store:
         lines += object_store_table(measured, checks, layouts, variants, args)
+    if args.small_tiles:
+        lines += small_tiles_table(measured, checks, layouts, args)
     lines.append("")
     lines.append("wall s / CPU s / peak MB: end to end, the whole process (interpreter start included); kernels, "
                  "the call alone and the memory it added. `vs gridded`: time over gridded's (higher is slower).")
@@ -726,11 +759,64 @@ def render(measured, checks, layouts, kernel_layout, kernel_rows, args) -> str:
     return "\n".join(lines)
 
 
+def small_tiles(args) -> list[tuple[int, bool]]:
+    """(cell px, aligned) of the small-tiles rows, from --small-tiles."""
+    return [(int(px), aligned) for px in filter(None, args.small_tiles.split(",")) for aligned in (True, False)]
+
+
+def tiles_name(tile_px: int, aligned: bool) -> str:
+    return "gridded" if tile_px == TILE_PX and aligned else f"tiles:{tile_px}:{'aligned' if aligned else 'offset'}"
+
+
+def small_tiles_table(measured, checks, layouts, args) -> list[str]:
+    """The small-tiles rows: the same run on grids of smaller cells, aligned with the scenes or not,
+    and what each task costs beyond the pixels: the CPU time a run spends over the 1024 px aligned
+    run's (the same pixels read, reduced and written), per task it has more."""
+    def med(name, size, key):
+        values = [m[key] for m in measured.get((name, size), []) if key in m]
+        return statistics.median(values) if values else None
+
+    months = 12
+    lines = ["", "Small tiles: the same year and run on grids of smaller cells, on the scenes' edges (aligned) "
+             "or moved by half a cell (offset: one more cell a side); local disk.", "",
+             "| grid | size | cells | tasks | wall s | CPU s | peak MB | vs aligned | CPU ms per task "
+             "| fixed cost per extra task | check |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for size, layout in layouts.items():
+        ref_cpu = med("gridded", size, "cpu_s")
+        ref_tasks = tiles_layout_cells(layout, TILE_PX, True) * months
+        for tile_px, aligned in small_tiles(args):
+            name = tiles_name(tile_px, aligned)
+            wall = med(name, size, "wall_s")
+            if wall is None:
+                continue
+            cells = tiles_layout_cells(layout, tile_px, aligned)
+            tasks = cells * months
+            cpu = med(name, size, "cpu_s")
+            aligned_wall = med(tiles_name(tile_px, True), size, "wall_s")
+            rel = f"{wall / aligned_wall:.2f}x" if aligned_wall and not aligned else ""
+            fixed = f"{1000 * (cpu - ref_cpu) / (tasks - ref_tasks):.1f} ms" if tasks > ref_tasks and ref_cpu else ""
+            label = f"{tile_px} px, {'aligned' if aligned else 'offset by half a cell'}"
+            lines.append(f"| {label} | {size}² px | {cells} | {tasks} | {wall:.2f} | {cpu:.2f} | "
+                         f"{med(name, size, 'peak_mb'):.0f} | {rel} | {1000 * cpu / tasks:.1f} | {fixed} | "
+                         f"{checks.get((name, size), '')} |")
+    lines += ["", "fixed cost per extra task: (CPU s of the run - CPU s of the 1024 px aligned run) / (its tasks - "
+              "that run's); an offset grid's outer cells also write COGs over nodata past the scene's edges."]
+    return lines
+
+
+def tiles_layout_cells(layout: dict, tile_px: int, aligned: bool) -> int:
+    ny, nx = layout["shape_yx"]
+    shift = 0 if aligned else tile_px // 2
+    return -(-(ny + shift) // tile_px) * -(-(nx + shift) // tile_px)
+
+
 KINDS = ("GET range", "GET whole", "HEAD", "LIST", "PUT", "POST", "DELETE")
 
 
 def object_store_table(measured, checks, layouts, variants, args) -> list[str]:
-    """The object-store rows: through the latency proxy, with the requests each run sent, against
+    """The object-store rows: through the latency proxy, with the requests each run sent and the
+    least it could have sent (the GETs that read the year, one PUT per object it left), against
     gridded on local disk in the same rounds."""
     def med(name, size, key):
         values = [m[key] for m in measured.get((name, size), []) if key in m]
@@ -742,13 +828,14 @@ def object_store_table(measured, checks, layouts, variants, args) -> list[str]:
 
     lines = ["", f"Object store: the year on moto's S3 server behind a proxy adding {args.latency_ms:g} ms to every "
              "request, read (and written) through s3:// hrefs; medians over the rounds.", "",
-             "| what | size | wall s | CPU s | peak MB | requests | GET range / whole, HEAD, LIST, PUT, POST | "
-             "max in flight | MB read | vs gridded S3 | check |",
-             "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+             "| what | size | wall s | CPU s | peak MB | requests | least needed | vs least "
+             "| GET range / whole, HEAD, LIST, PUT | max in flight | MB read | vs gridded S3 | check |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     labels = {"s3:gridded": "`gridded run`, S3 in and out", "s3:odc-stac": "odc-stac script, S3 in and out",
               **{f"s3:{v}": f"`gridded run` {v}, S3 in and out" for v in variants},
               "gridded": "`gridded run`, local disk", **{v: f"`gridded run` {v}, local disk" for v in variants}}
     for size in layouts:
+        least = layouts[size].get("least_requests", {})
         base = med("s3:gridded", size, "wall_s")
         for name in ("s3:gridded", *(f"s3:{v}" for v in variants), "s3:odc-stac", "gridded", *variants):
             wall = med(name, size, "wall_s")
@@ -757,20 +844,22 @@ def object_store_table(measured, checks, layouts, variants, args) -> list[str]:
             rel = f"{wall / base:.2f}x" if base and name != "s3:gridded" else ""
             if name.startswith("s3:"):
                 kinds = " / ".join(f"{kind(name, size, k):.0f}" for k in KINDS[:2]) + ", " + \
-                    ", ".join(f"{kind(name, size, k):.0f}" for k in KINDS[2:6])
-                io = (f"{med(name, size, 'requests'):.0f} | {kinds} | {med(name, size, 'max_in_flight'):.0f} | "
-                      f"{med(name, size, 'mb_down'):.0f}")
+                    ", ".join(f"{kind(name, size, k):.0f}" for k in KINDS[2:5])
+                needed = least.get("runs", 0) + med(name, size, "objects")
+                requests = med(name, size, "requests")
+                io = (f"{requests:.0f} | {needed:.0f} | {requests / needed:.2f}x | {kinds} | "
+                      f"{med(name, size, 'max_in_flight'):.0f} | {med(name, size, 'mb_down'):.0f}")
             else:
-                io = " |  |  | "
+                io = " |  |  |  |  | "
             lines.append(f"| {labels[name]} | {size}² px | {wall:.2f} | {med(name, size, 'cpu_s'):.2f} | "
                          f"{med(name, size, 'peak_mb'):.0f} | {io} | {rel} | {checks.get((name, size), '')} |")
-        least = layouts[size].get("least_requests")
-        if least:
-            lines.append(f"| least GETs needed to read the year ({least['files']} files) | {size}² px | | | | "
-                         f"{least['tiles']} (a header + each tile), {least['runs']} (a header + each run of "
-                         f"adjacent tiles) | | | | | |")
+    lines += ["", "least needed: one GET per source file's header and per run of adjacent tiles it reads "
+              + ", ".join(f"({least['files']} files, {least['runs']} GETs; {least['tiles']} with a GET per tile, "
+                          f"as issue 17 counts, at {size}² px)" for size, least in
+                          ((s, layouts[s]["least_requests"]) for s in layouts if "least_requests" in layouts[s]))
+              + ", and one PUT per object the run leaves. `vs gridded S3`: that row's wall time over gridded's "
+              "S3 run's (higher is slower)."]
     return lines
-
 
 if __name__ == "__main__":
     main()

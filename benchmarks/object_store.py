@@ -128,16 +128,20 @@ def least_requests(layout: dict) -> dict[str, int]:
     return {"files": files, "tiles": files + tiles, "runs": files + runs}
 
 
-def download(endpoint: str, bucket: str, prefix: str, dest: Path) -> None:
-    """Copy s3://bucket/prefix/ to a local folder (directly, outside any timing)."""
+def download(endpoint: str, bucket: str, prefix: str, dest: Path) -> int:
+    """Copy s3://bucket/prefix/ to a local folder (directly, outside any timing); returns the number
+    of objects (each of which a run must have PUT at least once)."""
     s3 = client(endpoint)
     if dest.exists():
         shutil.rmtree(dest)
+    count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
         for obj in page.get("Contents", []):
             target = dest / obj["Key"][len(prefix) + 1:]
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, obj["Key"], str(target))
+            count += 1
+    return count
 
 
 def clear(endpoint: str, bucket: str, prefix: str) -> None:

@@ -69,11 +69,14 @@ def test_the_fault_mix_is_survived_s3_to_s3_with_identical_outputs(s3_server, cl
 def test_a_store_that_throttles_every_other_request_still_serves_a_whole_run(s3_server, client, source_on_s3,
                                                                              demo_catalog, tmp_path):
     client.create_bucket(Bucket="every-other")
-    turn = {"n": 0}
+    turns: dict[tuple, int] = {}
 
+    # every other request of each kind, key and range: with many requests in flight a global
+    # count would refuse one request's retries at random, not every other one
     def every_other(method, path, headers):
-        turn["n"] += 1
-        return "503" if turn["n"] % 2 else None
+        key = (method, path, headers.get("Range"))
+        turns[key] = turns.get(key, 0) + 1
+        return "503" if turns[key] % 2 else None
 
     with FaultProxy(s3_server) as proxy:
         proxy.policy = every_other
