@@ -637,7 +637,10 @@ def main() -> None:
             if name.startswith("s3:"):
                 object_store.clear(direct, object_store.OUTPUT_BUCKET, out.name)
                 proxy.reset()
+                store_cpu = object_store.store_cpu_s(proxy)
             m = measure(cmd, {**env, **extra})
+            if name.startswith("s3:"):
+                m["store_cpu_s"] = object_store.store_cpu_s(proxy) - store_cpu
             m.update(json.loads(info.read_text()))
             if "error" in m:
                 raise RuntimeError(f"{name} {size}: {m['error']}")
@@ -645,9 +648,10 @@ def main() -> None:
             if name.startswith("s3:"):
                 m.update(proxy.counts())
                 (scratch / f"requests-{out.name}-{rnd + 1}.tsv").write_text(
-                    "".join(f"{t:.3f}\t{k}\t{p}\t{r or ''}\n" for t, k, p, r in proxy.log))
+                    "".join(f"{t:.3f}\t{k}\t{p}\t{r or ''}\t{(e or t) - t:.3f}\n" for t, k, p, r, e in proxy.log))
                 m["objects"] = object_store.download(direct, object_store.OUTPUT_BUCKET, out.name, out)
-                requests = f", {m['requests']} requests ({m['max_in_flight']} at most in flight)"
+                requests = (f", {m['requests']} requests ({m['max_in_flight']} at most in flight), "
+                            f"store {m['store_cpu_s']:.2f} s CPU")
             measured.setdefault((name, size), []).append(m)
             print(f"round {rnd + 1}/{args.repeats} {name:<20} {size!s:>5}: {m['wall_s']:7.2f} s wall, "
                   f"{m['cpu_s']:7.2f} s CPU, {m['peak_mb']:7.0f} MB{requests}", file=sys.stderr)
@@ -828,9 +832,9 @@ def object_store_table(measured, checks, layouts, variants, args) -> list[str]:
 
     lines = ["", f"Object store: the year on moto's S3 server behind a proxy adding {args.latency_ms:g} ms to every "
              "request, read (and written) through s3:// hrefs; medians over the rounds.", "",
-             "| what | size | wall s | CPU s | peak MB | requests | least needed | vs least "
+             "| what | size | wall s | CPU s | store CPU s | peak MB | requests | least needed | vs least "
              "| GET range / whole, HEAD, LIST, PUT | max in flight | MB read | vs gridded S3 | check |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     labels = {"s3:gridded": "`gridded run`, S3 in and out", "s3:odc-stac": "odc-stac script, S3 in and out",
               **{f"s3:{v}": f"`gridded run` {v}, S3 in and out" for v in variants},
               "gridded": "`gridded run`, local disk", **{v: f"`gridded run` {v}, local disk" for v in variants}}
@@ -851,13 +855,16 @@ def object_store_table(measured, checks, layouts, variants, args) -> list[str]:
                       f"{med(name, size, 'max_in_flight'):.0f} | {med(name, size, 'mb_down'):.0f}")
             else:
                 io = " |  |  |  |  | "
+            store = med(name, size, "store_cpu_s")
             lines.append(f"| {labels[name]} | {size}² px | {wall:.2f} | {med(name, size, 'cpu_s'):.2f} | "
-                         f"{med(name, size, 'peak_mb'):.0f} | {io} | {rel} | {checks.get((name, size), '')} |")
+                         f"{'' if store is None else f'{store:.2f}'} | {med(name, size, 'peak_mb'):.0f} | {io} | "
+                         f"{rel} | {checks.get((name, size), '')} |")
     lines += ["", "least needed: one GET per source file's header and per run of adjacent tiles it reads "
               + ", ".join(f"({least['files']} files, {least['runs']} GETs; {least['tiles']} with a GET per tile, "
                           f"as issue 17 counts, at {size}² px)" for size, least in
                           ((s, layouts[s]["least_requests"]) for s in layouts if "least_requests" in layouts[s]))
-              + ", and one PUT per object the run leaves. `vs gridded S3`: that row's wall time over gridded's "
+              + ", and one PUT per object the run leaves. store CPU s: moto's and the proxy's, on the same CPUs as "
+              "the run (a real object store's is not). `vs gridded S3`: that row's wall time over gridded's "
               "S3 run's (higher is slower)."]
     return lines
 

@@ -65,7 +65,7 @@ class LatencyProxy:
 
             def _any(self):
                 kind = request_kind(self.command, self.path, self.headers)
-                proxy._started(kind, self.path, self.headers.get("Range"))
+                entry = proxy._started(kind, self.path, self.headers.get("Range"))
                 try:
                     length = int(self.headers.get("Content-Length") or 0)
                     body = self.rfile.read(length) if length else b""
@@ -80,9 +80,9 @@ class LatencyProxy:
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(data)
-                    proxy._finished(len(data) if self.command != "HEAD" else 0, len(body))
+                    proxy._finished(entry, len(data) if self.command != "HEAD" else 0, len(body))
                 except Exception:
-                    proxy._finished(0, 0)
+                    proxy._finished(entry, 0, 0)
                     raise
 
             def finish(self):
@@ -102,20 +102,23 @@ class LatencyProxy:
         """Counters back to zero (between the runs measured)."""
         with self.lock:
             self.kinds: Counter[str] = Counter()
-            self.log: list[tuple[float, str, str, str | None]] = []  # (when, kind, path, Range)
+            self.log: list[list] = []  # [start, kind, path, Range, end] per request (monotonic s)
             self.in_flight = 0
             self.max_in_flight = 0
             self.bytes_down = 0
             self.bytes_up = 0
 
-    def _started(self, kind: str, path: str, byte_range: str | None) -> None:
+    def _started(self, kind: str, path: str, byte_range: str | None) -> list:
+        entry = [time.monotonic(), kind, path, byte_range, None]
         with self.lock:
-            self.log.append((time.monotonic(), kind, path, byte_range))
+            self.log.append(entry)
             self.kinds[kind] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        return entry
 
-    def _finished(self, down: int, up: int) -> None:
+    def _finished(self, entry: list, down: int, up: int) -> None:
+        entry[4] = time.monotonic()
         with self.lock:
             self.in_flight -= 1
             self.bytes_down += down

@@ -46,10 +46,21 @@ def object_store(delay_s: float):
             except OSError:
                 time.sleep(0.05)
         with LatencyProxy(direct, delay_s) as proxy:
+            proxy.server_pid = server.pid
             yield proxy, direct
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def store_cpu_s(proxy) -> float:
+    """CPU seconds the object store has used so far: moto's process and the proxy's threads (this
+    process's, which does nothing else while a run is measured). On the machine that runs the
+    contenders, this is CPU a real object store would not take from them."""
+    with open(f"/proc/{proxy.server_pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks + time.process_time()
 
 
 def client(endpoint: str):

@@ -3,6 +3,7 @@ applied there, same-day scenes mosaicked."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -67,10 +68,13 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
     reader = _Reader(task, bands, mask, encodings or {}, remote)
 
     # the first readable observation fixes each band's dtype and sentinel
-    first_index, first = None, None
+    first_index, first, first_mask = None, None, None
     for i, obs in enumerate(task.observations):
         try:
-            first, first_index = reader.bands(obs, lambda b: None, [None] * len(bands)).result(), i
+            reads, first_mask = reader.bands(obs, lambda b: None, [None] * len(bands)), reader.mask(obs)
+            if i == 0:  # the other files' headers are fetched while the first observation is read
+                reader.open_others()
+            first, first_index = reads.result(), i
             break
         except SourceError as err:
             if not skip_bad_sources:
@@ -98,8 +102,10 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
             if obs.item_id in skipped:
                 continue
             outs = [stacks[b][g] for b in bands] if n == 0 else [None] * len(bands)
-            reads = _done(first) if i == first_index else reader.bands(obs, sentinels.get, outs)
-            pending[i] = (reads, reader.mask(obs))
+            if i == first_index:
+                pending[i] = (_done(first), first_mask)
+            else:
+                pending[i] = (reader.bands(obs, sentinels.get, outs), reader.mask(obs))
 
     def load_group(g: int, members: list[int]) -> None:
         layers = [stacks[b][g] for b in bands]
@@ -141,14 +147,22 @@ class _Reader:
     def __init__(self, task: Task, bands, mask: MaskRule | None, encodings, remote: bool):
         self.task, self.keys, self.default_mask, self.encodings, self.remote = task, bands, mask, encodings, remote
         self.headers: dict[str, Future] = {}
-        if remote:  # every file's header is fetched while the first observation is read
-            files = [f for f in dict.fromkeys(href for obs in task.observations[1:] for _, href in obs.hrefs)
+        self.started = next(_TASKS_STARTED)  # the reads' priority: earlier tasks first
+        self.stage = _FIRST
+
+    def open_others(self) -> None:
+        """Start fetching the header of every file of the observations after the first: they
+        arrive while the first observation is read (remote files only)."""
+        if self.remote:
+            files = [f for f in dict.fromkeys(href for obs in self.task.observations[1:] for _, href in obs.hrefs)
                      if is_remote(f)]
-            self.headers = dict(zip(files, open_ahead(files, what="a source header")))
+            self.headers = dict(zip(files, open_ahead(files, what="a source header",
+                                                      priority=(self.started, _HEADERS))))
+        self.stage = _WINDOWS
 
     def _run(self, fn) -> Future:
         if self.remote:
-            return remote_reads().submit(fn)
+            return remote_reads().submit(fn, priority=(self.started, self.stage))
         return _Lazy(fn)
 
     def _after_header(self, href: str, fn):
@@ -179,6 +193,11 @@ class _Reader:
         href = obs.href(rule.asset)
         return self._run(lambda: self._after_header(href, lambda: read_mask_window(
             href, self.task.geobox, fill=rule.fill_value, what=f"item {obs.item_id} mask asset {rule.asset}")))
+
+
+# a task's reads in this order: its first observation, the other files' headers, their windows
+_FIRST, _HEADERS, _WINDOWS = range(3)
+_TASKS_STARTED = itertools.count()
 
 
 class _Lazy(Future):

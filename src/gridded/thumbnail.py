@@ -61,10 +61,12 @@ def write_png(path, rgba: np.ndarray) -> None:
     from rasterio.io import MemoryFile
     from rasterio.shutil import copy
 
+    from .io.rasters import gdal_env
+
     count, ny, nx = rgba.shape
     with warnings.catch_warnings():  # a picture, not a map: it has no georeference to lose
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with MemoryFile() as memfile, memfile.open(driver="MEM", width=nx, height=ny, count=count,
-                                                   dtype="uint8") as mem:
+        with gdal_env(), MemoryFile() as memfile, memfile.open(driver="MEM", width=nx, height=ny, count=count,
+                                                               dtype="uint8") as mem:
             mem.write(rgba)
             copy(mem, str(path), driver="PNG")
