@@ -23,6 +23,7 @@ other processes on the machine falls on all of them alike; the table gives the m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import object_store  # noqa: E402
 import synthetic  # noqa: E402
 
 BANDS = list(synthetic.BANDS)
@@ -65,6 +67,19 @@ def prepare(data: Path, size: int, n_dates: int) -> dict:
     layout["grid"] = str(grid)
     layout["root"] = str(root)
     return layout
+
+
+def tiles_layout(layout: dict, tile_px: int, aligned: bool) -> dict:
+    """The year on a grid of `tile_px` cells: on the scene's edges (aligned), or moved by half a cell
+    so that no cell lines up with the scenes (offset: one more cell a side, the outer ones partly
+    outside the scene)."""
+    root = Path(layout["root"])
+    res = layout["resolution_m"]
+    shift = 0 if aligned else tile_px // 2
+    grid = root / f"grid-bench-{tile_px}-{'aligned' if aligned else 'offset'}.yaml"
+    grid.write_text(f"crs: {synthetic.CRS}\nresolution: {res}\ntile_size: {tile_px * res}\n"
+                    f"origin: [{shift * res}, {shift * res}]\n")
+    return {**layout, "grid": str(grid), "tile_px": tile_px, "cells": tiles_layout_cells(layout, tile_px, aligned)}
 
 
 def stacks_for(layout: dict) -> dict[str, np.ndarray]:
@@ -108,36 +123,56 @@ def sample_pixels(shape_yx, n: int, seed: int = 11) -> tuple[np.ndarray, np.ndar
 # --- contenders, each run as `bench.py --child NAME ...` in a process of its own ------------------
 
 
-def child_gridded(layout: dict, out: Path, info: Path) -> None:
+def child_gridded(layout: dict, out: str, info: Path) -> None:
     """`gridded run`, in this process (so its RSS is this process's) and through the command's own
     entry point, which leaves the process as soon as the run is done: this child's report is
-    written by an exit handler."""
+    written by an exit handler. `out` is a folder or an s3:// prefix."""
     import atexit
 
     from gridded.cli import main
 
     def report() -> None:
-        run = json.loads((out / "run-report.json").read_text())
+        if out.startswith("s3://"):
+            bucket, _, prefix = out[5:].partition("/")
+            run = json.loads(object_store.client(os.environ["AWS_ENDPOINT_URL"]).get_object(
+                Bucket=bucket, Key=f"{prefix}/run-report.json")["Body"].read())
+        else:
+            run = json.loads((Path(out) / "run-report.json").read_text())
         failed = [t["reason"] for t in run["tasks"] if t["status"] == "failed"]
         result = {"peak_mb": _peak_rss_mb()} if not failed else {"error": f"{len(failed)} tasks failed: {failed[0]}"}
         info.write_text(json.dumps(result))
 
     ny, nx = layout["shape_yx"]
-    cells = -(-ny // TILE_PX) * -(-nx // TILE_PX)
+    cells = layout.get("cells") or -(-ny // TILE_PX) * -(-nx // TILE_PX)
     sys.argv = ["gridded", "-q", "run", "--source", layout["catalog"], "--extent", layout["extent"],
                 "--time", layout["time"], "--grid", layout["grid"], "--pipeline", "s2-monthly-median",
-                "--tiles-per-worker", str(cells), "--workers", "1", "--output", str(out)]
+                "--tiles-per-worker", str(cells), "--workers", "1", "--output", out]
     atexit.register(report)
     main()
 
 
-def child_odc_stac(layout: dict, out: Path) -> dict:
-    """What a user writes today with odc-stac + xarray + Dask: load, mask, resample, median, COGs."""
+def child_odc_stac(layout: dict, out: str) -> dict:
+    """What a user writes today with odc-stac + xarray + Dask: load, mask, resample, median, COGs
+    (into a folder, or for an s3:// `out` made in memory and PUT with boto3)."""
     import dask
     import odc.stac
     import pystac
     from odc.geo.cog import write_cog
     from odc.geo.geobox import GeoBox
+
+    if out.startswith("s3://"):
+        odc.stac.configure_rio(cloud_defaults=True)  # what odc-stac's docs ask for cloud reads
+        bucket, _, prefix = out[5:].partition("/")
+        s3 = object_store.client(os.environ["AWS_ENDPOINT_URL"])
+
+        def save(layer, name: str) -> None:
+            s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=bytes(write_cog(layer, ":mem:", nodata=0)))
+    else:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def save(layer, name: str) -> None:
+            write_cog(layer, folder / name, overwrite=True, nodata=0)
 
     items = list(pystac.Catalog.from_file(layout["catalog"]).get_items(recursive=True))
     ny, nx = layout["shape_yx"]
@@ -153,13 +188,11 @@ def child_odc_stac(layout: dict, out: Path) -> dict:
     count = clear.resample(time="1MS").sum()
     with dask.config.set(scheduler="threads"):
         median, count = dask.compute(median, count)
-    out.mkdir(parents=True, exist_ok=True)
     for i, when in enumerate(median.time.values):
         month = str(when)[:7]
         for band in BANDS:
-            layer = median[band].isel(time=i).round().fillna(0).astype("uint16")
-            write_cog(layer, out / f"{month}_{band}.tif", overwrite=True, nodata=0)
-        write_cog(count.isel(time=i).astype("uint16"), out / f"{month}_count.tif", overwrite=True, nodata=0)
+            save(median[band].isel(time=i).round().fillna(0).astype("uint16"), f"{month}_{band}.tif")
+        save(count.isel(time=i).astype("uint16"), f"{month}_count.tif")
     return {}
 
 
@@ -352,16 +385,20 @@ def geomedian_tolerance(stacks: dict[str, np.ndarray]) -> float:
 
 
 CHILDREN = {
-    "odc-stac": child_odc_stac, "numpy": child_numpy, "floor": child_floor, "io-floor": child_io_floor,
+    "numpy": child_numpy, "floor": child_floor, "io-floor": child_io_floor,
 }
 
 
 def child_main(args) -> None:
     layout = json.loads(Path(args.layout).read_text())
     out = Path(args.out)
-    if args.child == "gridded":
-        child_gridded(layout, out, Path(args.info))  # does not return
-    if args.child in CHILDREN:
+    if args.child in ("gridded", "s3:gridded") or args.child.startswith("tiles:"):
+        child_gridded(layout, args.out, Path(args.info))  # does not return
+    if args.child == "s3:odc-stac":
+        info = child_odc_stac(layout, args.out)
+    elif args.child == "odc-stac":
+        info = child_odc_stac(layout, str(out))
+    elif args.child in CHILDREN:
         info = CHILDREN[args.child](layout, out)
     else:
         kind, which = args.child.split(":")
@@ -416,8 +453,11 @@ def _monthly_mosaics(layout: dict, out: Path) -> dict[tuple[str, str], np.ndarra
             t = src.transform
             r0, c0 = round((y0 - t.f) / res), round((t.c - x0) / res)
             data = src.read(1)
-        h, w = min(data.shape[0], ny - r0), min(data.shape[1], nx - c0)
-        layer[r0:r0 + h, c0:c0 + w] = data[:h, :w]
+        # a cell of an offset grid reaches past the scene's edges: only its part over the scene
+        dr, dc = max(0, -r0), max(0, -c0)
+        h, w = min(data.shape[0], ny - r0) - dr, min(data.shape[1], nx - c0) - dc
+        if h > 0 and w > 0:
+            layer[r0 + dr:r0 + dr + h, c0 + dc:c0 + dc + w] = data[dr:dr + h, dc:dc + w]
     return mosaics
 
 
@@ -499,7 +539,16 @@ def main() -> None:
                         help="the Python that runs `gridded run` (default: this one). An environment with gridded "
                              "alone (`python -m venv v && v/bin/pip install -e .`) times it as users install it: "
                              "the bench extras bring SciPy (for odc-algo), which numba imports on its first kernel")
+    parser.add_argument("--object-store", action="store_true",
+                        help="also run gridded (and each variant) and the odc-stac script on the year served by an "
+                             "S3-protocol server (moto, loopback) behind a proxy adding --latency-ms to every request")
+    parser.add_argument("--latency-ms", type=float, default=40.0, help="the proxy's delay per request (default 40)")
+    parser.add_argument("--small-tiles", default="",
+                        help="also run gridded on grids of these cell sizes in px (e.g. 256,512,1024), aligned with "
+                             "the scenes and offset by half a cell, for the per-task fixed cost")
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the runs' outputs and the object store's request "
+                        "logs (requests-*.tsv) in the scratch folder")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--layout", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -519,32 +568,62 @@ def main() -> None:
     stacks_for(kernel_layout)  # written once before any timing
     kernel_rows = [min(int(r), sizes[0]) for r in args.kernel_rows.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="gridded-bench-run-", dir=data))
+    print(f"scratch: {scratch}", file=sys.stderr)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
 
     variants = dict(v.split("=", 1) for v in args.variant)
+    store = contextlib.ExitStack()
+    proxy = direct = None
+    if args.object_store:
+        proxy, direct = store.enter_context(object_store.object_store(args.latency_ms / 1000))
+        env.update(object_store.KEYS)
     runs: list[tuple[str, object, list[str], Path, dict]] = []  # (contender, size, command, output, env)
     for size, layout in layouts.items():
         layout_file = Path(layout["root"]) / "layout-bench.json"
         layout_file.write_text(json.dumps(layout))
-        for name in ("gridded", *variants, "odc-stac", "numpy", "floor", "io-floor"):
-            if skip & {name, "e2e"}:
+        names = ["gridded", *variants, "odc-stac", "numpy", "floor", "io-floor"]
+        if args.object_store:
+            s3_layout = object_store.upload_year(layout, direct)
+            layout["least_requests"] = object_store.least_requests(layout)
+            s3_layout_file = Path(layout["root"]) / "layout-bench-s3.json"
+            s3_layout_file.write_text(json.dumps(s3_layout))
+            names[1 + len(variants):1 + len(variants)] = [f"s3:{n}" for n in ("gridded", *variants, "odc-stac")]
+        for name in names:
+            base_name = name.removeprefix("s3:")
+            if skip & {name, "e2e"} or (name.startswith("s3:") and skip & {"s3"}):
                 continue
-            out = scratch / f"{name}-{size}"
-            child = "gridded" if name in variants else name
-            extra = {"PYTHONPATH": str(Path(variants[name]).resolve())} if name in variants else {}
-            python = args.gridded_python if name == "gridded" and args.gridded_python else sys.executable
-            runs.append((name, size, [python, __file__, "--child", child, "--layout", str(layout_file),
-                                      "--out", str(out)], out, extra))
+            out = scratch / f"{name.replace(':', '-')}-{size}"
+            child = "gridded" if base_name in variants else base_name
+            extra = {"PYTHONPATH": str(Path(variants[base_name]).resolve())} if base_name in variants else {}
+            python = args.gridded_python if base_name == "gridded" and args.gridded_python else sys.executable
+            where, target = layout_file, str(out)
+            if name.startswith("s3:"):
+                child = f"s3:{child}"
+                where, target = s3_layout_file, f"s3://{object_store.OUTPUT_BUCKET}/{out.name}"
+                extra.update(object_store.environment(proxy.url))
+            runs.append((name, size, [python, __file__, "--child", child, "--layout", str(where),
+                                      "--out", target], out, extra))
+        for tile_px, aligned in small_tiles(args):
+            name = tiles_name(tile_px, aligned)
+            if name == "gridded" or skip & {name, "tiles"}:  # the first is the `gridded` row
+                continue
+            tiles_file = Path(layout["root"]) / f"layout-bench-{name.replace(':', '-')}.json"
+            tiles_file.write_text(json.dumps(tiles_layout(layout, tile_px, aligned)))
+            out = scratch / f"{name.replace(':', '-')}-{size}"
+            python = args.gridded_python or sys.executable
+            runs.append((name, size, [python, __file__, "--child", name, "--layout", str(tiles_file),
+                                      "--out", str(out)], out, {}))
     kernel_layout_file = Path(kernel_layout["root"]) / "layout-bench.json"
     for rows in kernel_rows:
-        for kind, contenders in (("median", ("gridded", "numpy", "bottleneck")), ("geomedian", ("gridded", "odc-algo"))):
+        for kind, contenders in (("median", ("gridded", "numpy", "bottleneck")),
+                                 ("geomedian", ("gridded", "odc-algo"))):
             for which in contenders:
                 name = f"{kind}:{which}"
                 if skip & {name, kind, "kernels"}:
                     continue
                 out = scratch / f"{kind}-{which}-{rows}.npy"
-                runs.append((name, rows, [sys.executable, __file__, "--child", name, "--layout", str(kernel_layout_file),
-                                          "--out", str(out), "--rows", str(rows)], out, {}))
+                runs.append((name, rows, [sys.executable, __file__, "--child", name, "--layout",
+                                          str(kernel_layout_file), "--out", str(out), "--rows", str(rows)], out, {}))
 
     measured: dict[tuple[str, object], list[dict]] = {}
     for rnd in range(args.repeats):
@@ -555,27 +634,45 @@ def main() -> None:
             info = scratch / "info.json"
             cmd = cmd + ["--info", str(info)]
             info.unlink(missing_ok=True)
+            if name.startswith("s3:"):
+                object_store.clear(direct, object_store.OUTPUT_BUCKET, out.name)
+                proxy.reset()
+                store_cpu = object_store.store_cpu_s(proxy)
             m = measure(cmd, {**env, **extra})
+            if name.startswith("s3:"):
+                m["store_cpu_s"] = object_store.store_cpu_s(proxy) - store_cpu
             m.update(json.loads(info.read_text()))
             if "error" in m:
                 raise RuntimeError(f"{name} {size}: {m['error']}")
+            requests = ""
+            if name.startswith("s3:"):
+                m.update(proxy.counts())
+                (scratch / f"requests-{out.name}-{rnd + 1}.tsv").write_text(
+                    "".join(f"{t:.3f}\t{k}\t{p}\t{r or ''}\t{(e or t) - t:.3f}\n" for t, k, p, r, e in proxy.log))
+                m["objects"] = object_store.download(direct, object_store.OUTPUT_BUCKET, out.name, out)
+                requests = (f", {m['requests']} requests ({m['max_in_flight']} at most in flight), "
+                            f"store {m['store_cpu_s']:.2f} s CPU")
             measured.setdefault((name, size), []).append(m)
             print(f"round {rnd + 1}/{args.repeats} {name:<20} {size!s:>5}: {m['wall_s']:7.2f} s wall, "
-                  f"{m['cpu_s']:7.2f} s CPU, {m['peak_mb']:7.0f} MB", file=sys.stderr)
+                  f"{m['cpu_s']:7.2f} s CPU, {m['peak_mb']:7.0f} MB{requests}", file=sys.stderr)
+    store.close()
 
     checks = {}
     for size in sizes:
         numpy_out = scratch / f"numpy-{size}"
-        for name in ("gridded", *variants, "odc-stac"):
+        tiles = [tiles_name(px, aligned) for px, aligned in small_tiles(args)]
+        for name in ("gridded", *variants, "odc-stac", *(f"s3:{n}" for n in ("gridded", *variants, "odc-stac")),
+                     *tiles):
             if (name, size) in measured and ("numpy", size) in measured:
-                checks[(name, size)] = "medians " + median_tifs_equal(layouts[size], scratch / f"{name}-{size}", numpy_out)
+                checks[(name, size)] = "medians " + median_tifs_equal(
+                    layouts[size], scratch / f"{name.replace(':', '-')}-{size}", numpy_out)
     for rows in kernel_rows:
         ref = scratch / f"median-gridded-{rows}.npy"
         for which in ("numpy", "bottleneck"):
             other = scratch / f"median-{which}-{rows}.npy"
             if ref.exists() and other.exists():
-                checks[(f"median:{which}", rows)] = "equal" if np.array_equal(np.load(ref), np.load(other), equal_nan=True) \
-                    else "differs"
+                same = np.array_equal(np.load(ref), np.load(other), equal_nan=True)
+                checks[(f"median:{which}", rows)] = "equal" if same else "differs"
         results = {w: np.load(scratch / f"geomedian-{w}-{rows}.npy") for w in ("gridded", "odc-algo")
                    if (scratch / f"geomedian-{w}-{rows}.npy").exists()}
         if results:
@@ -586,7 +683,8 @@ def main() -> None:
     print(table)
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
-    shutil.rmtree(scratch, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(scratch, ignore_errors=True)
     print(f"bench.py took {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
@@ -649,8 +747,13 @@ def render(measured, checks, layouts, kernel_layout, kernel_rows, args) -> str:
                 if which == "gridded":
                     per = f"{1e9 * secs / (rows * nx * t):.2f} ns per px x date"
                     check = f"{check}; {per}" if check else per
-                lines.append(f"| {klabels[name]} | {rows}x{nx} px x {t} | {secs:.2f} | {med(name, rows, 'kernel_cpu_s'):.2f} "
-                             f"| +{med(name, rows, 'kernel_extra_mb'):.0f} | {rel} | {check} |")
+                lines.append(f"| {klabels[name]} | {rows}x{nx} px x {t} | {secs:.2f} "
+                             f"| {med(name, rows, 'kernel_cpu_s'):.2f} | +{med(name, rows, 'kernel_extra_mb'):.0f} "
+                             f"| {rel} | {check} |")
+    if args.object_store:
+        lines += object_store_table(measured, checks, layouts, variants, args)
+    if args.small_tiles:
+        lines += small_tiles_table(measured, checks, layouts, args)
     lines.append("")
     lines.append("wall s / CPU s / peak MB: end to end, the whole process (interpreter start included); kernels, "
                  "the call alone and the memory it added. `vs gridded`: time over gridded's (higher is slower).")
@@ -659,6 +762,111 @@ def render(measured, checks, layouts, kernel_layout, kernel_rows, args) -> str:
                      f"under {sys.executable}.")
     return "\n".join(lines)
 
+
+def small_tiles(args) -> list[tuple[int, bool]]:
+    """(cell px, aligned) of the small-tiles rows, from --small-tiles."""
+    return [(int(px), aligned) for px in filter(None, args.small_tiles.split(",")) for aligned in (True, False)]
+
+
+def tiles_name(tile_px: int, aligned: bool) -> str:
+    return "gridded" if tile_px == TILE_PX and aligned else f"tiles:{tile_px}:{'aligned' if aligned else 'offset'}"
+
+
+def small_tiles_table(measured, checks, layouts, args) -> list[str]:
+    """The small-tiles rows: the same run on grids of smaller cells, aligned with the scenes or not,
+    and what each task costs beyond the pixels: the CPU time a run spends over the 1024 px aligned
+    run's (the same pixels read, reduced and written), per task it has more."""
+    def med(name, size, key):
+        values = [m[key] for m in measured.get((name, size), []) if key in m]
+        return statistics.median(values) if values else None
+
+    months = 12
+    lines = ["", "Small tiles: the same year and run on grids of smaller cells, on the scenes' edges (aligned) "
+             "or moved by half a cell (offset: one more cell a side); local disk.", "",
+             "| grid | size | cells | tasks | wall s | CPU s | peak MB | vs aligned | CPU ms per task "
+             "| fixed cost per extra task | check |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for size, layout in layouts.items():
+        ref_cpu = med("gridded", size, "cpu_s")
+        ref_tasks = tiles_layout_cells(layout, TILE_PX, True) * months
+        for tile_px, aligned in small_tiles(args):
+            name = tiles_name(tile_px, aligned)
+            wall = med(name, size, "wall_s")
+            if wall is None:
+                continue
+            cells = tiles_layout_cells(layout, tile_px, aligned)
+            tasks = cells * months
+            cpu = med(name, size, "cpu_s")
+            aligned_wall = med(tiles_name(tile_px, True), size, "wall_s")
+            rel = f"{wall / aligned_wall:.2f}x" if aligned_wall and not aligned else ""
+            fixed = f"{1000 * (cpu - ref_cpu) / (tasks - ref_tasks):.1f} ms" if tasks > ref_tasks and ref_cpu else ""
+            label = f"{tile_px} px, {'aligned' if aligned else 'offset by half a cell'}"
+            lines.append(f"| {label} | {size}² px | {cells} | {tasks} | {wall:.2f} | {cpu:.2f} | "
+                         f"{med(name, size, 'peak_mb'):.0f} | {rel} | {1000 * cpu / tasks:.1f} | {fixed} | "
+                         f"{checks.get((name, size), '')} |")
+    lines += ["", "fixed cost per extra task: (CPU s of the run - CPU s of the 1024 px aligned run) / (its tasks - "
+              "that run's); an offset grid's outer cells also write COGs over nodata past the scene's edges."]
+    return lines
+
+
+def tiles_layout_cells(layout: dict, tile_px: int, aligned: bool) -> int:
+    ny, nx = layout["shape_yx"]
+    shift = 0 if aligned else tile_px // 2
+    return -(-(ny + shift) // tile_px) * -(-(nx + shift) // tile_px)
+
+
+KINDS = ("GET range", "GET whole", "HEAD", "LIST", "PUT", "POST", "DELETE")
+
+
+def object_store_table(measured, checks, layouts, variants, args) -> list[str]:
+    """The object-store rows: through the latency proxy, with the requests each run sent and the
+    least it could have sent (the GETs that read the year, one PUT per object it left), against
+    gridded on local disk in the same rounds."""
+    def med(name, size, key):
+        values = [m[key] for m in measured.get((name, size), []) if key in m]
+        return statistics.median(values) if values else None
+
+    def kind(name, size, k):
+        values = [m["by_kind"].get(k, 0) for m in measured.get((name, size), []) if "by_kind" in m]
+        return statistics.median(values) if values else 0
+
+    lines = ["", f"Object store: the year on moto's S3 server behind a proxy adding {args.latency_ms:g} ms to every "
+             "request, read (and written) through s3:// hrefs; medians over the rounds.", "",
+             "| what | size | wall s | CPU s | store CPU s | peak MB | requests | least needed | vs least "
+             "| GET range / whole, HEAD, LIST, PUT | max in flight | MB read | vs gridded S3 | check |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+    labels = {"s3:gridded": "`gridded run`, S3 in and out", "s3:odc-stac": "odc-stac script, S3 in and out",
+              **{f"s3:{v}": f"`gridded run` {v}, S3 in and out" for v in variants},
+              "gridded": "`gridded run`, local disk", **{v: f"`gridded run` {v}, local disk" for v in variants}}
+    for size in layouts:
+        least = layouts[size].get("least_requests", {})
+        base = med("s3:gridded", size, "wall_s")
+        for name in ("s3:gridded", *(f"s3:{v}" for v in variants), "s3:odc-stac", "gridded", *variants):
+            wall = med(name, size, "wall_s")
+            if wall is None:
+                continue
+            rel = f"{wall / base:.2f}x" if base and name != "s3:gridded" else ""
+            if name.startswith("s3:"):
+                kinds = " / ".join(f"{kind(name, size, k):.0f}" for k in KINDS[:2]) + ", " + \
+                    ", ".join(f"{kind(name, size, k):.0f}" for k in KINDS[2:5])
+                needed = least.get("runs", 0) + med(name, size, "objects")
+                requests = med(name, size, "requests")
+                io = (f"{requests:.0f} | {needed:.0f} | {requests / needed:.2f}x | {kinds} | "
+                      f"{med(name, size, 'max_in_flight'):.0f} | {med(name, size, 'mb_down'):.0f}")
+            else:
+                io = " |  |  |  |  | "
+            store = med(name, size, "store_cpu_s")
+            lines.append(f"| {labels[name]} | {size}² px | {wall:.2f} | {med(name, size, 'cpu_s'):.2f} | "
+                         f"{'' if store is None else f'{store:.2f}'} | {med(name, size, 'peak_mb'):.0f} | {io} | "
+                         f"{rel} | {checks.get((name, size), '')} |")
+    lines += ["", "least needed: one GET per source file's header and per run of adjacent tiles it reads "
+              + ", ".join(f"({least['files']} files, {least['runs']} GETs; {least['tiles']} with a GET per tile, "
+                          f"as issue 17 counts, at {size}² px)" for size, least in
+                          ((s, layouts[s]["least_requests"]) for s in layouts if "least_requests" in layouts[s]))
+              + ", and one PUT per object the run leaves. store CPU s: moto's and the proxy's, on the same CPUs as "
+              "the run (a real object store's is not). `vs gridded S3`: that row's wall time over gridded's "
+              "S3 run's (higher is slower)."]
+    return lines
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ from fault_proxy import FaultProxy, Rule
 
 import gridded.io.s3 as s3_module
 from gridded.errors import ConfigError, GriddedError
-from gridded.io.storage import HOST, TEMP_MARK, LocalStorage, S3Storage, Storage, put_if_changed, temp_name
+from gridded.io.storage import HOST, TEMP_MARK, LocalStorage, S3Storage, Storage, get_many, put_if_changed, temp_name
 
 BODY = bytes(range(256)) * 4  # 1,024 bytes, every byte value, so a range off by one shows
 
@@ -91,6 +91,24 @@ def test_exists(backend):
     assert storage.exists("a/b.json")
     assert not storage.exists("a/b.jso")
     assert not storage.exists("a/c.json")
+
+
+def test_get_if_exists_is_the_body_or_none(backend):
+    storage = backend.storage
+    assert storage.get_if_exists("a/b.json") is None
+    storage.put_bytes("a/b.json", b"1")
+    assert storage.get_if_exists("a/b.json") == b"1"
+    storage.put_bytes("a/empty.json", b"")
+    assert storage.get_if_exists("a/empty.json") == b""  # an empty object is there
+    assert storage.get_if_exists("a") is None  # a folder is not an object
+
+
+def test_get_many_reads_each_name_in_order(backend):
+    storage = backend.storage
+    for n in range(40):
+        storage.put_bytes(f"x/{n}.json", str(n).encode())
+    names = [f"x/{n}.json" for n in range(40)] + ["x/missing.json"]
+    assert get_many(storage, names) == [str(n).encode() for n in range(40)] + [None]
 
 
 def test_url_is_absolute_and_of_the_storage_kind(backend):
@@ -252,6 +270,9 @@ def test_put_if_changed_writes_only_a_different_body(backend):
     assert put_if_changed(storage, "catalog.json", b'{"a": 2}') is True
     assert backend.generation("catalog.json") != first
     assert storage.get_bytes("catalog.json") == b'{"a": 2}'
+    # what the caller has read already is not read again: given as absent, it is written
+    assert put_if_changed(storage, "catalog.json", b'{"a": 2}', existing=None) is True
+    assert put_if_changed(storage, "catalog.json", b'{"a": 2}', existing=b'{"a": 2}') is False
 
 
 # --- S3 only: retries through a fault-injecting proxy -----------------------------------------------

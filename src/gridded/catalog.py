@@ -8,8 +8,7 @@ from datetime import datetime
 import pystac
 
 from . import __version__
-from .errors import GriddedError
-from .io.storage import Storage, open_storage, put_if_changed
+from .io.storage import Storage, get_many, open_storage, put_if_changed
 
 ITEM_SUFFIX = ".stac-item.json"
 
@@ -35,8 +34,12 @@ def write_catalog(storage: Storage | str, *, collection_id: str | None = None, d
     names = storage.list(ITEM_SUFFIX)
     summary = _Summary()
     links = []
-    for name in names:
-        item = json.loads(storage.get_bytes(name))
+    # the items and the two documents as they are, read at once (on S3 each read is a round trip)
+    *bodies, old_collection, old_catalog = get_many(storage, [*names, "collection.json", "catalog.json"])
+    for name, body in zip(names, bodies):
+        if body is None:  # listed, then gone (replaced by a concurrent writer): read it again
+            body = storage.get_bytes(name)
+        item = json.loads(body)
         summary.add(item)
         links.append(pystac.Link("item", f"./{name}", media_type=pystac.MediaType.GEOJSON, title=item.get("id")))
     cid = collection_id or (sorted(summary.collections)[0] if summary.collections else "gridded")
@@ -44,7 +47,7 @@ def write_catalog(storage: Storage | str, *, collection_id: str | None = None, d
         id=cid,
         description=description or f"{cid}: composites written by gridded {__version__}",
         extent=summary.extent(),
-        license=license or _existing_license(storage) or "other",
+        license=license or _existing_license(old_collection) or "other",
         providers=[pystac.Provider(name="gridded", roles=[pystac.ProviderRole.PROCESSOR],
                                    description=f"composites computed by gridded {__version__}",
                                    extra_fields={"processing:software": {"gridded": __version__}})],
@@ -61,8 +64,8 @@ def write_catalog(storage: Storage | str, *, collection_id: str | None = None, d
     catalog.add_link(pystac.Link("root", "./catalog.json", media_type=pystac.MediaType.JSON, title=f"{cid} catalog"))
     col_doc = collection.to_dict(include_self_link=False, transform_hrefs=False)
     cat_doc = catalog.to_dict(include_self_link=False, transform_hrefs=False)
-    put_if_changed(storage, "collection.json", json.dumps(col_doc, indent=1).encode())
-    put_if_changed(storage, "catalog.json", json.dumps(cat_doc, indent=1).encode())
+    put_if_changed(storage, "collection.json", json.dumps(col_doc, indent=1).encode(), existing=old_collection)
+    put_if_changed(storage, "catalog.json", json.dumps(cat_doc, indent=1).encode(), existing=old_catalog)
     return len(names)
 
 
@@ -128,12 +131,12 @@ class _Summary:
         return found
 
 
-def _existing_license(storage: Storage) -> str | None:
-    if not storage.exists("collection.json"):
+def _existing_license(collection: bytes | None) -> str | None:
+    if collection is None:
         return None
     try:
-        return json.loads(storage.get_bytes("collection.json")).get("license")
-    except (ValueError, GriddedError):
+        return json.loads(collection).get("license")
+    except (ValueError, AttributeError):
         return None
 
 

@@ -3,7 +3,9 @@ applied there, same-day scenes mosaicked."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import itertools
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,15 +14,10 @@ from odc.geo.geobox import GeoBox
 from .compute.arrays import as_dtype, reencode
 from .compute.masking import mask_into
 from .errors import SourceError
-from .io.rasters import Coarse, read_mask_window, read_window
+from .io.rasters import Coarse, open_ahead, read_mask_window, read_window, remote_reads
 from .io.s3 import is_remote
 from .masks import MaskRule
 from .plan import Task
-
-# Same-day groups of a task read at once from object stores or HTTP, where a read waits on the
-# network. Local files are read one group after another: decoding them is CPU work, and the
-# worker's Dask threads (one per CPU, each on its own task) already keep every CPU busy.
-REMOTE_READ_THREADS = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,25 +58,23 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
     `mask` when it has none) and its band values are brought to `encodings` (per band the
     (scale, offset) to store them in) when they are stored otherwise. With `skip_bad_sources`, an
     observation that cannot be read (after its retries) is left out and named in `Stacks.skipped`;
-    without, it fails the task."""
+    without, it fails the task.
+
+    From object stores every file of the task is read at once (the worker's remote read threads):
+    the first observation's bands, while every other file's header arrives, then all the windows."""
     geobox = task.geobox
     skipped: dict[str, SourceError] = {}
+    remote = any(is_remote(href) for obs in task.observations for _, href in obs.hrefs)
+    reader = _Reader(task, bands, mask, encodings or {}, remote)
 
-    def read_bands(obs, fill, outs):
-        reads = [read_window(obs.href(b), geobox, fill=fill(b), what=f"item {obs.item_id} asset {b}", out=out)
-                 for b, out in zip(bands, outs)]
-        for b, (values, nodata) in zip(bands, reads):
-            target = (encodings or {}).get(b)
-            if target is not None and obs.encoding(b) != target:
-                reencode(values, nodata, obs.encoding(b), target)
-        return reads
-
-    # the first readable observation fixes each band's dtype and sentinel; then each same-day group
-    # is read, its scenes in order (several groups at once for remote sources)
-    first_index, first = None, None
+    # the first readable observation fixes each band's dtype and sentinel
+    first_index, first, first_mask = None, None, None
     for i, obs in enumerate(task.observations):
         try:
-            first, first_index = read_bands(obs, lambda b: None, [None] * len(bands)), i
+            reads, first_mask = reader.bands(obs, lambda b: None, [None] * len(bands)), reader.mask(obs)
+            if i == 0:  # the other files' headers are fetched while the first observation is read
+                reader.open_others()
+            first, first_index = reads.result(), i
             break
         except SourceError as err:
             if not skip_bad_sources:
@@ -97,6 +92,21 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
     stacks = {b: np.empty((len(groups),) + tuple(geobox.shape), dtype=dtypes[b]) for b in bands}
     observed = np.zeros((len(groups),) + tuple(geobox.shape), dtype=bool)
 
+    # every other read starts now (remote) or when its turn comes (local: decoding is CPU work, and
+    # the worker's Dask threads, one per CPU, each on its own task, keep every CPU busy already).
+    # A group's first scene is read into its layers; its later ones into arrays of their own
+    pending: dict[int, tuple] = {}
+    for g, members in enumerate(groups.values()):
+        for n, i in enumerate(members):
+            obs = task.observations[i]
+            if obs.item_id in skipped:
+                continue
+            outs = [stacks[b][g] for b in bands] if n == 0 else [None] * len(bands)
+            if i == first_index:
+                pending[i] = (_done(first), first_mask)
+            else:
+                pending[i] = (reader.bands(obs, sentinels.get, outs), reader.mask(obs))
+
     def load_group(g: int, members: list[int]) -> None:
         layers = [stacks[b][g] for b in bands]
         empty = True  # no scene of the group has been put into its layers yet
@@ -105,20 +115,15 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
             if obs.item_id in skipped:
                 continue
             try:
-                if i == first_index:
-                    reads = first
-                else:
-                    reads = read_bands(obs, lambda b: sentinels[b], layers if empty else [None] * len(bands))
-                rule = obs.mask or mask
-                coarse = None
-                if rule is not None:
-                    coarse = read_mask_window(obs.href(rule.asset), geobox, fill=rule.fill_value,
-                                              what=f"item {obs.item_id} mask asset {rule.asset}")
+                reads_job, mask_job = pending.pop(i)
+                reads = reads_job.result()
+                coarse = mask_job.result()
             except SourceError as err:
                 if not skip_bad_sources:
                     raise
                 skipped[obs.item_id] = err
                 continue
+            rule = obs.mask or mask
             observed[g] |= _has_values(reads, [sentinels[b] for b in bands])  # before masking: valid, clear or not
             mask_into(layers, [r[0] for r in reads], empty, _clear_rule(coarse, rule, geobox),
                       [sentinels[b] for b in bands], [r[1] for r in reads])
@@ -127,17 +132,96 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
             for b, layer in zip(bands, layers):
                 layer[...] = as_dtype(sentinels[b], layer.dtype)
 
-    if not any(is_remote(href) for obs in task.observations for _, href in obs.hrefs):
-        for g, members in enumerate(groups.values()):
-            load_group(g, members)
-    else:
-        with ThreadPoolExecutor(max_workers=REMOTE_READ_THREADS) as pool:
-            for job in [pool.submit(load_group, g, members) for g, members in enumerate(groups.values())]:
-                job.result()
+    for g, members in enumerate(groups.values()):
+        load_group(g, members)
     return Stacks(bands=stacks, sentinel=sentinels, source_dtype=dtypes, source_nodata=src_nodata,
                   skipped=tuple(sorted((item, str(err)) for item, err in skipped.items())),
                   observed=observed.sum(axis=0, dtype=np.uint16),
                   layer_times=tuple(task.observations[members[0]].time for members in groups.values()))
+
+
+class _Reader:
+    """A task's reads as futures: started at once on the worker's remote read threads, or for local
+    files run on the task's own thread when their result is asked for, in the order asked."""
+
+    def __init__(self, task: Task, bands, mask: MaskRule | None, encodings, remote: bool):
+        self.task, self.keys, self.default_mask, self.encodings, self.remote = task, bands, mask, encodings, remote
+        self.headers: dict[str, Future] = {}
+        self.started = next(_TASKS_STARTED)  # the reads' priority: earlier tasks first
+        self.stage = _FIRST
+
+    def open_others(self) -> None:
+        """Start fetching the header of every file of the observations after the first: they
+        arrive while the first observation is read (remote files only)."""
+        if self.remote:
+            files = [f for f in dict.fromkeys(href for obs in self.task.observations[1:] for _, href in obs.hrefs)
+                     if is_remote(f)]
+            self.headers = dict(zip(files, open_ahead(files, what="a source header",
+                                                      priority=(self.started, _HEADERS))))
+        self.stage = _WINDOWS
+
+    def _run(self, fn) -> Future:
+        if self.remote:
+            return remote_reads().submit(fn, priority=(self.started, self.stage))
+        return _Lazy(fn)
+
+    def _after_header(self, href: str, fn):
+        header = self.headers.get(href)
+        if header is not None:
+            header.result()  # opened already, or on its way: its dataset is in the pool for this read
+        return fn()
+
+    def bands(self, obs, fill, outs) -> Future:
+        """[(values, nodata) per band]: the windows read (at once when remote), brought to the
+        target encodings."""
+        def one(b, out):
+            values, nodata = self._after_header(obs.href(b), lambda: read_window(
+                obs.href(b), self.task.geobox, fill=fill(b), what=f"item {obs.item_id} asset {b}", out=out))
+            target = self.encodings.get(b)
+            if target is not None and obs.encoding(b) != target:
+                reencode(values, nodata, obs.encoding(b), target)
+            return values, nodata
+
+        jobs = [self._run(lambda b=b, out=out: one(b, out)) for b, out in zip(self.keys, outs)]
+        return _Lazy(lambda: [job.result() for job in jobs])
+
+    def mask(self, obs) -> Future:
+        """The observation's mask window (None without a clear rule), once for all its bands."""
+        rule = obs.mask or self.default_mask
+        if rule is None:
+            return _done(None)
+        href = obs.href(rule.asset)
+        return self._run(lambda: self._after_header(href, lambda: read_mask_window(
+            href, self.task.geobox, fill=rule.fill_value, what=f"item {obs.item_id} mask asset {rule.asset}")))
+
+
+# a task's reads in this order: its first observation, the other files' headers, their windows
+_FIRST, _HEADERS, _WINDOWS = range(3)
+_TASKS_STARTED = itertools.count()
+
+
+class _Lazy(Future):
+    """A future whose work runs on the thread that first asks for its result."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self._fn = fn
+        self._lock = threading.Lock()
+
+    def result(self, timeout=None):
+        with self._lock:
+            if not self.done():
+                try:
+                    self.set_result(self._fn())
+                except BaseException as err:
+                    self.set_exception(err)
+        return super().result(timeout)
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def _has_values(reads, sentinels) -> np.ndarray:

@@ -48,15 +48,26 @@ class CellResult:
     worker: str = ""  # the Dask worker that ran it, on an external cluster (--scheduler)
 
 
+def item_state(storage: Storage, name: str, fingerprint: str) -> TaskState:
+    """to-do (no item), done (the item records the same input fingerprint) or changed: one read."""
+    try:
+        body = storage.get_if_exists(name)
+    except GriddedError as err:
+        if err.retryable:
+            raise
+        return "changed"  # there, but unreadable: replaced
+    if body is None:
+        return "to-do"
+    try:
+        existing = json.loads(body)
+    except ValueError:
+        return "changed"
+    return "done" if existing.get("properties", {}).get("gridded:fingerprint") == fingerprint else "changed"
+
+
 def is_current(storage: Storage, name: str, fingerprint: str) -> bool:
     """True when the item exists and records the same input fingerprint."""
-    if not storage.exists(name):
-        return False
-    try:
-        existing = json.loads(storage.get_bytes(name))
-    except (ValueError, GriddedError):
-        return False
-    return existing.get("properties", {}).get("gridded:fingerprint") == fingerprint
+    return item_state(storage, name, fingerprint) == "done"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,22 +101,21 @@ def compute_task(task: Task, pipeline: Pipeline, *, on_bad_source: BadSource = "
 def task_states(tasks: list[Task], pipeline: Pipeline,
                 storage: Storage) -> dict[tuple[tuple[int, int], str], TaskState]:
     """Per (cell, period label): done (its item is current), changed (an item for other inputs or
-    parameters) or to-do (no item). Looked up 16 at a time: on S3 each is a HEAD and a GET."""
+    parameters) or to-do (no item). Looked up 16 at a time: on S3 each is a GET."""
     from concurrent.futures import ThreadPoolExecutor
 
     def state(task: Task) -> TaskState:
-        name = item_name(pipeline, task)
-        if not storage.exists(name):
-            return "to-do"
-        return "done" if is_current(storage, name, task.fingerprint(pipeline)) else "changed"
+        return item_state(storage, item_name(pipeline, task), task.fingerprint(pipeline))
 
-    with ThreadPoolExecutor(max_workers=16) as pool:  # HEAD/GET latency on S3, not CPU
+    with ThreadPoolExecutor(max_workers=16) as pool:  # GET latency on S3, not CPU
         return dict(zip(((t.key, t.period.label) for t in tasks), pool.map(state, tasks)))
 
 
 def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = False,
-                 on_bad_source: BadSource = "fail") -> CellResult:
-    """Compute and commit one task, or skip it when its item is current. Never raises for the cell."""
+                 on_bad_source: BadSource = "fail", state: TaskState | None = None) -> CellResult:
+    """Compute and commit one task, or skip it when its item is current. Never raises for the cell.
+    `state`: the item's, as the caller has just looked it up (task_states), so it is not looked up
+    again; an item another writer commits meanwhile is still met by the create-only commit."""
     from .io.rasters import configure_gdal
 
     started = time.monotonic()
@@ -116,8 +126,10 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
         storage = open_storage(output)
         fingerprint = task.fingerprint(pipeline)
         name = item_name(pipeline, task)
-        exists = storage.exists(name)
-        if exists and not overwrite and is_current(storage, name, fingerprint):
+        if state is None:
+            state = item_state(storage, name, fingerprint)
+        exists = state != "to-do"
+        if state == "done" and not overwrite:
             return CellResult(status="skipped", reason="up to date", **common)
         result = compute_task(task, pipeline, on_bad_source=on_bad_source)
         if result.skipped:  # recorded so that no later run takes this item for current: it retries them
@@ -140,9 +152,11 @@ def process_task(task: Task, pipeline: Pipeline, output: str, overwrite: bool = 
 def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: bool = False,
                   on_bad_source: BadSource = "fail", access: SourceAccess | None = None,
                   workers_on_machine: int = 1, scheduler: str | None = None,
-                  on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
+                  on_result: Callable[[CellResult], None] | None = None,
+                  states: dict[tuple[tuple[int, int], str], TaskState] | None = None) -> list[CellResult]:
     """Every task of a batch on a Dask cluster: this worker's own LocalCluster, or `scheduler`'s
-    workers (see gridded.fanout: placed by memory, reads and writes on the workers).
+    workers (see gridded.fanout: placed by memory, reads and writes on the workers). `states`: the
+    tasks' items as task_states has just found them (not looked up again).
 
     >>> from gridded import plan, select
     >>> todo = plan(select(demo_catalog, extent=DEMO_EXTENT, time="2024-02", grid=str(DEMO_GRID), bands="nir",
@@ -169,8 +183,8 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
     tasks = sorted(batch.tasks, key=lambda t: (t.period.label, t.key[1], t.key[0]))
     results = []
     with pooled_sources(), (access or SourceAccess()).exported():
-        futures = [client.submit(process_task, t, pipeline, output, overwrite, on_bad_source, pure=False)
-                   for t in tasks]
+        futures = [client.submit(process_task, t, pipeline, output, overwrite, on_bad_source,
+                                 (states or {}).get((t.key, t.period.label)), pure=False) for t in tasks]
         for future in as_completed(futures):
             result = future.result()
             results.append(result)

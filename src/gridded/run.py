@@ -21,7 +21,7 @@ from .catalog import write_catalog
 from .errors import BAD_INPUT_EXIT, TRANSIENT_EXIT, ConfigError, Interrupted, SchedulerLost
 from .io.storage import open_storage
 from .plan import Batch, Plan
-from .process import BadSource, CellResult, process_batch
+from .process import BadSource, CellResult, process_batch, task_states
 from .status import StatusWriter, write_plan, write_status
 from .write import COMMITS_STOPPED
 
@@ -84,7 +84,8 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
     started = datetime.now(UTC)
     write_plan(storage, plan)  # what `gridded status` compares the output with, during the run and after
     tally = Tally(on_result)
-    todo = plan if overwrite else _without_current(plan, storage, tally)
+    states = None if overwrite else task_states(plan.tasks, plan.pipeline, storage)
+    todo = plan if overwrite else _without_current(plan, states, tally)
     results: list[CellResult] = list(tally.results)
     workers = min(workers, max(1, len(todo.batches)))
     cluster = None
@@ -102,7 +103,8 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
             elif workers == 1:
                 for batch in todo.batches:
                     results += process_batch(batch, plan.pipeline, output, overwrite=overwrite,
-                                             on_bad_source=on_bad_source, access=plan.access, on_result=tally.add)
+                                             on_bad_source=on_bad_source, access=plan.access, on_result=tally.add,
+                                             states=states)
             elif todo.batches:
                 results = _run_in_processes(todo, output, workers, overwrite, on_bad_source, tally)
     except Interrupted:
@@ -118,16 +120,15 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
     write_catalog(storage, collection_id=plan.pipeline.name, license=plan.pipeline.license)
     write_report(storage, plan, results, started=started, command=command,
                  cluster=cluster.summary() if cluster else None)
-    write_status(storage)
+    status = write_status(storage)
+    if on_status:
+        on_status(status)
     return results
 
 
-def _without_current(plan: Plan, storage, tally: Tally) -> Plan:
+def _without_current(plan: Plan, states: dict, tally: Tally) -> Plan:
     """The plan less the tasks whose items are current (reported as skipped here), so an all-done
     rerun starts no worker at all: what makes scheduled reprocessing cheap."""
-    from .process import task_states
-
-    states = task_states(plan.tasks, plan.pipeline, storage)
     batches = []
     for batch in plan.batches:
         left = tuple(t for t in batch.tasks if states[(t.key, t.period.label)] != "done")

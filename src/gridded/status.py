@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from .errors import GriddedError
 from .grid import cell_outline_lonlat
-from .io.storage import Storage, put_if_changed
+from .io.storage import Storage, get_many, put_if_changed
 from .items import item_name
 from .plan import Plan
 
@@ -51,8 +51,10 @@ def plan_features(plan: Plan, states: dict[tuple[tuple[int, int], str], str] | N
 def plan_states(plan: Plan, storage: Storage) -> dict[tuple[tuple[int, int], str], str]:
     """Per (cell, period): done or changed as the output's items say (fingerprints compared),
     failed where the last run report says a task still to do failed, else to-do."""
+    from .run import REPORT_NAME
+
     states: dict[tuple[tuple[int, int], str], str] = dict(plan.status(storage.uri))
-    failed = _failed_in_report(storage)
+    failed = _failed_in_report(storage.get_if_exists(REPORT_NAME))
     for (key, period), state in states.items():
         if state == "to-do" and (key[0], key[1], period) in failed:
             states[(key, period)] = "failed"
@@ -67,13 +69,28 @@ def write_plan(storage: Storage, plan: Plan) -> None:
 def output_status(storage: Storage) -> dict:
     """The output's plan with each feature's state as the output now says: done where its item
     is committed, failed where the last run report says so, to-do elsewhere."""
-    try:
-        planned = json.loads(storage.get_bytes(PLAN_NAME))
-    except GriddedError as err:
-        raise GriddedError(f"{storage.uri}: no {PLAN_NAME}: give the output of a run (gridded run or a "
-                           f"workflow writes it)", retryable=err.retryable) from err
-    committed = set(storage.list(".stac-item.json"))
-    failed = _failed_in_report(storage)
+    return _output_status(storage)[0]
+
+
+def _output_status(storage: Storage) -> tuple[dict, bytes | None]:
+    """(output_status, status.geojson as it is): the plan, the report, the listing and the status
+    read at once (on S3 each is a round trip)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .run import REPORT_NAME
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        listing = pool.submit(storage.list, ".stac-item.json")
+        try:
+            plan_body, report_body, old_status = get_many(storage, [PLAN_NAME, REPORT_NAME, STATUS_NAME])
+            if plan_body is None:
+                raise GriddedError(f"{storage.uri}/{PLAN_NAME}: not found")
+        except GriddedError as err:
+            raise GriddedError(f"{storage.uri}: no {PLAN_NAME}: give the output of a run (gridded run or a "
+                               f"workflow writes it)", retryable=err.retryable) from err
+        committed = set(listing.result())
+    planned = json.loads(plan_body)
+    failed = _failed_in_report(report_body)
     for feature in planned["features"]:
         props = feature["properties"]
         if props["state"] == "no-data":
@@ -84,15 +101,13 @@ def output_status(storage: Storage) -> dict:
             props["state"] = "failed"
         else:
             props["state"] = "to-do"
-    return planned
+    return planned, old_status
 
 
-def _failed_in_report(storage: Storage) -> set[tuple[int, int, str]]:
-    from .run import REPORT_NAME
-
+def _failed_in_report(body: bytes | None) -> set[tuple[int, int, str]]:
     try:
-        report = json.loads(storage.get_bytes(REPORT_NAME))
-    except (GriddedError, ValueError):
+        report = json.loads(body) if body is not None else {}
+    except ValueError:
         return set()
     return {(t["key"][0], t["key"][1], t["period"]) for t in report.get("tasks", []) if t.get("status") == "failed"}
 
@@ -107,13 +122,14 @@ def summary(status: dict) -> str:
 
 def write_status(storage: Storage) -> dict:
     """status.geojson at the output root, written whole (a reader never sees half of it)."""
-    status = output_status(storage)
-    put_if_changed(storage, STATUS_NAME, json.dumps(status).encode())
+    status, old = _output_status(storage)
+    put_if_changed(storage, STATUS_NAME, json.dumps(status).encode(), existing=old)
     return status
 
 
 class StatusWriter:
-    """Keeps status.geojson current while a run goes on: every few seconds, and once at the end."""
+    """Keeps status.geojson current while a run goes on: every few seconds, and once at the end
+    when the run stops on an exception (a run that ends writes it after its report)."""
 
     def __init__(self, storage: Storage, every_s: float = STATUS_EVERY_S,
                  on_status: Callable[[dict], None] | None = None):
@@ -125,10 +141,11 @@ class StatusWriter:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self._write()
+        if kind is not None:
+            self._write()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):

@@ -10,6 +10,7 @@ import rasterio
 from odc.geo.geobox import GeoBox
 
 from ..errors import OutputError
+from .rasters import gdal_env
 
 # ZSTD level 1 with the predictor: as small as DEFLATE level 6 on composites (within 2 %), written
 # in half the time and read faster; every GDAL since 2.3 reads it
@@ -42,7 +43,7 @@ def write_cog(path: Path, array: np.ndarray, geobox: GeoBox, nodata: float | Non
     from rasterio.shutil import copy
 
     ny, nx = array.shape
-    with MemoryFile() as memfile, memfile.open(
+    with gdal_env(), MemoryFile() as memfile, memfile.open(
         driver="MEM", width=nx, height=ny, count=1, dtype=array.dtype.name,
         crs=str(geobox.crs), transform=geobox.affine, nodata=nodata,
     ) as mem:
@@ -63,7 +64,7 @@ _checked_layout: list[str] = []
 
 def check_cog(path: Path) -> None:
     """Refuse a file that is not a tiled, overviewed GeoTIFF with the COG layout."""
-    with rasterio.open(path) as src:
+    with gdal_env(), rasterio.open(path) as src:
         layout = src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")
         # rasterio calls a file one tile wide untiled (its tile is as wide as the image): check the tile
         tiled = src.profile.get("tiled") or src.block_shapes[0] == (COG_OPTIONS["BLOCKSIZE"],) * 2

@@ -4,12 +4,15 @@ remote reads, and the pool of open files a batch shares."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import queue
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +43,10 @@ GDAL_DEFAULTS = {
 READ_ATTEMPTS = 4
 MAX_SOURCE_PIXELS = 1 << 34  # a header claiming more is corrupt or hostile
 SOURCE_POOL_SIZE = 256  # open source datasets a batch keeps for its next tasks
+# Remote reads a worker keeps outstanding, whatever its CPUs: each waits a round trip to the
+# object store (tens of ms) far more than it decodes, so their number is sized for latency. A
+# read holds its window's decoded pixels only, which its task has allocated anyway
+REMOTE_READS_IN_FLIGHT = 32
 
 
 def configure_gdal(s3: bool = True) -> None:
@@ -52,6 +59,17 @@ def configure_gdal(s3: bool = True) -> None:
 
         # derived from boto3's endpoint, which is authoritative: set, not defaulted
         os.environ.update(gdal_s3_env())
+
+
+def gdal_env(**options) -> rasterio.Env:
+    """The rasterio Env every GDAL call of gridded's runs in: without a session of its own, so
+    that GDAL finds credentials itself (AWS_* variables, profiles, instance and web-identity
+    roles), as it does for every /vsis3/ path. Outside an Env, rasterio makes a boto3 session for
+    each call when AWS keys are in the environment: 8-14 ms holding the GIL per open and per COG,
+    the larger part of a small task's fixed cost."""
+    from rasterio.session import DummySession
+
+    return rasterio.Env.from_defaults(session=DummySession(), **options)
 
 
 def _zoom_factor(src, geobox: GeoBox) -> int | None:
@@ -193,7 +211,7 @@ def _retrying(href: str, what: str, read):
             if attempt == 1:
                 return _read_once(path, what, read, remote=remote)
             # GDAL keeps what it fetched of a file, a body cut short included: read past its cache
-            with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):
+            with gdal_env(CPL_VSIL_CURL_NON_CACHED=path):
                 return _read_once(path, what, read, remote=remote, reuse=False)
         except SourceError as err:
             not_a_raster.append(getattr(err, "not_a_raster", False))
@@ -243,7 +261,7 @@ def source_error(err: rasterio.errors.RasterioError, what: str, *, remote: bool)
 
 def _read_once(path: str, what: str, read, *, remote: bool, reuse: bool = True):
     try:
-        with _source(path, reuse=reuse) as src:
+        with gdal_env(), _source(path, reuse=reuse) as src:
             if src.width * src.height > MAX_SOURCE_PIXELS:
                 raise SourceError(f"{what}: header claims {src.width}x{src.height} pixels; refusing to read it")
             return read(src)
@@ -301,6 +319,67 @@ class SourcePool:
 
 
 _POOL: SourcePool | None = None
+
+
+class ReadThreads:
+    """A process's threads for remote reads, shared by its tasks (so that a worker's outstanding
+    requests stay bounded however many tasks it runs), taking reads by priority: the task that
+    started first has its reads done first, so that tasks finish reading one after another and
+    each one's decoding and encoding overlaps the others' reads, rather than all finishing at once."""
+
+    def __init__(self, threads: int):
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        for n in range(threads):
+            threading.Thread(target=self._work, name=f"gridded-read_{n}", daemon=True).start()
+
+    def submit(self, fn, *, priority: tuple = ()) -> Future:
+        """fn() on a read thread, before every read of a greater `priority`; in order among equals."""
+        future: Future = Future()
+        self._queue.put((priority, next(self._order), future, fn))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            _, _, future, fn = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as err:  # the reader's to raise, where it asks for the result
+                future.set_exception(err)
+            del future, fn
+
+
+_READERS: dict[int, ReadThreads] = {}
+_READERS_LOCK = threading.Lock()
+
+
+def remote_reads() -> ReadThreads:
+    """This process's ReadThreads (REMOTE_READS_IN_FLIGHT of them)."""
+    pid = os.getpid()  # a forked worker starts its own: the parent's threads are not in the child
+    with _READERS_LOCK:
+        if pid not in _READERS:
+            _READERS.clear()
+            _READERS[pid] = ReadThreads(REMOTE_READS_IN_FLIGHT)
+        return _READERS[pid]
+
+
+def open_ahead(hrefs, *, what: str, priority: tuple = ()) -> list[Future]:
+    """Start opening remote files on the read threads, so that their headers arrive while other
+    reads run: each is kept open in the batch's pool for the read that follows (nothing is opened
+    without a pool, where it would be read twice). Failures are left to that read to report."""
+    if _POOL is None:
+        return []
+
+    sign = signer()
+
+    def header(href: str) -> None:
+        with suppress(SourceError):  # tried once, recording nothing: the read that follows has the retries
+            _read_once(gdal_path(sign(href)) if sign else gdal_path(href), what, lambda src: None, remote=True)
+
+    return [remote_reads().submit(lambda href=href: header(href), priority=priority) for href in hrefs
+            if is_remote(href)]
 
 
 @contextmanager
