@@ -41,6 +41,7 @@ def _clear_rule(coarse: Coarse | None, mask: MaskRule | None, geobox: GeoBox):
     the mask's values, or its result as 0/1 for masks of wider types; everything clear without a mask."""
     if coarse is None:
         return _NO_MASK[0], max(geobox.shape) + 1, 0, 0, _NO_MASK[1]
+    assert mask is not None  # a coarse mask read is made from a rule
     table = mask.lookup(coarse.values.dtype)
     values = coarse.values
     if table is None:
@@ -227,13 +228,14 @@ def _done(value) -> Future:
 def _has_values(reads, sentinels) -> np.ndarray:
     """Where a scene has a value in every band: not the file's nodata, not NaN, not the fill put
     where the file has no pixel."""
-    valid = None
+    valid: np.ndarray | None = None
     for (values, nodata), sentinel in zip(reads, sentinels):
         ok = values == values if np.issubdtype(values.dtype, np.floating) else np.ones(values.shape, dtype=bool)
         for missing in (nodata, sentinel):
             if missing is not None and not np.isnan(missing):
                 ok &= values != as_dtype(missing, values.dtype)
         valid = ok if valid is None else valid & ok
+    assert valid is not None  # a scene has at least one band
     return valid
 
 

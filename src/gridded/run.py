@@ -85,7 +85,7 @@ def run_plan(plan: Plan, output: str, *, workers: int = 1, overwrite: bool = Fal
     write_plan(storage, plan)  # what `gridded status` compares the output with, during the run and after
     tally = Tally(on_result)
     states = None if overwrite else task_states(plan.tasks, plan.pipeline, storage)
-    todo = plan if overwrite else _without_current(plan, states, tally)
+    todo = plan if states is None else _without_current(plan, states, tally)
     results: list[CellResult] = list(tally.results)
     workers = min(workers, max(1, len(todo.batches)))
     cluster = None

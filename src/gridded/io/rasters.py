@@ -238,10 +238,11 @@ CPLE_NOT_A_RASTER = frozenset({CPLE_OPEN_FAILED, CPLE_NOT_SUPPORTED})
 
 def _gdal_causes(err: BaseException) -> list[BaseException]:
     """The error and the GDAL errors behind it, outermost first."""
-    chain = []
-    while err is not None and err not in chain:
-        chain.append(err)
-        err = err.__cause__ or err.__context__
+    chain: list[BaseException] = []
+    cause: BaseException | None = err
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
     return chain
 
 
@@ -255,7 +256,7 @@ def source_error(err: rasterio.errors.RasterioError, what: str, *, remote: bool)
     numbers = {getattr(c, "errno", None) for c in causes}
     retryable = remote and not (numbers & CPLE_REFUSED)
     failure = SourceError(f"{what}: cannot be read ({message})", retryable=retryable)
-    failure.not_a_raster = bool(numbers & CPLE_NOT_A_RASTER)
+    failure.not_a_raster = bool(numbers & CPLE_NOT_A_RASTER)  # type: ignore[attr-defined]
     return failure
 
 
