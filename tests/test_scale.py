@@ -234,3 +234,27 @@ def test_plan_lists_a_continent_without_making_observations(synthetic, monkeypat
     rows = json.loads(result.stdout)
     assert len(rows) > 1000 and {r["period"] for r in rows} == {"2024-01--P1M"}
     assert f"{len(rows)} tasks" in result.stderr
+
+
+@pytest.mark.parametrize("coordinates", [
+    [[[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]]],  # as published
+    [[[0, 0], [4, 0], [4, 4], [0, 4]]],  # not closed: shapely closes it
+    [[[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]], [[1, 1], [2, 1], [2, 2], [1, 1]]],  # a hole
+    [[[0, 0, 5], [4, 0, 5], [4, 4, 5], [0, 4, 5], [0, 0, 5]]],  # with heights
+])
+def test_a_footprint_is_stored_as_shapely_writes_it(synthetic, coordinates):
+    """Footprints are packed to WKB without shapely where they can be: the same bytes and bounds."""
+    import shapely
+    from shapely.geometry import shape
+
+    from gridded.candidates import candidate_of
+
+    with open(synthetic) as f:
+        doc = json.loads(f.readline())
+    doc["geometry"] = {"type": "Polygon", "coordinates": coordinates}
+    candidate, _ = candidate_of(doc)
+    expected = shape(doc["geometry"])
+    assert shapely.from_wkb(candidate.geometry).equals(expected)
+    assert (candidate.minx, candidate.miny, candidate.maxx, candidate.maxy) == expected.bounds
+    if len(coordinates[0][0]) == 2:
+        assert candidate.geometry == shapely.to_wkb(expected)

@@ -169,7 +169,9 @@ def _footprint(geometry, bbox) -> tuple[bytes, tuple[float, float, float, float]
     if isinstance(geometry, dict) and geometry.get("type") == "Polygon":
         try:
             rings = [[(float(x), float(y)) for x, y in ring] for ring in geometry["coordinates"]]
-        except (TypeError, ValueError, KeyError):
+            # closed, as shapely closes them
+            rings = [ring if ring[0] == ring[-1] else [*ring, ring[0]] for ring in rings]
+        except (TypeError, ValueError, KeyError, IndexError):
             rings = None  # shapely says what is wrong with it
         if rings and all(len(ring) >= 4 for ring in rings):
             xs, ys = zip(*rings[0], strict=True)
