@@ -165,3 +165,41 @@ def test_without_sign_the_blob_store_refuses_and_says_so(stand, tmp_path):
     assert proc.returncode in (1, 2), proc.stderr[-2000:]
     assert all(sig == "" for _, sig in state.reads) and state.tokens_given == 0
     assert any("403" in line for line in proc.stdout.splitlines() if line.startswith("FAILED"))
+
+
+def test_reads_refused_together_share_one_new_token(stand, monkeypatch):
+    """Reads of a batch on threads meet the expired token together: the first to ask for a new one
+    gets it, the others sign with it instead of fetching one each."""
+    import planetary_computer.sas as sas
+    from planetary_computer.settings import Settings
+
+    from gridded.io.access import PlanetaryComputerSigner
+
+    state, _, _, env, _ = stand
+    monkeypatch.setenv("PC_SDK_SAS_URL", env["PC_SDK_SAS_URL"])
+    Settings.get.cache_clear()
+    sas.TOKEN_CACHE.clear()
+    try:
+        sign = PlanetaryComputerSigner()
+        href = f"https://{ACCOUNT}.blob.core.windows.net/{CONTAINER}/tiles/B04.tif"
+        refused = sign(href)
+        assert refused.endswith("sig=sig-1")
+        start = threading.Barrier(8)
+        again: list[str] = []
+
+        def refuse():
+            start.wait()
+            again.append(sign(href, refresh=refused))
+
+        threads = [threading.Thread(target=refuse) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert state.tokens_given == 2 and again == [href + "?" + again[0].split("?", 1)[1]] * 8
+        assert again[0].endswith("sig=sig-2")
+        assert sign(href, refresh=again[0]).endswith("sig=sig-3")  # a refused new token: a newer one
+        assert sign(href).endswith("sig=sig-3") and state.tokens_given == 3
+    finally:
+        Settings.get.cache_clear()
+        sas.TOKEN_CACHE.clear()

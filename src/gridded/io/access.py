@@ -74,7 +74,8 @@ def redact(text: str) -> str:
 class PlanetaryComputerSigner:
     """Signs Azure Blob Storage hrefs with a SAS token from the Planetary Computer's token endpoint
     (`PC_SDK_SAS_URL`, and `PC_SDK_SUBSCRIPTION_KEY` if set), tokens cached by the SDK until a
-    minute before they expire; `refresh` gets a new one (after a 403 of an expired token)."""
+    minute before they expire; `refresh=` the signed href a read was refused with gets a new token
+    unless another thread already has (reads of a batch refused together get one token between them)."""
 
     def __init__(self):
         try:
@@ -85,7 +86,7 @@ class PlanetaryComputerSigner:
         self.sas = sas
         self.lock = threading.Lock()
 
-    def __call__(self, href: str, *, refresh: bool = False) -> str:
+    def __call__(self, href: str, *, refresh: str | None = None) -> str:
         parsed = urlparse(href)
         if not parsed.netloc.endswith(".blob.core.windows.net") or "sig=" in parsed.query:
             return href
@@ -94,8 +95,9 @@ class PlanetaryComputerSigner:
         settings = self.sas.Settings.get()
         url = f"{settings.sas_url}/{account}/{container}"
         with self.lock:
-            if refresh:
-                self.sas.TOKEN_CACHE.pop(url, None)
+            cached = self.sas.TOKEN_CACHE.get(url)
+            if refresh is not None and cached is not None and refresh.endswith("?" + cached.token):
+                del self.sas.TOKEN_CACHE[url]  # the token refused is still the cached one: a new one
             try:
                 token = self.sas.get_token(account, container, retry_total=TOKEN_ATTEMPTS, retry_backoff_factor=0.2)
             except Exception as err:  # requests' HTTPError and RetryError, urllib3's: one line for them all

@@ -199,14 +199,15 @@ def _retrying(href: str, what: str, read):
     attempts = READ_ATTEMPTS if remote else 1
     key = gdal_path(href)  # unsigned: a signed href changes with its token
     sign = signer()
-    path = gdal_path(sign(href)) if sign else key
+    signed = sign(href) if sign else href
+    path = gdal_path(signed)
     pool = _POOL
     if pool is not None and key in pool.gave_up:  # failed every attempt for an earlier task of the batch:
         raise SourceError(f"{what}: {pool.gave_up[key]}")  # fail this one without a retry storm
     not_a_raster: list[bool] = []
     for attempt in range(1, attempts + 1):
         if attempt == 2 and sign:  # the token may have expired: sign again, with a new one
-            path = gdal_path(sign(href, refresh=True))
+            path = gdal_path(sign(href, refresh=signed))
         try:
             if attempt == 1:
                 return _read_once(path, what, read, remote=remote)
