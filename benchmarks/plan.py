@@ -16,9 +16,11 @@ loopback port and stops at the end) and, each command in a process of its own, t
   plan Africa    the same with --extent -18,-35,52,38
   tiles generate the Africa selection with --cells FILE (a local artifact) instead of --json
 
-Peak MB is the peak resident set of the command's process tree: psutil polls the process and its
-children every 50 ms and sums their RSS, and each process's own high-water mark (VmHWM, which
-catches peaks between polls) is read at each poll; the peak is the larger of the two. A
+Peak MB is the peak memory of the command's process tree: psutil finds the process and its
+children every 50 ms and their proportional set sizes are summed (PSS, from /proc/PID/smaps_rollup:
+a page shared by n processes counts 1/n in each, so what forked workers share with their parent
+counts once; summed RSS would count it once per process), and each process's own high-water mark
+(VmHWM, which catches peaks between polls) is read at each poll; the peak is the larger of the two. A
 PostgreSQL server's own memory is not counted (it is not gridded's process). A command that fails
 or runs past --timeout (its process group is killed) is reported as such, with its last stderr line,
 and the run goes on.
@@ -90,7 +92,7 @@ def measure(cmd: list[str], *, out: Path, err: Path, timeout_s: float) -> dict:
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
                 if pid == proc.pid:
                     break
-                peak_b = max(peak_b, _tree_rss(root))
+                peak_b = max(peak_b, _tree_memory(root))
                 if time.perf_counter() - start > timeout_s:
                     timed_out = True
                     os.killpg(proc.pid, signal.SIGKILL)  # the group this command leads: it and its children
@@ -109,26 +111,23 @@ def measure(cmd: list[str], *, out: Path, err: Path, timeout_s: float) -> dict:
             "last_stderr": lines[-1][:300] if lines else "", "ok": proc.returncode == 0 and not timed_out}
 
 
-def _tree_rss(root: psutil.Process) -> int:
-    """The larger of the tree's summed RSS now and any one process's own high-water mark so far."""
+def _tree_memory(root: psutil.Process) -> int:
+    """The larger of the tree's summed PSS now and any one process's own high-water mark so far."""
     try:
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0
-    total, hwm = 0, 0
-    for p in procs:
-        with suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            total += p.memory_info().rss
-        hwm = max(hwm, _vm_hwm(p.pid))
-    return max(total, hwm)
+    return max(sum(_proc_kb(p.pid, "smaps_rollup", "Pss:") for p in procs),
+               max(_proc_kb(p.pid, "status", "VmHWM:") for p in procs)) * 1024
 
 
-def _vm_hwm(pid: int) -> int:
+def _proc_kb(pid: int, name: str, field: str) -> int:
+    """A kB figure of /proc/PID/NAME (0 for a process gone meanwhile)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/{name}") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(field):
+                    return int(line.split()[1])
     except OSError:
         pass
     return 0
@@ -543,8 +542,8 @@ def header(sizes: list[int], rows: dict[str, list[dict]]) -> str:
             f"plan: `--collection {synthetic_index.COLLECTION} --time 2024 --period P1M --grid africa-10m "
             f"--bands red,nir --tiles-per-worker 1 --json`, Kenya `{EXTENTS['Kenya']}`, Africa `{EXTENTS['Africa']}`; "
             f"tiles generate: the Africa selection with `--cells FILE`. Wall s of the whole command (interpreter "
-            f"start included); peak MB of its process tree (RSS polled every {POLL_S * 1000:.0f} ms and each "
-            f"process's VmHWM). Tasks: rows of plan --json; cells: in the extent (with data).")
+            f"start included); peak MB of its process tree (PSS summed every {POLL_S * 1000:.0f} ms, "
+            f"or one process's VmHWM if larger). Tasks: rows of plan --json; cells: in the extent (with data).")
 
 
 if __name__ == "__main__":

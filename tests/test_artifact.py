@@ -175,15 +175,21 @@ def test_round_trip_equals_the_plan(artifact):
         assert got is not batch
         assert pipeline == plan.pipeline and grid == plan.grid
         assert got_header["version"] == FORMAT_VERSION
-        # the payload: the batch as plain tuples (each task a run of observation rows, times in
-        # microseconds since 1970), beside the shared recipe
+        # the payload: the batch as its id and one zlib blob per cell, each the cell's tasks as plain
+        # tuples (each task a run of observation rows, times in microseconds since 1970), beside the
+        # shared recipe
         outer = pickle.loads(zlib.decompress(payload))
-        batch_id, tasks, (rows, times) = outer["batch"]
-        assert batch_id == batch.id and len(tasks) == len(batch.tasks)
-        assert [[rows[i][0] for i in range(start, stop)] for *_, start, stop in tasks] == \
-            [[o.item_id for o in t.observations] for t in batch.tasks]
-        assert times == [int(o.time.timestamp()) * 10**6 + o.time.microsecond
-                         for t in batch.tasks for o in t.observations]
+        batch_id, blobs = outer["batch"]
+        cells = list(dict.fromkeys(t.key for t in batch.tasks))
+        assert batch_id == batch.id and len(blobs) == len(cells)
+        for key, blob in zip(cells, blobs, strict=True):
+            tasks, (rows, times) = pickle.loads(zlib.decompress(blob))
+            mine = [t for t in batch.tasks if t.key == key]
+            assert [tuple(head[0]) for head in tasks] == [key] * len(mine)
+            assert [[rows[i][0] for i in range(start, stop)] for *_, start, stop in tasks] == \
+                [[o.item_id for o in t.observations] for t in mine]
+            assert times == [int(o.time.timestamp()) * 10**6 + o.time.microsecond
+                             for t in mine for o in t.observations]
         assert pickle.loads(outer["common"])["pipeline"] == plan.pipeline
 
 
@@ -324,7 +330,7 @@ def artifact_with(payload: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("attack", [Touch, EvalTouch, RemoveTree, GriddedCallable])
-@pytest.mark.parametrize("nested", [False, True], ids=["bare", "inside-a-batch-doc"])
+@pytest.mark.parametrize("nested", [False, True, "cell"], ids=["bare", "inside-a-batch-doc", "inside-a-cell"])
 def test_a_foreign_pickle_is_refused_before_it_runs(plans, tmp_path, attack, nested):
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -333,6 +339,9 @@ def test_a_foreign_pickle_is_refused_before_it_runs(plans, tmp_path, attack, nes
     evil = attack(target)
     plan = plans[2]
     doc = {"pipeline": plan.pipeline, "grid": plan.grid, "batch": evil} if nested else evil
+    if nested == "cell":  # a well-formed batch whose one cell blob is the attack
+        common = pickle.dumps({"pipeline": plan.pipeline, "grid": plan.grid, "access": None}, protocol=5)
+        doc = {"common": common, "batch": (0, (zlib.compress(pickle.dumps(evil, protocol=5)),))}
     path = tmp_path / "cells.pickle"
     path.write_bytes(artifact_with(pickle.dumps(doc, protocol=5)))
     with pytest.raises(ArtifactError, match="refusing") as err:
@@ -340,6 +349,22 @@ def test_a_foreign_pickle_is_refused_before_it_runs(plans, tmp_path, attack, nes
     assert "\n" not in str(err.value)
     assert not (victim / "SOMEFILE").exists()
     assert (victim / "keep.txt").read_text() == "still here"
+
+
+def test_cells_that_inflate_beyond_the_limit_together_are_refused(artifact, monkeypatch):
+    import gridded.artifact
+
+    plan, path = artifact
+    outer = zlib.decompress(split_artifact(path.read_bytes())[1][0])
+    sizes = [len(zlib.decompress(blob)) for blob in pickle.loads(outer)["batch"][1]]
+    assert len(sizes) >= 2 and len(outer) < sum(sizes) - 1 and max(sizes) < sum(sizes) - 1
+    # the outer payload and every cell fit the limit alone; the cells together do not: the limit
+    # is the batch's, not each cell's
+    monkeypatch.setattr(gridded.artifact, "MAX_BATCH_BYTES", sum(sizes) - 1)
+    with pytest.raises(ArtifactError, match="inflates beyond"):
+        read_batch(str(path), 0)
+    monkeypatch.setattr(gridded.artifact, "MAX_BATCH_BYTES", sum(sizes))
+    assert read_batch(str(path), 0)[3] == plan.batches[0]
 
 
 def test_a_pickle_of_plain_builtins_that_is_no_batch_is_refused(tmp_path):

@@ -5,6 +5,7 @@ block equal to plans made at once, and task rows counted without making observat
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import uuid
@@ -258,3 +259,98 @@ def test_a_footprint_is_stored_as_shapely_writes_it(synthetic, coordinates):
     assert (candidate.minx, candidate.miny, candidate.maxx, candidate.maxy) == expected.bounds
     if len(coordinates[0][0]) == 2:
         assert candidate.geometry == shapely.to_wkb(expected)
+
+
+@pytest.mark.parametrize("dsn", ["sqlite", "postgresql"], indirect=True)
+def test_blocks_planned_by_worker_processes_make_the_same_artifact(dsn, synthetic, tmp_path, monkeypatch):
+    """An index's blocks planned by two spawned processes (each its own connection) give the
+    artifact, totals and task rows that planning in this process gives."""
+    from importlib import import_module
+
+    from gridded.artifact import read_batch, write_artifact
+    from gridded.index import ingest
+
+    index = open_index(dsn)
+    try:
+        ingest(str(synthetic), index)
+    finally:
+        index.close()
+    selection = kenya(index=dsn)
+    module, parent = import_module("gridded.plan"), os.getpid()
+    real = module.plan_block
+
+    def elsewhere(*args):  # a forked worker inherits the patch: only this process refuses to plan
+        if os.getpid() == parent:
+            pytest.fail("a block was planned in this process")
+        return real(*args)
+
+    got = {}
+    for workers in (1, 2):
+        if workers == 2:
+            monkeypatch.setattr(module, "plan_block", elsewhere)
+        path = str(tmp_path / f"cells-{workers}.pickle")
+        with plan_stream(selection, workers=workers) as stream:
+            assert len(stream.blocks) >= 8
+            n = write_artifact(stream, path)
+            totals = (n, stream.n_batches, stream.n_tasks, stream.n_observations, sorted(stream.empty_cells),
+                      stream.largest, len(stream.footprints))
+            rows = list(stream.rows())
+        got[workers] = totals, rows, plan_key(read_batch(path, i)[3] for i in range(n))
+    assert got[2] == got[1]
+    monkeypatch.undo()
+    whole = plan_for(selection)
+    assert got[1][2] == plan_key(whole.batches) and whole.tasks
+    assert got[1][0][:4] == (len(whole.batches), len(whole.batches), len(whole.tasks),
+                             sum(len(t.observations) for t in whole.tasks))
+    assert len(got[1][1]) == len(whole.tasks) and sorted(got[1][0][4]) == sorted(whole.empty_cells)
+
+
+def test_planning_workers_are_one_per_cpu_for_many_blocks(monkeypatch):
+    import dask.system
+
+    from gridded.plan import MAX_PLAN_WORKERS, PARALLEL_MIN_BLOCKS, plan_workers
+
+    monkeypatch.setattr(dask.system, "CPU_COUNT", 2)
+    assert plan_workers(PARALLEL_MIN_BLOCKS - 1) == 1 and plan_workers(PARALLEL_MIN_BLOCKS) == 2
+    monkeypatch.setattr(dask.system, "CPU_COUNT", 64)
+    assert plan_workers(10_000) == MAX_PLAN_WORKERS and plan_workers(12) == 3
+
+
+def test_sigterm_while_workers_plan_stops_them_and_leaves_nothing(synthetic, tmp_path):
+    import signal
+
+    import psutil
+
+    from gridded.artifact import write_artifact
+    from gridded.errors import Interrupted
+    from gridded.index import ingest
+
+    dsn = f"sqlite:///{tmp_path / 'index.db'}"
+    index = open_index(dsn)
+    try:
+        ingest(str(synthetic), index)
+    finally:
+        index.close()
+    before = signal.getsignal(signal.SIGTERM)
+    import gridded.artifact
+
+    entry = gridded.artifact.ENTRY
+
+    class TermOnSecond:  # the artifact's index entries: SIGTERM, as Kubernetes stops a pod, mid-write
+        size, calls = entry.size, 0
+
+        def pack(self, *values):
+            self.calls += 1
+            if self.calls == 2:
+                assert len(psutil.Process().children()) == 2  # the workers, planning
+                os.kill(os.getpid(), signal.SIGTERM)
+            return entry.pack(*values)
+
+    with plan_stream(kenya(index=dsn), workers=2) as stream, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gridded.artifact, "ENTRY", TermOnSecond())
+        with pytest.raises(Interrupted, match="while planning: nothing was written") as err:
+            write_artifact(stream, str(tmp_path / "cells.pickle"))
+        assert psutil.Process().children() == []  # stopped before the stream is closed
+    assert err.value.exit_code == 143 and err.value.retryable
+    assert list(tmp_path.iterdir()) == [tmp_path / "index.db"]
+    assert signal.getsignal(signal.SIGTERM) == before

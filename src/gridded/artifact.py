@@ -29,7 +29,8 @@ import pickle
 import struct
 import zlib
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from itertools import groupby
 from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple
@@ -39,14 +40,13 @@ from .grid import Grid
 from .io.access import SourceAccess
 from .io.storage import storage_for_file
 from .pipeline import Pipeline
-from .plan import Batch, Observation, Plan, Task
+from .plan import Batch, Plan, Task, cell_blob, tasks_of_rows
 
 MAGIC = b"GRIDDED-CELLS\n"
-FORMAT_VERSION = 3  # 3: batches as plain tuples beside one pickle of what they share
+FORMAT_VERSION = 4  # 3: batches as plain tuples beside one pickle of what they share; 4: cells compressed apart
 PREAMBLE = struct.Struct("<4Q")
 ENTRY = struct.Struct("<QQ32s")
 MAX_HEADER_BYTES = 1 << 20
-ZLIB_LEVEL = 1
 MAX_BATCH_BYTES = 4 << 30  # a batch's pickle inflates to at most this
 REGENERATE = "regenerate it with `gridded tiles generate`"
 
@@ -80,61 +80,36 @@ def write_artifact(plan, uri: str) -> int:
     """Write the batches of a Plan or PlanStream (iterated here, so a stream is made as it is
     written) to `uri`; the number of batches written. Nothing is left at `uri` on failure."""
     store, name = storage_for_file(uri)
-    batches: Iterable[Batch] = plan.batches if isinstance(plan, Plan) else plan
+    batches: Iterable[tuple] = (map(_encoded, plan.batches) if isinstance(plan, Plan) else plan.encoded_batches())
     scratch = Path(store.scratch_path(name))
     try:
         n = _write_file(scratch, batches, plan)
         store.put_file(name, scratch)
     finally:
+        if hasattr(batches, "close"):  # a stream stopped early stops its planning workers now
+            batches.close()
         if scratch.exists():
             scratch.unlink()
     return n
 
 
-_ROW_FIELDS = tuple(name for name in Observation.__slots__ if name != "time")
-_ROW = attrgetter(*_ROW_FIELDS)
-_TIME_OF = attrgetter("time")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+def _encoded(batch: Batch) -> tuple[int, tuple[bytes, ...]]:
+    """A batch of a Plan as a stream's encoded_batches gives it: (id, one blob per cell)."""
+    return batch.id, tuple(cell_blob(list(tasks)) for _, tasks in groupby(batch.tasks, key=attrgetter("key")))
 
 
-def _encoded(batch: Batch) -> tuple:
-    """A batch as plain tuples, which pickle at C speed (a continent's artifact holds millions of
-    observations): each task's observations as a run of rows of their field values but time, and
-    the times apart as integer microseconds since 1970 UTC."""
-    rows: list = []
-    times: list = []
-    tasks = []
-    for task in batch.tasks:
-        start = len(rows)
-        rows.extend(map(_ROW, task.observations))
-        times.extend(map(_TIME_OF, task.observations))
-        tasks.append((task.key, task.crs, task.transform, task.shape_yx, task.period, start, len(rows)))
-    return batch.id, tuple(tasks), (tuple(rows), [(t - _EPOCH) // _MICROSECOND for t in times])
-
-
-def _decoded(encoded) -> Batch:
-    batch_id, tasks, (rows, times) = encoded
-    observations = [Observation(**dict(zip(_ROW_FIELDS, row, strict=True)), time=_EPOCH + timedelta(microseconds=us))
-                    for row, us in zip(rows, times, strict=True)]
-    return Batch(id=batch_id, tasks=tuple(
-        Task(key=tuple(key), crs=crs, transform=tuple(transform), shape_yx=tuple(shape_yx), period=period,
-             observations=tuple(observations[start:stop]))
-        for key, crs, transform, shape_yx, period, start, stop in tasks))
-
-
-def _write_file(path: Path, batches: Iterable[Batch], plan) -> int:
+def _write_file(path: Path, batches: Iterable[tuple], plan) -> int:
     entries = []
     # what every batch's payload carries besides its batch, pickled once
     common = pickle.dumps({"pipeline": plan.pipeline, "grid": plan.grid, "access": plan.access}, protocol=5)
     with open(path, "wb") as f:
         f.write(MAGIC + PREAMBLE.pack(0, 0, 0, 0))
         offset = len(MAGIC) + PREAMBLE.size
-        for expected, batch in enumerate(batches):
-            if batch.id != expected:
-                raise ArtifactError(f"batch ids must be 0..N-1 in order: got {batch.id} after {expected - 1}")
-            payload = zlib.compress(pickle.dumps({"common": common, "batch": _encoded(batch)}, protocol=5),
-                                    ZLIB_LEVEL)
+        for expected, batch in enumerate(batches):  # each (id, its cells' blobs)
+            if batch[0] != expected:
+                raise ArtifactError(f"batch ids must be 0..N-1 in order: got {batch[0]} after {expected - 1}")
+            # the cells are compressed already: the payload is stored (level 0), a zlib stream still
+            payload = zlib.compress(pickle.dumps({"common": common, "batch": batch}, protocol=5), 0)
             entries.append(ENTRY.pack(offset, len(payload), hashlib.sha256(payload).digest()))
             f.write(payload)
             offset += len(payload)
@@ -190,6 +165,17 @@ class BatchRead(NamedTuple):
     access: SourceAccess
 
 
+def _inflated(data: bytes, limit: int, uri: str, batch_id: int) -> bytes:
+    """`data` inflated, refused past `limit` bytes (a small payload may inflate to any size)."""
+    inflate = zlib.decompressobj()
+    out = inflate.decompress(data, limit) if limit > 0 else b""  # (a max_length of 0 is no limit)
+    if inflate.unconsumed_tail or (limit <= 0 and data):
+        raise ArtifactError(f"{uri}: batch {batch_id} inflates beyond {MAX_BATCH_BYTES >> 20} MiB; regenerate it")
+    if not inflate.eof:
+        raise ArtifactError(f"{uri}: batch {batch_id} is cut short; regenerate it")
+    return out
+
+
 def read_batch(uri: str, batch_id: int) -> BatchRead:
     """(header, pipeline, grid, batch, access) for one batch id, digest-checked and safely unpickled:
     four ranged reads (preamble, header, index entry, payload), whatever the artifact's size."""
@@ -206,21 +192,25 @@ def read_batch(uri: str, batch_id: int) -> BatchRead:
     if len(payload) != length or hashlib.sha256(payload).digest() != digest:
         raise ArtifactError(f"{uri}: batch {batch_id} fails its SHA-256 check (tampered or truncated); regenerate it")
     try:
-        inflate = zlib.decompressobj()
-        data = inflate.decompress(payload, MAX_BATCH_BYTES)
-        if inflate.unconsumed_tail:
-            raise ArtifactError(f"{uri}: batch {batch_id} inflates beyond {MAX_BATCH_BYTES >> 20} MiB; regenerate it")
-        outer = _RestrictedUnpickler(io.BytesIO(data)).load()
-        if not (isinstance(outer, dict) and isinstance(outer.get("common"), bytes)
-                and isinstance(outer.get("batch"), tuple) and len(outer["batch"]) == 3):
+        outer = _RestrictedUnpickler(io.BytesIO(_inflated(payload, MAX_BATCH_BYTES, uri, batch_id))).load()
+        batch = outer.get("batch") if isinstance(outer, dict) else None
+        if not (isinstance(batch, tuple) and isinstance(outer.get("common"), bytes) and len(batch) == 2
+                and batch[0] == batch_id and isinstance(batch[1], tuple)
+                and all(isinstance(blob, bytes) for blob in batch[1])):
             raise ArtifactError(f"{uri}: batch {batch_id} holds no batch {batch_id}; regenerate it")
         doc = _RestrictedUnpickler(io.BytesIO(outer["common"])).load()
-        doc["batch"] = _decoded(outer["batch"])
+        budget, tasks = MAX_BATCH_BYTES, list[Task]()
+        for blob in batch[1]:  # each cell's tasks, compressed apart (by the process that planned it)
+            rows = _inflated(blob, budget, uri, batch_id)
+            budget -= len(rows)
+            heads, (observations, times) = _RestrictedUnpickler(io.BytesIO(rows)).load()
+            tasks.extend(tasks_of_rows(heads, observations, times))
+        doc["batch"] = Batch(id=batch_id, tasks=tuple(tasks))
     except ArtifactError:
         raise
     except Exception as err:
         raise ArtifactError(f"{uri}: batch {batch_id} cannot be decoded ({err.__class__.__name__}); "
                             f"regenerate it") from err
-    if not isinstance(doc, dict) or not isinstance(doc.get("batch"), Batch) or doc["batch"].id != batch_id:
+    if not isinstance(doc, dict):
         raise ArtifactError(f"{uri}: batch {batch_id} holds no batch {batch_id}; regenerate it")
     return BatchRead(header, doc["pipeline"], doc["grid"], doc["batch"], doc.get("access") or SourceAccess())

@@ -8,15 +8,22 @@ tasks, its batches; so a continent against millions of items needs the memory of
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import math
+import os
+import pickle
+import signal
+import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pystac
@@ -27,7 +34,7 @@ from odc.geo.geom import Geometry
 
 from ._pickling import by_fields
 from .candidates import GEOMETRY, Candidate, candidate_of_item, drop_superseded
-from .errors import ConfigError
+from .errors import ConfigError, GriddedError, Interrupted
 from .grid import Grid, cell_outline_lonlat, cells_for_extent, outlines_lonlat
 from .io.access import SourceAccess
 from .masks import MaskRule
@@ -98,6 +105,61 @@ class Task:
             "period": [self.period.start.isoformat(), self.period.end.isoformat()],
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+_ROW_FIELDS = tuple(name for name in Observation.__slots__ if name != "time")
+_ROW = attrgetter(*_ROW_FIELDS)
+_TIME_OF = attrgetter("time")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def rows_of_tasks(tasks) -> tuple[tuple, tuple[tuple, list[int]]]:
+    """Tasks as plain tuples, which pickle at C speed (a continent's cells artifact and the
+    planning workers' results hold millions of observations): (key, crs, transform, shape, period,
+    start, stop) per task, its observations rows[start:stop] of their field values but time, and
+    the times apart as integer microseconds since 1970 UTC."""
+    rows: list = []
+    times: list = []
+    heads = []
+    for task in tasks:
+        start = len(rows)
+        rows.extend(map(_ROW, task.observations))
+        times.extend(map(_TIME_OF, task.observations))
+        heads.append((task.key, task.crs, task.transform, task.shape_yx, task.period, start, len(rows)))
+    return tuple(heads), (tuple(rows), [(t - _EPOCH) // _MICROSECOND for t in times])
+
+
+def tasks_of_rows(heads, rows, times) -> tuple[Task, ...]:
+    """The Tasks `rows_of_tasks` gave these tuples for."""
+    observations = [Observation(**dict(zip(_ROW_FIELDS, row, strict=True)), time=_EPOCH + timedelta(microseconds=us))
+                    for row, us in zip(rows, times, strict=True)]
+    return tuple(Task(key=tuple(key), crs=crs, transform=tuple(transform), shape_yx=tuple(shape_yx), period=period,
+                      observations=tuple(observations[start:stop]))
+                 for key, crs, transform, shape_yx, period, start, stop in heads)
+
+
+CELL_ZLIB_LEVEL = 1
+
+
+def cell_blob(tasks) -> bytes:
+    """One cell's tasks as the cells artifact stores them: the zlib-compressed pickle of
+    rows_of_tasks (made by whichever process plans the cell, so compressing is parallel too)."""
+    return zlib.compress(pickle.dumps(rows_of_tasks(tasks), protocol=5), CELL_ZLIB_LEVEL)
+
+
+class CellRows(NamedTuple):
+    """A cell's tasks as a planning worker hands them back: the blob, and what the plan's totals
+    and memory estimate need of them (per task its period label and layers)."""
+
+    blob: bytes
+    n_observations: int
+    tasks: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def of(cls, tasks) -> CellRows:
+        return cls(cell_blob(tasks), sum(len(t.observations) for t in tasks),
+                   tuple((t.period.label, t.n_layers) for t in tasks))
 
 
 class TaskShape(NamedTuple):
@@ -252,6 +314,102 @@ def _us(when: datetime) -> np.datetime64:
     return np.datetime64(when.astimezone(UTC).replace(tzinfo=None), "us")
 
 
+class BlockSpec(NamedTuple):
+    """What planning a block needs besides the block and the source: sent once to each worker."""
+
+    time: TimeRange
+    collections: tuple[str, ...]
+    resolved: dict
+    local_roots: tuple[Path, ...] | None
+    periods: list[Period]
+    counts_only: bool
+    as_rows: bool = False  # each cell's tasks as a CellRows
+
+
+def plan_block(source, spec: BlockSpec, block: list, bbox, want_footprints: bool) -> tuple[list, list]:
+    """One block: one query of the source for its bbox, then (cell, shape, tasks or counts) for each
+    of its cells in order (an empty list for a cell without data) and the footprints found."""
+    from .finder import ObservationFinder
+
+    outlines = outlines_lonlat([gbox for _, gbox in block])
+    found = source.candidates(bbox=bbox, start=spec.time.start, end=spec.time.end, collections=spec.collections,
+                              hrefs=not spec.counts_only)
+    found = drop_superseded(found)
+    footprints = list(dict.fromkeys(c[GEOMETRY] for c in found)) if want_footprints else []
+    finder = ObservationFinder.of_candidates(found, spec.resolved, spec.local_roots)
+    cells: list[tuple[tuple[int, int], tuple[int, int], Any]] = []
+    for (key, gbox), outline in zip(block, outlines, strict=True):
+        if spec.counts_only:
+            cells.append((key, tuple(gbox.shape), finder.counts_for(gbox, spec.periods, outline)))
+        else:
+            tasks = finder.tasks_for(key, gbox, spec.periods, outline)
+            if spec.as_rows and tasks:
+                cells.append((key, tuple(gbox.shape), CellRows.of(tasks)))
+            else:
+                cells.append((key, tuple(gbox.shape), tasks))
+    return cells, footprints
+
+
+PARALLEL_MIN_BLOCKS = 8  # fewer blocks are planned in the calling process: a worker takes ~1 s to start
+MAX_PLAN_WORKERS = 8     # each holds its own connection and page cache (~100 MB)
+
+
+def plan_workers(n_blocks: int) -> int:
+    """Worker processes for planning `n_blocks` blocks from an index: one per CPU this process may
+    use (cgroup quotas counted, as a pod's limit), at most MAX_PLAN_WORKERS, none for few blocks."""
+    from dask.system import CPU_COUNT
+
+    if n_blocks < PARALLEL_MIN_BLOCKS:
+        return 1
+    return max(1, min(CPU_COUNT, MAX_PLAN_WORKERS, n_blocks // 4))
+
+
+_WORKER: dict = {}  # a planning worker's index connection and block spec
+
+
+def _stop_on_sigterm():
+    """SIGTERM (as Kubernetes sends it) raises Interrupted here while workers plan, so they are
+    stopped and nothing half-written is left; the handler it replaced (None off the main thread)."""
+    import threading
+
+    def on_term(signum, frame):
+        raise Interrupted(f"stopped by signal {signum} while planning: nothing was written; rerun it")
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, on_term)
+
+
+def _start_block_worker(dsn: str, spec: BlockSpec, parent: int) -> None:
+    from .index import open_index
+
+    # the parent answers Ctrl-C and SIGTERM (and stops its workers); a worker dies with it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with(parent)
+    _WORKER["source"], _WORKER["spec"] = open_index(dsn), spec
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _die_with(parent: int) -> None:
+    """On Linux, have the kernel stop this worker when the process that made it dies (SIGKILL
+    included): a pool's workers otherwise wait on its queue for ever."""
+    import sys
+
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before that was set
+        os._exit(1)
+
+
+def _plan_block(block: list, bbox, want_footprints: bool) -> tuple[list, list]:
+    return plan_block(_WORKER["source"], _WORKER["spec"], block, bbox, want_footprints)
+
+
 class PlanStream:
     """The plan of a selection made block by block: iterate for the batches as they are made; the
     totals (`n_items`, `empty_cells`, `n_tasks`, ...) are complete once iterated; `to_plan()` keeps
@@ -260,7 +418,8 @@ class PlanStream:
 
     def __init__(self, *, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, tiles_per_worker: int,
                  candidates, local_roots: tuple[Path, ...] | None = None, collections: tuple[str, ...] = (),
-                 access: SourceAccess | None = None, block_side: int | None = None, cells: CellBlocks | None = None):
+                 access: SourceAccess | None = None, block_side: int | None = None, cells: CellBlocks | None = None,
+                 workers: int | None = 1):
         from .finder import resolve_layouts
 
         if tiles_per_worker < 1:
@@ -279,6 +438,7 @@ class PlanStream:
         self.n_batches = self.n_tasks = self.n_observations = 0
         self.footprints: dict[bytes, None] = {}
         self.largest: TaskShape | None = None  # of the tasks so far, for the summary's memory estimate
+        self.workers = workers  # processes planning an index's blocks; None: one per CPU for many blocks
 
     def close(self) -> None:
         self.source.close()
@@ -289,31 +449,65 @@ class PlanStream:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _cells(self, counts_only: bool) -> Iterator[tuple[tuple[int, int], tuple[int, int], list]]:
+    def _cells(self, counts_only: bool, as_rows: bool = False) -> Iterator[tuple[tuple[int, int], tuple[int, int],
+                                                                                Any]]:
         """(cell, its shape, its tasks) for each cell with data, in plan order; with `counts_only`
-        its (period, number of observations, of layers) instead, no observation made."""
-        from .finder import ObservationFinder
-
+        its (period, number of observations, of layers) instead, no observation made; `as_rows`:
+        a CellRows."""
         self.empty_cells, self.footprints = [], {}
         self.n_batches = self.n_tasks = self.n_observations = 0
         self.largest = None
-        for block, bbox in zip(self.blocks, self.layout.bboxes):
-            outlines = outlines_lonlat([gbox for _, gbox in block])
-            found = self.source.candidates(bbox=bbox, start=self.time.start, end=self.time.end,
-                                           collections=self.collections, hrefs=not counts_only)
-            found = drop_superseded(found)
+        for cells, footprints in self._blocks_planned(counts_only, as_rows):
             if len(self.footprints) <= MAX_MAP_FOOTPRINTS:
-                self.footprints.update(dict.fromkeys(c[GEOMETRY] for c in found))
-            finder = ObservationFinder.of_candidates(found, self.resolved, self.local_roots)
-            for (key, gbox), outline in zip(block, outlines):
-                if counts_only:
-                    found_tasks: list = finder.counts_for(gbox, self.periods, outline)  # or tasks, below
-                else:
-                    found_tasks = finder.tasks_for(key, gbox, self.periods, outline)
+                self.footprints.update(dict.fromkeys(footprints))
+            for key, shape_yx, found_tasks in cells:
                 if found_tasks:
-                    yield key, tuple(gbox.shape), found_tasks
+                    yield key, shape_yx, found_tasks
                 else:
                     self.empty_cells.append(key)
+
+    def _blocks_planned(self, counts_only: bool, as_rows: bool) -> Iterator[tuple[list, list]]:
+        """Each block's (cells, footprints) in block order, planned here or, for an index of many
+        blocks, by worker processes of their own (each with its own connection): a few blocks in
+        flight at once, so the memory is that of a few blocks whatever the plan's size."""
+        jobs = list(zip(self.blocks, self.layout.bboxes))
+        spec = BlockSpec(self.time, self.collections, self.resolved, self.local_roots, self.periods, counts_only,
+                         as_rows)
+        dsn = getattr(self.source, "dsn", None)
+        workers = plan_workers(len(jobs)) if self.workers is None else min(self.workers, len(jobs))
+        if workers <= 1 or dsn is None:
+            for block, bbox in jobs:
+                yield plan_block(self.source, spec, block, bbox, len(self.footprints) <= MAX_MAP_FOOTPRINTS)
+            return
+        import multiprocessing
+        import threading
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        # forked while this process has no other thread (as a command has when it plans): a worker
+        # starts at once, the modules shared; spawned otherwise (a notebook's Dask threads, say)
+        method = "fork" if threading.active_count() == 1 else "spawn"
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                   initializer=_start_block_worker, initargs=(dsn, spec, os.getpid()))
+        previous = _stop_on_sigterm()
+        try:
+            pending: deque = deque()
+            gc.freeze()  # forked at the first submit: the collector leaves the pages they share unwritten
+            for block, bbox in jobs:
+                if len(pending) == 2 * workers:
+                    yield pending.popleft().result()
+                pending.append(pool.submit(_plan_block, block, bbox, len(self.footprints) <= MAX_MAP_FOOTPRINTS))
+                gc.unfreeze()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool as err:
+            raise GriddedError(f"a planning worker process died ({err}); rerun it (with more memory if it was "
+                               "killed for memory)", retryable=True) from err
+        finally:
+            gc.unfreeze()
+            pool.shutdown(wait=True, cancel_futures=True)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     def __iter__(self) -> Iterator[Batch]:
         """The batches, as they are made."""
@@ -327,6 +521,24 @@ class PlanStream:
                 pending, n_pending = [], 0
         if pending:
             yield self._batch(pending)
+
+    def encoded_batches(self) -> Iterator[tuple[int, tuple[bytes, ...]]]:
+        """The batches as the cells artifact stores them: (id, one `cell_blob` per cell), the
+        blobs made where the cells are planned (by the planning workers, in parallel)."""
+        blobs: list[bytes] = []
+        for key, shape_yx, cell in self._cells(counts_only=False, as_rows=True):
+            blobs.append(cell.blob)
+            self.n_tasks += len(cell.tasks)
+            self.n_observations += cell.n_observations
+            for label, layers in cell.tasks:
+                self._seen(TaskShape(key, label, shape_yx, layers))
+            if len(blobs) == self.tiles_per_worker:
+                yield self.n_batches, tuple(blobs)
+                self.n_batches += 1
+                blobs = []
+        if blobs:
+            yield self.n_batches, tuple(blobs)
+            self.n_batches += 1
 
     def _batch(self, tasks: list[Task]) -> Batch:
         batch = Batch(id=self.n_batches, tasks=tuple(tasks))
@@ -386,9 +598,11 @@ def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items:
                       candidates=source, local_roots=local_roots).to_plan()
 
 
-def plan_stream(selection: Selection) -> PlanStream:
+def plan_stream(selection: Selection, *, workers: int | None = 1) -> PlanStream:
     """The selection's plan, to be iterated batch by batch: from the index (a query per block of
-    cells) or from the items of the source (read once, kept as candidates)."""
+    cells) or from the items of the source (read once, kept as candidates). `workers`: processes
+    planning an index's blocks (None: one per CPU when there are many blocks); they are spawned,
+    so a script asking for them must guard its main code with `if __name__ == "__main__":`."""
     cells = CellBlocks(selection.grid, selection.extent)
     if selection.index:
         from .index import open_index
@@ -410,7 +624,7 @@ def plan_stream(selection: Selection) -> PlanStream:
         return PlanStream(pipeline=selection.pipeline, grid=selection.grid, extent=selection.extent,
                           time=selection.time, tiles_per_worker=selection.tiles_per_worker, candidates=candidates,
                           local_roots=local_roots(selection), collections=selection.collections,
-                          access=selection.access, cells=cells)
+                          access=selection.access, cells=cells, workers=workers)
     except BaseException:
         candidates.close()
         raise

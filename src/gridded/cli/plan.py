@@ -52,7 +52,7 @@ def plan(output, png, geojson, as_json, **kwargs):
         if target:
             check_file_target(target, flag)
     if not (output or png or geojson):  # rows as they are planned: no observation made, any size
-        with plan_stream(selection) as stream:
+        with plan_stream(selection, workers=None) as stream:  # blocks planned on every CPU
             _print_rows(stream.rows(), as_json)
             say(plan_summary(stream))
         return

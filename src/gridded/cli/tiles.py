@@ -42,7 +42,7 @@ def tiles_generate(cells, **kwargs):
     selection = build_selection(**kwargs)
     check_file_target(cells, "--cells")
     # planned as written, batch by batch: the plan is never whole in memory; its totals are known after
-    with plan_stream(selection) as stream:
+    with plan_stream(selection, workers=None) as stream:  # blocks planned on every CPU
         count = write_artifact(stream, cells)
         say(plan_summary(stream))
     say(f"wrote {cells}: {count} batches")
