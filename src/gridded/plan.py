@@ -369,15 +369,16 @@ _WORKER: dict = {}  # a planning worker's index connection and block spec
 
 def _stop_on_sigterm():
     """SIGTERM (as Kubernetes sends it) raises Interrupted here while workers plan, so they are
-    stopped and nothing half-written is left; the handler it replaced (None off the main thread)."""
+    stopped and nothing half-written is left; returns what puts the previous handler back."""
     import threading
 
     def on_term(signum, frame):
         raise Interrupted(f"stopped by signal {signum} while planning: nothing was written; rerun it")
 
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, on_term)
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, on_term)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _start_block_worker(dsn: str, spec: BlockSpec, parent: int) -> None:
@@ -489,7 +490,7 @@ class PlanStream:
         method = "fork" if threading.active_count() == 1 else "spawn"
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
                                    initializer=_start_block_worker, initargs=(dsn, spec, os.getpid()))
-        previous = _stop_on_sigterm()
+        restore_sigterm = _stop_on_sigterm()
         try:
             pending: deque = deque()
             gc.freeze()  # forked at the first submit: the collector leaves the pages they share unwritten
@@ -506,8 +507,7 @@ class PlanStream:
         finally:
             gc.unfreeze()
             pool.shutdown(wait=True, cancel_futures=True)
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            restore_sigterm()
 
     def __iter__(self) -> Iterator[Batch]:
         """The batches, as they are made."""
