@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import random
 import shutil
 import struct
 import zlib
@@ -175,21 +176,26 @@ def test_round_trip_equals_the_plan(artifact):
         assert got is not batch
         assert pipeline == plan.pipeline and grid == plan.grid
         assert got_header["version"] == FORMAT_VERSION
-        # the payload: the batch as its id and one zlib blob per cell, each the cell's tasks as plain
-        # tuples (each task a run of observation rows, times in microseconds since 1970), beside the
-        # shared recipe
+        # the payload: the batch as its id and per cell where its table of observations is and a
+        # zlib blob of its tasks, beside the shared recipe; the table holds each observation once,
+        # as plain tuples (rows, and times in microseconds since 1970), the tasks index into it
+        data = path.read_bytes()
         outer = pickle.loads(zlib.decompress(payload))
-        batch_id, blobs = outer["batch"]
+        batch_id, stored = outer["batch"]
         cells = list(dict.fromkeys(t.key for t in batch.tasks))
-        assert batch_id == batch.id and len(blobs) == len(cells)
-        for key, blob in zip(cells, blobs, strict=True):
-            tasks, (rows, times) = pickle.loads(zlib.decompress(blob))
+        assert batch_id == batch.id and len(stored) == len(cells)
+        for key, ((offset, length, digest), blob) in zip(cells, stored, strict=True):
+            table = data[offset:offset + length]
+            assert hashlib.sha256(table).digest() == digest
+            rows, times = pickle.loads(zlib.decompress(table))
+            tasks, refs = pickle.loads(zlib.decompress(blob))
             mine = [t for t in batch.tasks if t.key == key]
             assert [tuple(head[0]) for head in tasks] == [key] * len(mine)
-            assert [[rows[i][0] for i in range(start, stop)] for *_, start, stop in tasks] == \
+            assert [[rows[refs[i]][0] for i in range(start, stop)] for *_, start, stop in tasks] == \
                 [[o.item_id for o in t.observations] for t in mine]
-            assert times == [int(o.time.timestamp()) * 10**6 + o.time.microsecond
-                             for t in mine for o in t.observations]
+            assert [times[refs[i]] for i in range(len(refs))] == \
+                [int(o.time.timestamp()) * 10**6 + o.time.microsecond for t in mine for o in t.observations]
+            assert len(rows) == len({o.item_id for t in batch.tasks for o in t.observations})  # each once
         assert pickle.loads(outer["common"])["pipeline"] == plan.pipeline
 
 
@@ -198,18 +204,36 @@ def test_round_trip_through_a_file_uri(artifact):
     assert read_batch(path.as_uri(), 1)[3] == plan.batches[1]
 
 
-def test_a_worker_reads_four_small_ranges_and_its_own_batch(artifact, monkeypatch):
+def table_of(payload: bytes) -> tuple[int, int, bytes]:
+    """Where the table of observations of a payload's first cell is."""
+    return pickle.loads(zlib.decompress(payload))["batch"][1][0][0]
+
+
+def test_a_worker_reads_five_small_ranges_and_its_own_batch(artifact, monkeypatch):
     from gridded.io.storage import LocalStorage
 
     _, path = artifact
     _, payloads = split_artifact(path.read_bytes())
+    _, table_length, _ = table_of(payloads[2])
     reads = []
     original = LocalStorage.get_range
     monkeypatch.setattr(LocalStorage, "get_range",
                         lambda self, name, start, length: reads.append(length) or original(self, name, start, length))
     read_batch(str(path), 2)
-    assert len(reads) == 4 and reads[2] == 48 and reads[3] == len(payloads[2])
-    assert sum(reads) < len(payloads[2]) + 1024
+    # preamble, header, index entry, payload, the table its cells share
+    assert len(reads) == 5 and reads[2] == 48 and reads[3:] == [len(payloads[2]), table_length]
+    assert sum(reads) < len(payloads[2]) + table_length + 1024
+
+
+def test_a_tampered_table_byte_fails_its_sha256(artifact):
+    plan, path = artifact
+    blob = bytearray(path.read_bytes())
+    offset, length, _ = table_of(split_artifact(bytes(blob))[1][1])
+    blob[offset + length // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="batch 1 fails its SHA-256"):
+        read_batch(str(path), 1)
+    assert read_batch(str(path), 0)[3] == plan.batches[0]
 
 
 def test_a_tampered_payload_byte_fails_its_sha256(artifact):
@@ -237,6 +261,26 @@ def test_an_artifact_of_the_first_layout_is_refused_naming_its_version(artifact)
     path.write_bytes(MAGIC + b'{"format":"gridded-cells","version":1,"batches":[]}\n')
     with pytest.raises(ArtifactError, match=f"v1, this gridded reads gridded-cells v{FORMAT_VERSION}; regenerate"):
         read_batch(str(path), 0)
+
+
+@pytest.mark.parametrize("low_byte", [ord("{"), ord("{") + 1])
+def test_a_preamble_that_starts_like_the_first_layout_is_read_as_it_is(plans, tmp_path, low_byte):
+    """The first layout had a JSON line after the magic; a preamble whose header offset's low byte
+    is "{" (one artifact in 256) is still a preamble."""
+    plan = plans[2]
+    header = {"format": "gridded-cells", "version": FORMAT_VERSION, "created": "2024-01-01T00:00:00+00:00",
+              "pipeline": "x", "grid": "x", "batches": 1}
+    noise = random.Random(0).randbytes(512)  # incompressible: each pad moves the header by a byte
+    for pad in range(512):
+        common = pickle.dumps({"pipeline": plan.pipeline, "grid": plan.grid, "access": None, "pad": noise[:pad]})
+        data = join_artifact(header, [zlib.compress(pickle.dumps({"common": common, "batch": (0, ())}))])
+        if data[len(MAGIC)] == low_byte:
+            break
+    assert data[len(MAGIC)] == low_byte
+    path = tmp_path / "cells.pickle"
+    path.write_bytes(data)
+    got_header, pipeline, _, batch, _ = read_batch(str(path), 0)
+    assert got_header["batches"] == 1 and pipeline == plan.pipeline and batch.tasks == ()
 
 
 def test_wrong_magic_is_refused(artifact):
@@ -329,8 +373,18 @@ def artifact_with(payload: bytes) -> bytes:
     return join_artifact(header, [zlib.compress(payload)])
 
 
+def artifact_with_a_cell(common: bytes, table: bytes, blob: bytes) -> bytes:
+    """A well-formed artifact whose batch 1 is one cell of `blob`, its table `table` (batch 0's bytes)."""
+    header = {"format": "gridded-cells", "version": FORMAT_VERSION, "created": "2024-01-01T00:00:00+00:00",
+              "pipeline": "x", "grid": "x", "batches": 2}
+    ref = (len(MAGIC) + 32, len(table), hashlib.sha256(table).digest())
+    doc = {"common": common, "batch": (1, ((ref, blob),))}
+    return join_artifact(header, [table, zlib.compress(pickle.dumps(doc, protocol=5))])
+
+
 @pytest.mark.parametrize("attack", [Touch, EvalTouch, RemoveTree, GriddedCallable])
-@pytest.mark.parametrize("nested", [False, True, "cell"], ids=["bare", "inside-a-batch-doc", "inside-a-cell"])
+@pytest.mark.parametrize("nested", [False, True, "cell", "table"],
+                         ids=["bare", "inside-a-batch-doc", "inside-a-cell", "inside-a-table"])
 def test_a_foreign_pickle_is_refused_before_it_runs(plans, tmp_path, attack, nested):
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -339,13 +393,15 @@ def test_a_foreign_pickle_is_refused_before_it_runs(plans, tmp_path, attack, nes
     evil = attack(target)
     plan = plans[2]
     doc = {"pipeline": plan.pipeline, "grid": plan.grid, "batch": evil} if nested else evil
-    if nested == "cell":  # a well-formed batch whose one cell blob is the attack
-        common = pickle.dumps({"pipeline": plan.pipeline, "grid": plan.grid, "access": None}, protocol=5)
-        doc = {"common": common, "batch": (0, (zlib.compress(pickle.dumps(evil, protocol=5)),))}
     path = tmp_path / "cells.pickle"
-    path.write_bytes(artifact_with(pickle.dumps(doc, protocol=5)))
+    if nested in ("cell", "table"):  # a well-formed batch whose one cell's blob or table is the attack
+        common = pickle.dumps({"pipeline": plan.pipeline, "grid": plan.grid, "access": None}, protocol=5)
+        bad, empty = zlib.compress(pickle.dumps(evil, protocol=5)), zlib.compress(pickle.dumps(((), [])))
+        path.write_bytes(artifact_with_a_cell(common, *((empty, bad) if nested == "cell" else (bad, empty))))
+    else:
+        path.write_bytes(artifact_with(pickle.dumps(doc, protocol=5)))
     with pytest.raises(ArtifactError, match="refusing") as err:
-        read_batch(str(path), 0)
+        read_batch(str(path), 1 if nested in ("cell", "table") else 0)
     assert "\n" not in str(err.value)
     assert not (victim / "SOMEFILE").exists()
     assert (victim / "keep.txt").read_text() == "still here"
@@ -355,11 +411,15 @@ def test_cells_that_inflate_beyond_the_limit_together_are_refused(artifact, monk
     import gridded.artifact
 
     plan, path = artifact
-    outer = zlib.decompress(split_artifact(path.read_bytes())[1][0])
-    sizes = [len(zlib.decompress(blob)) for blob in pickle.loads(outer)["batch"][1]]
-    assert len(sizes) >= 2 and len(outer) < sum(sizes) - 1 and max(sizes) < sum(sizes) - 1
-    # the outer payload and every cell fit the limit alone; the cells together do not: the limit
-    # is the batch's, not each cell's
+    data = path.read_bytes()
+    outer = zlib.decompress(split_artifact(data)[1][0])
+    cells = pickle.loads(outer)["batch"][1]
+    tables = {ref for ref, _ in cells}
+    sizes = [len(zlib.decompress(blob)) for _, blob in cells]
+    sizes += [len(zlib.decompress(data[offset:offset + length])) for offset, length, _ in tables]
+    assert len(cells) >= 2 and len(outer) < sum(sizes) - 1 and max(sizes) < sum(sizes) - 1
+    # the outer payload, the table and every cell fit the limit alone; together they do not: the
+    # limit is the batch's, not each part's
     monkeypatch.setattr(gridded.artifact, "MAX_BATCH_BYTES", sum(sizes) - 1)
     with pytest.raises(ArtifactError, match="inflates beyond"):
         read_batch(str(path), 0)

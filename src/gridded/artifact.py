@@ -1,22 +1,26 @@
 """The cells artifact: batches pickled one by one, each found through a fixed-width index, so a
-worker reads four small ranges and its own batch whatever the plan's size.
+worker reads a few small ranges and its own batch whatever the plan's size.
 
 Layout (integers little-endian):
 
     MAGIC                      b"GRIDDED-CELLS\n"
     preamble                   4 x uint64: header offset, header length, index offset, batch count
-    payload 0 .. payload N-1   each the zlib-compressed pickle of one batch, as plain tuples (its
-                               observations once each, its tasks naming them by position), and of
-                               its recipe, grid and source access (pickled once, the same bytes in
+    tables and payloads        in the order written, each table before the first payload naming it:
+      table                    the zlib-compressed pickle of the observations of a group of
+                               neighbouring cells (plain tuples, each observation once; CellRows)
+      payload 0 .. N-1         the pickle (in a stored zlib stream) of one batch: per cell the
+                               offset, length and SHA-256 of its table and the zlib-compressed pickle
+                               of its tasks (naming observations by their row in the table), beside
+                               the recipe, grid and source access (pickled once, the same bytes in
                                every payload)
     header                     JSON: format, version, created, pipeline, grid, batches (the count)
     index                      N x 48 bytes: payload offset (uint64), length (uint64), SHA-256 (32 bytes)
 
 The file is written as the plan is made, batch by batch, to a local file (then put whole), and
-its preamble filled in last. A worker reads the preamble, the header, its index entry and its
-payload, checks the payload's SHA-256, then unpickles it with an unpickler that admits gridded's
-value classes and a few datetime builtins, nothing else: pickle runs code on load, so a foreign
-or tampered file must be refused before that.
+its preamble filled in last. A worker reads the preamble, the header, its index entry, its payload
+and its cells' tables (one, unless the batch spans groups), checks each one's SHA-256, then
+unpickles them with an unpickler that admits gridded's value classes and a few datetime builtins,
+nothing else: pickle runs code on load, so a foreign or tampered file must be refused before that.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import os
 import pickle
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from itertools import groupby
 from operator import attrgetter
@@ -40,10 +44,11 @@ from .grid import Grid
 from .io.access import SourceAccess
 from .io.storage import storage_for_file
 from .pipeline import Pipeline
-from .plan import Batch, Plan, Task, cell_blob, tasks_of_rows
+from .plan import Batch, Observation, Plan, Task, encode_cells, observation_of_row, tasks_of_cell
 
 MAGIC = b"GRIDDED-CELLS\n"
-FORMAT_VERSION = 4  # 3: batches as plain tuples beside one pickle of what they share; 4: cells compressed apart
+FORMAT_VERSION = 4  # 3: batches as plain tuples beside one pickle of what they share; 4: cells compressed
+# apart, their observations in tables that neighbouring cells share
 PREAMBLE = struct.Struct("<4Q")
 ENTRY = struct.Struct("<QQ32s")
 MAX_HEADER_BYTES = 1 << 20
@@ -93,9 +98,13 @@ def write_artifact(plan, uri: str) -> int:
     return n
 
 
-def _encoded(batch: Batch) -> tuple[int, tuple[bytes, ...]]:
-    """A batch of a Plan as a stream's encoded_batches gives it: (id, one blob per cell)."""
-    return batch.id, tuple(cell_blob(list(tasks)) for _, tasks in groupby(batch.tasks, key=attrgetter("key")))
+def _encoded(batch: Batch) -> tuple[int, tuple[tuple[bytes, bytes], ...]]:
+    """A batch of a Plan as a stream's encoded_batches gives it: (id, (table, blob) per cell)."""
+    cells = encode_cells([list(tasks) for _, tasks in groupby(batch.tasks, key=attrgetter("key"))])
+    return batch.id, tuple((cell.table, cell.blob) for cell in cells)
+
+
+TableRef = tuple[int, int, bytes]  # where a table of observations is in the file: offset, length, SHA-256
 
 
 def _write_file(path: Path, batches: Iterable[tuple], plan) -> int:
@@ -105,11 +114,24 @@ def _write_file(path: Path, batches: Iterable[tuple], plan) -> int:
     with open(path, "wb") as f:
         f.write(MAGIC + PREAMBLE.pack(0, 0, 0, 0))
         offset = len(MAGIC) + PREAMBLE.size
-        for expected, batch in enumerate(batches):  # each (id, its cells' blobs)
-            if batch[0] != expected:
-                raise ArtifactError(f"batch ids must be 0..N-1 in order: got {batch[0]} after {expected - 1}")
+        # the tables written lately (a group's cells come one after another, so an older table is
+        # never met again): id -> (the table, kept so its id is not reused; where it is)
+        tables: dict[int, tuple[bytes, TableRef]] = {}
+        for expected, (batch_id, cells) in enumerate(batches):  # each (id, (table, blob) per cell)
+            if batch_id != expected:
+                raise ArtifactError(f"batch ids must be 0..N-1 in order: got {batch_id} after {expected - 1}")
+            stored = []
+            for table, blob in cells:
+                if id(table) not in tables:  # a table before the first payload that needs it
+                    tables[id(table)] = table, (offset, len(table), hashlib.sha256(table).digest())
+                    f.write(table)
+                    offset += len(table)
+                    if len(tables) > 4:
+                        del tables[next(iter(tables))]
+                stored.append((tables[id(table)][1], blob))
             # the cells are compressed already: the payload is stored (level 0), a zlib stream still
-            payload = zlib.compress(pickle.dumps({"common": common, "batch": batch}, protocol=5), 0)
+            payload = zlib.compress(pickle.dumps({"common": common, "batch": (batch_id, tuple(stored))},
+                                                 protocol=5), 0)
             entries.append(ENTRY.pack(offset, len(payload), hashlib.sha256(payload).digest()))
             f.write(payload)
             offset += len(payload)
@@ -132,13 +154,15 @@ def read_header(store, name: str, uri: str) -> tuple[dict, int, int]:
     head = store.get_range(name, 0, len(MAGIC) + PREAMBLE.size)
     if not head.startswith(MAGIC):
         raise ArtifactError(f"{uri}: not a gridded cells artifact (bad magic); {REGENERATE}")
-    if head[len(MAGIC):len(MAGIC) + 1] == b"{":  # the first layout: a JSON header line
-        raise ArtifactError(f"{uri}: artifact format gridded-cells v1, this gridded reads gridded-cells "
-                            f"v{FORMAT_VERSION}; regenerate it with this version")
-    if len(head) < len(MAGIC) + PREAMBLE.size:
-        raise ArtifactError(f"{uri}: truncated preamble; {REGENERATE}")
-    header_at, header_length, index_at, n = PREAMBLE.unpack(head[len(MAGIC):])
+    header_at, header_length, index_at, n = (PREAMBLE.unpack(head[len(MAGIC):])
+                                             if len(head) == len(MAGIC) + PREAMBLE.size else (0, 0, 0, 0))
     if not 0 < header_length <= MAX_HEADER_BYTES or header_at + header_length != index_at:
+        # the first layout had a JSON header line here; a preamble may start with that byte too
+        if head[len(MAGIC):len(MAGIC) + 1] == b"{":
+            raise ArtifactError(f"{uri}: artifact format gridded-cells v1, this gridded reads gridded-cells "
+                                f"v{FORMAT_VERSION}; regenerate it with this version")
+        if len(head) < len(MAGIC) + PREAMBLE.size:
+            raise ArtifactError(f"{uri}: truncated preamble; {REGENERATE}")
         raise ArtifactError(f"{uri}: corrupt preamble (unfinished or damaged file); {REGENERATE}")
     blob = store.get_range(name, header_at, header_length)
     try:
@@ -176,9 +200,37 @@ def _inflated(data: bytes, limit: int, uri: str, batch_id: int) -> bytes:
     return out
 
 
+def _is_cell(cell) -> bool:
+    return (isinstance(cell, tuple) and len(cell) == 2 and isinstance(cell[1], bytes) and isinstance(cell[0], tuple)
+            and len(cell[0]) == 3 and isinstance(cell[0][0], int) and isinstance(cell[0][1], int)
+            and isinstance(cell[0][2], bytes))
+
+
+def _observations_of(rows, times) -> Callable[[int], Observation]:
+    """A table's observation i, each made once (cells of one batch share them)."""
+    made: dict[int, Observation] = {}
+
+    def at(i: int) -> Observation:
+        if i not in made:
+            made[i] = observation_of_row(rows[i], times[i])
+        return made[i]
+
+    return at
+
+
+def _checked_range(store, name: str, ref: TableRef, uri: str, batch_id: int) -> bytes:
+    """The bytes at (offset, length) whose SHA-256 is the digest given."""
+    offset, length, digest = ref
+    data = store.get_range(name, offset, length)
+    if len(data) != length or hashlib.sha256(data).digest() != digest:
+        raise ArtifactError(f"{uri}: batch {batch_id} fails its SHA-256 check (tampered or truncated); regenerate it")
+    return data
+
+
 def read_batch(uri: str, batch_id: int) -> BatchRead:
     """(header, pipeline, grid, batch, access) for one batch id, digest-checked and safely unpickled:
-    four ranged reads (preamble, header, index entry, payload), whatever the artifact's size."""
+    five ranged reads (preamble, header, index entry, payload, the table of observations its cells
+    share; one more for each further table), whatever the artifact's size."""
     store, name = storage_for_file(uri)
     header, index_at, n = read_header(store, name, uri)
     if not 0 <= batch_id < n:
@@ -188,23 +240,26 @@ def read_batch(uri: str, batch_id: int) -> BatchRead:
     if len(entry) != ENTRY.size:
         raise ArtifactError(f"{uri}: truncated index; {REGENERATE}")
     offset, length, digest = ENTRY.unpack(entry)
-    payload = store.get_range(name, offset, length)
-    if len(payload) != length or hashlib.sha256(payload).digest() != digest:
-        raise ArtifactError(f"{uri}: batch {batch_id} fails its SHA-256 check (tampered or truncated); regenerate it")
+    payload = _checked_range(store, name, (offset, length, digest), uri, batch_id)
     try:
         outer = _RestrictedUnpickler(io.BytesIO(_inflated(payload, MAX_BATCH_BYTES, uri, batch_id))).load()
         batch = outer.get("batch") if isinstance(outer, dict) else None
         if not (isinstance(batch, tuple) and isinstance(outer.get("common"), bytes) and len(batch) == 2
-                and batch[0] == batch_id and isinstance(batch[1], tuple)
-                and all(isinstance(blob, bytes) for blob in batch[1])):
+                and batch[0] == batch_id and isinstance(batch[1], tuple) and all(map(_is_cell, batch[1]))):
             raise ArtifactError(f"{uri}: batch {batch_id} holds no batch {batch_id}; regenerate it")
         doc = _RestrictedUnpickler(io.BytesIO(outer["common"])).load()
         budget, tasks = MAX_BATCH_BYTES, list[Task]()
-        for blob in batch[1]:  # each cell's tasks, compressed apart (by the process that planned it)
-            rows = _inflated(blob, budget, uri, batch_id)
-            budget -= len(rows)
-            heads, (observations, times) = _RestrictedUnpickler(io.BytesIO(rows)).load()
-            tasks.extend(tasks_of_rows(heads, observations, times))
+        tables: dict[TableRef, Callable[[int], Observation]] = {}
+        for ref, blob in batch[1]:  # each cell's tasks, and the table of observations it refers to
+            if ref not in tables:
+                raw = _inflated(_checked_range(store, name, ref, uri, batch_id), budget, uri, batch_id)
+                budget -= len(raw)
+                rows, times = _RestrictedUnpickler(io.BytesIO(raw)).load()
+                tables[ref] = _observations_of(rows, times)
+            raw = _inflated(blob, budget, uri, batch_id)
+            budget -= len(raw)
+            heads, refs = _RestrictedUnpickler(io.BytesIO(raw)).load()
+            tasks.extend(tasks_of_cell(heads, refs, tables[ref]))
         doc["batch"] = Batch(id=batch_id, tasks=tuple(tasks))
     except ArtifactError:
         raise

@@ -109,57 +109,77 @@ class Task:
 
 _ROW_FIELDS = tuple(name for name in Observation.__slots__ if name != "time")
 _ROW = attrgetter(*_ROW_FIELDS)
-_TIME_OF = attrgetter("time")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def rows_of_tasks(tasks) -> tuple[tuple, tuple[tuple, list[int]]]:
-    """Tasks as plain tuples, which pickle at C speed (a continent's cells artifact and the
-    planning workers' results hold millions of observations): (key, crs, transform, shape, period,
-    start, stop) per task, its observations rows[start:stop] of their field values but time, and
-    the times apart as integer microseconds since 1970 UTC."""
-    rows: list = []
-    times: list = []
-    heads = []
-    for task in tasks:
-        start = len(rows)
-        rows.extend(map(_ROW, task.observations))
-        times.extend(map(_TIME_OF, task.observations))
-        heads.append((task.key, task.crs, task.transform, task.shape_yx, task.period, start, len(rows)))
-    return tuple(heads), (tuple(rows), [(t - _EPOCH) // _MICROSECOND for t in times])
-
-
-def tasks_of_rows(heads, rows, times) -> tuple[Task, ...]:
-    """The Tasks `rows_of_tasks` gave these tuples for."""
-    observations = [Observation(**dict(zip(_ROW_FIELDS, row, strict=True)), time=_EPOCH + timedelta(microseconds=us))
-                    for row, us in zip(rows, times, strict=True)]
-    return tuple(Task(key=tuple(key), crs=crs, transform=tuple(transform), shape_yx=tuple(shape_yx), period=period,
-                      observations=tuple(observations[start:stop]))
-                 for key, crs, transform, shape_yx, period, start, stop in heads)
-
-
 CELL_ZLIB_LEVEL = 1
-
-
-def cell_blob(tasks) -> bytes:
-    """One cell's tasks as the cells artifact stores them: the zlib-compressed pickle of
-    rows_of_tasks (made by whichever process plans the cell, so compressing is parallel too)."""
-    return zlib.compress(pickle.dumps(rows_of_tasks(tasks), protocol=5), CELL_ZLIB_LEVEL)
+MAX_TABLE_ROWS = 2048  # observations in one table: what reading one batch may inflate besides its own
+MAX_TABLE_CELLS = 64
 
 
 class CellRows(NamedTuple):
-    """A cell's tasks as a planning worker hands them back: the blob, and what the plan's totals
-    and memory estimate need of them (per task its period label and layers)."""
+    """A cell's tasks as the cells artifact stores them, made by whichever process plans the cell
+    (so pickling and compressing are parallel too). Neighbouring cells share most of their items,
+    so a group of them shares one `table` (the same bytes object): its observations once each, as
+    plain tuples that pickle at C speed, rows of their field values but time and the times apart
+    as integer microseconds since 1970 UTC. `blob` holds the cell's tasks: (key, crs, transform,
+    shape, period, start, stop) each, and the table rows of their observations, refs[start:stop].
+    Beside them what the plan's totals and memory estimate need (per task its period label and
+    layers)."""
 
+    table: bytes
     blob: bytes
     n_observations: int
     tasks: tuple[tuple[str, int], ...]
 
-    @classmethod
-    def of(cls, tasks) -> CellRows:
-        return cls(cell_blob(tasks), sum(len(t.observations) for t in tasks),
-                   tuple((t.period.label, t.n_layers) for t in tasks))
+
+def encode_cells(cells: list[list[Task]]) -> list[CellRows]:
+    """Consecutive cells' tasks (each cell's non-empty) as CellRows, in order: a table per group of
+    at most MAX_TABLE_CELLS cells, closed before it would pass MAX_TABLE_ROWS observations."""
+    out: list[CellRows] = []
+    group: list[tuple] = []
+    index: dict[int, int] = {}  # id of an observation (alive in `cells` meanwhile) -> its table row
+    rows: list = []
+    times: list[int] = []
+
+    def close() -> None:
+        table = zlib.compress(pickle.dumps((tuple(rows), times), protocol=5), CELL_ZLIB_LEVEL)
+        out.extend(CellRows(table, zlib.compress(pickle.dumps((heads, refs), protocol=5), CELL_ZLIB_LEVEL),
+                            len(refs), shapes) for heads, refs, shapes in group)
+
+    for tasks in cells:
+        new = {id(o): o for t in tasks for o in t.observations if id(o) not in index}
+        if group and (len(group) == MAX_TABLE_CELLS or len(rows) + len(new) > MAX_TABLE_ROWS):
+            close()
+            group, rows, times = [], [], []
+            index.clear()
+            new = {id(o): o for t in tasks for o in t.observations}
+        index.update(zip(new, range(len(rows), len(rows) + len(new))))
+        rows.extend(map(_ROW, new.values()))
+        times.extend((o.time - _EPOCH) // _MICROSECOND for o in new.values())
+        heads: list[tuple] = []
+        refs: list[int] = []
+        for t in tasks:
+            start = len(refs)
+            refs.extend(index[id(o)] for o in t.observations)
+            heads.append((t.key, t.crs, t.transform, t.shape_yx, t.period, start, len(refs)))
+        group.append((tuple(heads), refs, tuple((t.period.label, t.n_layers) for t in tasks)))
+    if group:
+        close()
+    return out
+
+
+def observation_of_row(row, us: int) -> Observation:
+    """The Observation a table row and its time (`encode_cells`) stand for."""
+    return Observation(**dict(zip(_ROW_FIELDS, row, strict=True)), time=_EPOCH + timedelta(microseconds=us))
+
+
+def tasks_of_cell(heads, refs, observation_at) -> list[Task]:
+    """The Tasks of a cell's blob, `observation_at(i)` giving its table's observation i."""
+    return [Task(key=tuple(key), crs=crs, transform=tuple(transform), shape_yx=tuple(shape_yx), period=period,
+                 observations=tuple(map(observation_at, refs[start:stop])))
+            for key, crs, transform, shape_yx, period, start, stop in heads]
 
 
 class TaskShape(NamedTuple):
@@ -323,7 +343,7 @@ class BlockSpec(NamedTuple):
     local_roots: tuple[Path, ...] | None
     periods: list[Period]
     counts_only: bool
-    as_rows: bool = False  # each cell's tasks as a CellRows
+    as_rows: bool = False  # each cell's tasks as a CellRows (encode_cells)
 
 
 def plan_block(source, spec: BlockSpec, block: list, bbox, want_footprints: bool) -> tuple[list, list]:
@@ -342,11 +362,10 @@ def plan_block(source, spec: BlockSpec, block: list, bbox, want_footprints: bool
         if spec.counts_only:
             cells.append((key, tuple(gbox.shape), finder.counts_for(gbox, spec.periods, outline)))
         else:
-            tasks = finder.tasks_for(key, gbox, spec.periods, outline)
-            if spec.as_rows and tasks:
-                cells.append((key, tuple(gbox.shape), CellRows.of(tasks)))
-            else:
-                cells.append((key, tuple(gbox.shape), tasks))
+            cells.append((key, tuple(gbox.shape), finder.tasks_for(key, gbox, spec.periods, outline)))
+    if spec.as_rows:  # each cell with data's tasks as a CellRows, its neighbours' items shared
+        encoded = iter(encode_cells([tasks for _, _, tasks in cells if tasks]))
+        cells = [(key, shape, next(encoded) if tasks else tasks) for key, shape, tasks in cells]
     return cells, footprints
 
 
@@ -522,22 +541,22 @@ class PlanStream:
         if pending:
             yield self._batch(pending)
 
-    def encoded_batches(self) -> Iterator[tuple[int, tuple[bytes, ...]]]:
-        """The batches as the cells artifact stores them: (id, one `cell_blob` per cell), the
-        blobs made where the cells are planned (by the planning workers, in parallel)."""
-        blobs: list[bytes] = []
+    def encoded_batches(self) -> Iterator[tuple[int, tuple[tuple[bytes, bytes], ...]]]:
+        """The batches as the cells artifact stores them: (id, (table, blob) per cell: see
+        CellRows), made where the cells are planned (by the planning workers, in parallel)."""
+        cells: list[tuple[bytes, bytes]] = []
         for key, shape_yx, cell in self._cells(counts_only=False, as_rows=True):
-            blobs.append(cell.blob)
+            cells.append((cell.table, cell.blob))
             self.n_tasks += len(cell.tasks)
             self.n_observations += cell.n_observations
             for label, layers in cell.tasks:
                 self._seen(TaskShape(key, label, shape_yx, layers))
-            if len(blobs) == self.tiles_per_worker:
-                yield self.n_batches, tuple(blobs)
+            if len(cells) == self.tiles_per_worker:
+                yield self.n_batches, tuple(cells)
                 self.n_batches += 1
-                blobs = []
-        if blobs:
-            yield self.n_batches, tuple(blobs)
+                cells = []
+        if cells:
+            yield self.n_batches, tuple(cells)
             self.n_batches += 1
 
     def _batch(self, tasks: list[Task]) -> Batch:
