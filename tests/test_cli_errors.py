@@ -436,3 +436,16 @@ def test_unreadable_source_cog_fails_its_tiles_only_exit_2(tmp_path, catalog_cop
                      and period in p.parts]
         assert not leftovers, f"files of failed task x{x} y{y} {period}: {leftovers}"
     assert not [p for p in out.rglob("*") if TEMP_MARK in p.name], "temporary files left under the output"
+
+
+def test_ctrl_c_in_a_command_is_one_line_exit_143_nothing_written(tmp_path, demo_args, monkeypatch):
+    import gridded.artifact
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gridded.artifact, "write_artifact", interrupted)
+    result = CliRunner().invoke(cli, ["tiles", "generate", *demo_args, "--cells", str(tmp_path / "cells.pickle")])
+    assert result.exit_code == 143, result.output
+    assert result.output.strip().splitlines()[-1] == "gridded: error: interrupted (Ctrl-C) in `tiles`; rerun it"
+    assert "Traceback" not in result.output and not (tmp_path / "cells.pickle").exists()

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from ..errors import GriddedError
+from ..errors import GriddedError, Interrupted
 from .catalog import catalog
 from .demo import demo
 from .logs import configure_logging
@@ -40,6 +40,12 @@ class GriddedGroup(click.Group):
                 sys.stderr.flush()
                 os._exit(err.exit_code)
             ctx.exit(err.exit_code)
+        except KeyboardInterrupt:  # a command with no handler of its own (`run` has one: it keeps what finished)
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            stop = Interrupted(f"interrupted (Ctrl-C) in `{ctx.invoked_subcommand or ctx.info_name}`; rerun it")
+            click.echo(f"gridded: error: {stop}", err=True)
+            ctx.exit(stop.exit_code)
         except MemoryError:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
