@@ -397,3 +397,47 @@ def test_cells_share_tables_of_observations_in_groups_of_any_size(synthetic, tmp
         assert all(size <= limit for n, size in zip(sharing.values(), sizes, strict=True) if n > 1)
     else:
         assert max(sharing.values()) == 3 and len(sharing) < len(stored)
+
+
+def test_workers_are_spawned_when_this_process_has_other_threads(synthetic, tmp_path, monkeypatch):
+    """With other threads running (a notebook's Dask cluster, say) forking is unsafe: the workers are
+    spawned, and plan the same artifact."""
+    import threading
+
+    import psutil
+
+    from gridded.artifact import read_batch, write_artifact
+    from gridded.index import ingest
+
+    dsn = f"sqlite:///{tmp_path / 'index.db'}"
+    index = open_index(dsn)
+    try:
+        ingest(str(synthetic), index)
+    finally:
+        index.close()
+    selection = kenya(index=dsn)
+    others = set(psutil.Process().children())
+    seen: list[list[str]] = []
+
+    class Watch:  # the artifact's writes: what the workers were started as, while they plan
+        def __init__(self, real):
+            self.real = real
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def pack(self, *values):
+            if not seen:
+                seen.append([p.cmdline()[-1] for p in set(psutil.Process().children()) - others])
+            return self.real.pack(*values)
+
+    import gridded.artifact
+
+    monkeypatch.setattr(gridded.artifact, "ENTRY", Watch(gridded.artifact.ENTRY))
+    monkeypatch.setattr(threading, "active_count", lambda: 2)
+    path = str(tmp_path / "cells.pickle")
+    with plan_stream(selection, workers=2) as stream:
+        n = write_artifact(stream, path)
+    # a spawned worker is a new interpreter (a forked one would show this process's command line)
+    assert seen[0].count("--multiprocessing-fork") == 2, seen
+    assert plan_key(read_batch(path, i)[3] for i in range(n)) == plan_key(plan_for(selection).batches)

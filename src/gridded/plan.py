@@ -500,13 +500,15 @@ class PlanStream:
                 yield plan_block(self.source, spec, block, bbox, len(self.footprints) <= MAX_MAP_FOOTPRINTS)
             return
         import multiprocessing
+        import sys
         import threading
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
 
-        # forked while this process has no other thread (as a command has when it plans): a worker
-        # starts at once, the modules shared; spawned otherwise (a notebook's Dask threads, say)
-        method = "fork" if threading.active_count() == 1 else "spawn"
+        # forked on Linux while this process has no other thread (as a command has when it plans): a
+        # worker starts at once, the modules shared; spawned otherwise (a notebook's Dask threads, say;
+        # macOS, where forking is unsafe, and Windows, which cannot)
+        method = "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
                                    initializer=_start_block_worker, initargs=(dsn, spec, os.getpid()))
         restore_sigterm = _stop_on_sigterm()
