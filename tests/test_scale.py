@@ -263,7 +263,7 @@ def test_a_footprint_is_stored_as_shapely_writes_it(synthetic, coordinates):
 
 @pytest.mark.parametrize("dsn", ["sqlite", "postgresql"], indirect=True)
 def test_blocks_planned_by_worker_processes_make_the_same_artifact(dsn, synthetic, tmp_path, monkeypatch):
-    """An index's blocks planned by two spawned processes (each its own connection) give the
+    """An index's blocks planned by two worker processes (each its own connection) give the
     artifact, totals and task rows that planning in this process gives."""
     from importlib import import_module
 
