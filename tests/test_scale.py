@@ -142,7 +142,7 @@ def test_a_large_ndjson_file_is_parsed_in_parallel_and_bad_lines_are_named_and_s
     path = tmp_path / "items.ndjson"
     path.write_bytes(b"\n".join(lines) + b"\n")
     monkeypatch.setattr(gridded.source, "PARALLEL_PARSE_BYTES", 0)
-    monkeypatch.setattr(gridded.source, "PARSE_CHUNK_LINES", 64)
+    monkeypatch.setattr(gridded.source, "PARSE_CHUNK_BYTES", 12_000)  # two or three lines a range
     result = CliRunner().invoke(cli, ["stac", "ingest", str(path), "--index", f"sqlite:///{tmp_path / 'p.db'}"])
     assert result.exit_code == 0, result.output
     counts = dict(line.rsplit(None, 1) for line in result.stdout.splitlines()[:5])

@@ -5,7 +5,6 @@ Items come as they are read (`iter_items`), so a large source need not be held i
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -182,69 +181,82 @@ def _stored_doc(doc: dict, raw: bytes | None, candidate: Candidate) -> bytes:
 
 
 PARALLEL_PARSE_BYTES = 16 << 20  # below this an ndjson file is parsed in the process reading it
-PARSE_CHUNK_LINES = 1000
+PARSE_CHUNK_BYTES = 4 << 20  # a worker's share of a large ndjson file at a time (~800 Earth Search items)
 
 
 def _parallel_rows(path: str, source: str, query: ItemQuery, *, flag: str = "--source",
                    on_bad: Callable[[str, str], None] | None = None, progress=None) -> Iterator:
+    """Index rows of a large local ndjson file, parsed by a process per CPU: each reads a range of
+    whole lines from the file itself (this process only finds where the ranges end) and sends
+    back its rows, in order."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     from .index import Row
 
     workers = max(1, len(os.sched_getaffinity(0)))
+    where = f"{flag} {source}"
     with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
         pending: deque = deque()
-        chunks = _line_chunks(path)
+        spans = _line_spans(path)
+        first = 1  # the number of the first line of the next result
         while True:
             while len(pending) < 2 * workers:
-                chunk = next(chunks, None)
-                if chunk is None:
+                span = next(spans, None)
+                if span is None:
                     break
-                pending.append(pool.submit(_rows_of_lines, chunk, path, f"{flag} {source}", query))
+                pending.append(pool.submit(_rows_of_span, span, path, query))
             if not pending:
                 return
-            rows, layouts, bad = pending.popleft().result()
-            for where, why in bad:
-                _bad(on_bad, where, why)
+            rows, layouts, bad, n_lines = pending.popleft().result()
+            for n, why in bad:
+                _bad(on_bad, f"{where} line {first + n}", why)
+            first += n_lines
             for candidate, doc in rows:
                 yield Row(candidate, layouts[candidate.layout], doc)
 
 
-def _line_chunks(path: str) -> Iterator[tuple[list[bytes], int]]:
+def _line_spans(path: str) -> Iterator[tuple[int, int]]:
+    """(start, end) byte ranges of whole lines, about PARSE_CHUNK_BYTES each: found by a seek and
+    one line's read per range, not by reading the file."""
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        first = 1
-        while True:
-            lines = list(itertools.islice(f, PARSE_CHUNK_LINES))
-            if not lines:
-                return
-            yield lines, first
-            first += len(lines)
+        start = 0
+        while start < size:
+            f.seek(min(start + PARSE_CHUNK_BYTES, size))
+            f.readline()  # to the end of the line the range would end in
+            yield start, f.tell()
+            start = f.tell()
 
 
-def _rows_of_lines(chunk: tuple[list[bytes], int], base: str, where: str, query: ItemQuery):
-    """(rows as (candidate, compressed document), their layouts, bad lines as (where, why)) of a chunk."""
-    lines, first = chunk
+def _rows_of_span(span: tuple[int, int], path: str, query: ItemQuery):
+    """(rows as (candidate, compressed document), their layouts, bad lines as (index in the span,
+    why), the span's number of lines) of the lines in a byte range of a file."""
+    start, end = span
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    lines = data.split(b"\n")  # as iterating the file splits them: only at newlines
     rows, bad = [], []
     layouts: dict[str, dict] = {}
-    for n, line in enumerate(lines, first):
+    for n, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             doc = json.loads(line)
             if not isinstance(doc, dict):
                 raise SourceError("not a JSON object")
-            candidate, layout = candidate_of(doc, base=base)
+            candidate, layout = candidate_of(doc, base=path)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            bad.append((f"{where} line {n}", f"not a STAC item ({err})"))
+            bad.append((n, f"not a STAC item ({err})"))
             continue
         except SourceError as err:
-            bad.append((f"{where} line {n}", str(err)))
+            bad.append((n, str(err)))
             continue
         if _candidate_wanted(candidate, query):
             layouts.setdefault(candidate.layout, layout)
-            rows.append((candidate, _stored_doc(doc, line.rstrip(b"\r\n"), candidate)))
-    return rows, layouts, bad
+            rows.append((candidate, _stored_doc(doc, line.rstrip(b"\r"), candidate)))
+    return rows, layouts, bad, data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
 
 
 def _hrefs_absolute(doc: dict) -> bool:
