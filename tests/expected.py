@@ -14,6 +14,7 @@ import numpy as np
 import rasterio
 
 from gridded.demo import ORIGIN_XY, SHAPE_YX  # the fixture's layout, to classify pixels
+from gridded.io.storage import TEMP_MARK
 
 S2_EXCLUDED = [0, 1, 3, 8, 9, 10]
 
@@ -106,7 +107,9 @@ BANDS = ["blue", "green", "red", "nir"]
 
 
 def output_items(out: Path) -> dict[str, dict]:
-    return {p.name: json.loads(p.read_text()) for p in sorted(out.rglob("*.stac-item.json"))}
+    """The committed items under `out` (not a temporary file a killed writer left half-written)."""
+    return {p.name: json.loads(p.read_text()) for p in sorted(out.rglob("*.stac-item.json"))
+            if TEMP_MARK not in p.name}
 
 
 def report_counts(out: Path) -> dict:
