@@ -53,6 +53,18 @@ def dsn(request, tmp_path):
     return base.rsplit("/", 1)[0] + f"/{name}"
 
 
+def indexed(dsn: str, synthetic: Path) -> str:
+    """`dsn`, with the synthetic items ingested into it."""
+    from gridded.index import ingest
+
+    index = open_index(dsn)
+    try:
+        ingest(str(synthetic), index)
+    finally:
+        index.close()
+    return dsn
+
+
 def kenya(**where):
     return select(extent=KENYA, time="2024-01", grid="africa-10m", bands="red,nir", tiles_per_worker=3, **where)
 
@@ -268,13 +280,8 @@ def test_blocks_planned_by_worker_processes_make_the_same_artifact(dsn, syntheti
     from importlib import import_module
 
     from gridded.artifact import read_batch, write_artifact
-    from gridded.index import ingest
 
-    index = open_index(dsn)
-    try:
-        ingest(str(synthetic), index)
-    finally:
-        index.close()
+    indexed(dsn, synthetic)
     selection = kenya(index=dsn)
     module, parent = import_module("gridded.plan"), os.getpid()
     real = module.plan_block
@@ -323,14 +330,8 @@ def test_sigterm_while_workers_plan_stops_them_and_leaves_nothing(synthetic, tmp
 
     from gridded.artifact import write_artifact
     from gridded.errors import Interrupted
-    from gridded.index import ingest
 
-    dsn = f"sqlite:///{tmp_path / 'index.db'}"
-    index = open_index(dsn)
-    try:
-        ingest(str(synthetic), index)
-    finally:
-        index.close()
+    dsn = indexed(f"sqlite:///{tmp_path / 'index.db'}", synthetic)
     before = signal.getsignal(signal.SIGTERM)
     import gridded.artifact
 
@@ -407,14 +408,8 @@ def test_workers_are_spawned_when_this_process_has_other_threads(synthetic, tmp_
     import psutil
 
     from gridded.artifact import read_batch, write_artifact
-    from gridded.index import ingest
 
-    dsn = f"sqlite:///{tmp_path / 'index.db'}"
-    index = open_index(dsn)
-    try:
-        ingest(str(synthetic), index)
-    finally:
-        index.close()
+    dsn = indexed(f"sqlite:///{tmp_path / 'index.db'}", synthetic)
     selection = kenya(index=dsn)
     others = set(psutil.Process().children())
     seen: list[list[str]] = []

@@ -622,8 +622,9 @@ def make_plan(*, pipeline: Pipeline, grid: Grid, extent, time: TimeRange, items:
 def plan_stream(selection: Selection, *, workers: int | None = 1) -> PlanStream:
     """The selection's plan, to be iterated batch by batch: from the index (a query per block of
     cells) or from the items of the source (read once, kept as candidates). `workers`: processes
-    planning an index's blocks (None: one per CPU when there are many blocks); they are spawned,
-    so a script asking for them must guard its main code with `if __name__ == "__main__":`."""
+    planning an index's blocks (None: one per CPU when there are many blocks); where they are
+    spawned rather than forked (macOS, Windows, other threads running), a script asking for them
+    must guard its main code with `if __name__ == "__main__":`."""
     cells = CellBlocks(selection.grid, selection.extent)
     if selection.index:
         from .index import open_index
