@@ -22,6 +22,7 @@ same file (a seeded generator).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -238,19 +239,20 @@ def item_for(tile: Tile, when: datetime, platform: str, rng: random.Random) -> d
     }
 
 
-def write_items(path: Path, n_items: int, *, seed: int = 2024) -> dict:
+def write_items(path: Path, n_items: int, *, seed: int = 2024, start: int = 0) -> dict:
     """Write `n_items` items to `path` as ndjson, one at a time; returns what was written: the count,
-    bytes, tiles, and how many items fall in 2024."""
+    bytes, tiles, and how many items fall in 2024. With `start`, the items from the start-th on (one
+    part of a larger index, written a part at a time: the parts of a size together are its items,
+    each part seeded of its own)."""
     tiles = africa_tiles()
-    rng = random.Random(seed)
+    rng = random.Random(seed + start)
     n, in_year = 0, 0
     tmp = path.with_suffix(path.suffix + ".part")
     with tmp.open("w") as f:
-        for tile, when, platform in acquisitions(tiles, n_items):
+        for tile, when, platform in itertools.islice(acquisitions(tiles, start + n_items), start, None):
             f.write(json.dumps(item_for(tile, when, platform, rng), separators=(",", ":")))
             f.write("\n")
             n += 1
             in_year += when.year == YEAR
     tmp.rename(path)
     return {"items": n, "bytes": path.stat().st_size, "tiles": len(tiles), "items_in_2024": in_year}
-
