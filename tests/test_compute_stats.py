@@ -527,3 +527,72 @@ def test_every_new_kernel_is_found_in_numbas_cache_by_the_next_process(tmp_path)
         assert runs[1][name] == [runs[0][name][1], 0], name  # then every signature loaded, none compiled
     for name in HELPERS:
         assert runs[1][name][1] == 0, name  # inlined from the callers' cache, never compiled again
+
+
+# --- band indices: the fused kernel against numpy's evaluation of the same expression ---------
+
+@st.composite
+def expressions(draw, depth=3):
+    """Random expressions of the grammar over red and nir: numbers (zero among them, for the
+    divisions by zero), every operator and every function the fused kernel computes."""
+    if depth == 0 or draw(st.integers(0, 3)) == 0:
+        return draw(st.sampled_from(["red", "nir", "red", "nir", "0", "1", "0.5", "2.5", "1e-3"]))
+    kind = draw(st.sampled_from(["+", "-", "*", "/", "neg", "sqrt", "abs", "min", "max", "clip"]))
+    a = draw(expressions(depth - 1))
+    if kind == "neg":
+        return f"-({a})"
+    if kind in ("sqrt", "abs"):
+        return f"{kind}({a})"
+    b = draw(expressions(depth - 1))
+    if kind in ("min", "max"):
+        return f"{kind}({a}, {b})"
+    if kind == "clip":
+        return f"clip({a}, {b}, {draw(expressions(depth - 1))})"
+    return f"({a}) {kind} ({b})"
+
+
+@SETTINGS
+@given(data=masked_stacks(bands=("red", "nir"), max_t=5), text=expressions(),
+       encoding=st.sampled_from([(1.0, 0.0), (1e-4, -0.1), (0.5, 3.0)]))
+def test_the_fused_index_kernel_equals_numpy_evaluation(data, text, encoding):
+    from gridded.compute.indices import bands_of, evaluate, index_stack, parse_expression, program_of
+    from gridded.reduce import physical
+
+    stacks, nodata = data
+    tree = parse_expression(text)
+    encodings = dict.fromkeys(stacks, encoding)
+
+    def values(band):
+        return physical(stacks[band], nodata[band], encodings[band])
+
+    got = index_stack(tree, stacks, nodata, encodings, values, threads=2)
+    if bands_of(tree):
+        assert program_of(tree) is not None  # every function drawn here is fused
+        want = evaluate(tree, {b: values(b) for b in bands_of(tree)})
+    else:  # numbers only: that number everywhere
+        want = np.full(stacks["red"].shape, evaluate(tree, {"red": np.zeros(1, np.float32)})[0])
+    assert got.dtype == np.float32 and got.shape == stacks["red"].shape
+    np.testing.assert_array_equal(got, want, err_msg=text)
+
+
+def test_an_index_with_exp_or_log_or_of_bands_in_two_dtypes_is_evaluated_by_numpy():
+    from gridded.compute.indices import index_stack, parse_expression, program_of
+    from gridded.reduce import physical
+
+    rng = np.random.default_rng(3)
+    red = rng.integers(0, 3000, (4, 2, 33)).astype(np.uint16)
+    nir = rng.integers(0, 3000, (4, 2, 33)).astype(np.int16)
+    assert program_of(parse_expression("log(nir) - exp(red / 1000)")) is None
+    assert program_of(parse_expression("(nir - red) / (nir + red)"))[2] == ("nir", "red")
+    stacks, nodata = {"red": red, "nir": nir}, {"red": 0, "nir": 0}
+    enc = {"red": (1e-4, 0.0), "nir": (1e-4, 0.0)}
+    for text in ("log(nir) - exp(red / 1000)", "(nir - red) / (nir + red)"):
+        tree = parse_expression(text)
+        want_r, want_n = physical(red, 0, enc["red"]), physical(nir, 0, enc["nir"])
+        with np.errstate(all="ignore"):
+            if text.startswith("log"):
+                want = (np.log(want_n) - np.exp(want_r / np.float32(1000))).astype(np.float32)
+            else:
+                want = np.where(want_n + want_r == 0, np.nan, (want_n - want_r) / (want_n + want_r)).astype(np.float32)
+        got = index_stack(tree, stacks, nodata, enc, lambda b: physical(stacks[b], nodata[b], enc[b]))
+        np.testing.assert_array_equal(got, want, err_msg=text)

@@ -159,3 +159,33 @@ def test_unreachable_stac_api_is_one_line(tmp_path):
     assert result.exit_code == 1  # an endpoint that does not answer may answer later: retryable
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("gridded: error: ") and "127.0.0.1:9" in line and "Traceback" not in result.output
+
+
+def test_documents_are_stored_zstd_compressed_and_zlib_ones_of_older_indexes_still_read(dsn, demo_catalog):
+    import zlib
+
+    cli_ok("stac", "ingest", str(demo_catalog), "--index", dsn)
+    from gridded.index import open_index
+
+    index = open_index(dsn)
+    try:
+        db, table, key = (index.db, "docs", "rowid") if dsn.startswith("sqlite") else (index.db, "gridded_items", "id")
+        docs = db.execute(f"SELECT {key}, doc FROM {table}").fetchall()  # constant names
+        assert docs and all(bytes(doc).startswith(b"\x28\xb5\x2f\xfd") for _, doc in docs)  # zstd frames
+        # an index written before stored zlib: every other document rewritten so, in place
+        import zstandard
+
+        plain = zstandard.ZstdDecompressor()
+        mark = "?" if dsn.startswith("sqlite") else "%s"
+        for k, doc in docs[::2]:
+            db.execute(f"UPDATE {table} SET doc = {mark} WHERE {key} = {mark}",
+                       (zlib.compress(plain.decompress(bytes(doc)), 1), k))
+        db.commit()
+    finally:
+        index.close()
+    found = [json.loads(x) for x in cli_ok("stac", "search", "--index", dsn, "--json").splitlines()]
+    want = {i["id"]: i for i in catalog_items(demo_catalog)}
+    assert sorted(i["id"] for i in found) == sorted(want)
+    for item in found:  # each document as it was ingested, whichever way it is compressed
+        assert item["properties"]["datetime"] == want[item["id"]]["properties"]["datetime"]
+        assert item["assets"]["red"]["href"] == want[item["id"]]["assets"]["red"]["href"]

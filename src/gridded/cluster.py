@@ -67,6 +67,16 @@ def tune_allocator() -> bool:
 
 
 @cache
+def freeze_heap() -> None:
+    """Leave every object alive now (the modules imported, the cluster, the plan) out of the cyclic
+    garbage collector's passes: a task allocates many objects, and each full collection would
+    otherwise walk the whole heap again, holding the GIL the other tasks need."""
+    import gc
+
+    gc.freeze()
+
+
+@cache
 def local_client(threads: int, memory: int):
     """This process's own LocalCluster, started once and kept for its later batches."""
     import dask

@@ -1,8 +1,9 @@
 """The STAC item index: SQLite (an R-tree over bboxes) by default, PostgreSQL (GiST) for a team.
 
 Each item is stored as the columns planning reads (candidates.py: times, platform, tile, footprint
-as WKB, hrefs, the digest of its layout) beside its STAC document, zlib-compressed; layouts are
-stored once each. Planning reads the columns only, block by block, and never builds an item.
+as WKB, hrefs, the digest of its layout) beside its STAC document, zstd-compressed (zlib in
+indexes written before; both are read); layouts are stored once each. Planning reads the columns
+only, block by block, and never builds an item.
 
 Ingest is an idempotent upsert keyed by (collection, id), a few thousand items per transaction:
 the same item twice changes nothing, an item with a newer `updated` replaces the old one. Every
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,7 +33,11 @@ DEFAULT_INDEX = "sqlite:///gridded-index.db"
 INGEST_BATCH = 2000  # items upserted per transaction
 SCHEMA_VERSION = 2
 CACHE_KIB = 65536  # SQLite page cache per connection (its default is 2 MiB)
-ZLIB_LEVEL = 1  # the documents are read rarely (stac search, migration): speed over size
+# the documents are read rarely (stac search, migration): speed over size. zstd level 3 makes
+# them as small as zlib's fastest level (1.3 KB for a 5 KB Sentinel-2 item) in a third of its time
+DOC_ZSTD_LEVEL = 3
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_codecs = threading.local()
 _IN_CHUNK = 900  # ids per `IN (...)` lookup, below SQLite's variable limit
 
 
@@ -40,7 +46,7 @@ class Row(NamedTuple):
 
     candidate: Candidate
     layout: dict
-    doc: bytes  # zlib-compressed JSON
+    doc: bytes  # compressed JSON (compress_doc)
 
 
 class LayoutCount(NamedTuple):
@@ -102,8 +108,27 @@ def _replaces(row: Row, updated: str, doc: bytes | None) -> bool:
     return (bool(new) and new > updated) or (not new and not updated and doc is not None and doc != row.doc)
 
 
+def compress_doc(raw: bytes) -> bytes:
+    """An item's JSON as the index stores it."""
+    if not hasattr(_codecs, "compressor"):  # one per thread: zstandard's are not shared between threads
+        import zstandard
+
+        _codecs.compressor = zstandard.ZstdCompressor(level=DOC_ZSTD_LEVEL)
+        _codecs.decompressor = zstandard.ZstdDecompressor()
+    return _codecs.compressor.compress(raw)
+
+
+def decompress_doc(doc: bytes) -> bytes:
+    """A stored document's JSON: zstd, or zlib as indexes before it stored them."""
+    if not doc.startswith(_ZSTD_MAGIC):
+        return zlib.decompress(doc)
+    if not hasattr(_codecs, "decompressor"):
+        compress_doc(b"")
+    return _codecs.decompressor.decompress(doc)
+
+
 def _item_of(doc: bytes) -> pystac.Item:
-    return pystac.Item.from_dict(json.loads(zlib.decompress(doc)), preserve_dict=False)
+    return pystac.Item.from_dict(json.loads(decompress_doc(doc)), preserve_dict=False)
 
 
 class SQLiteIndex:
@@ -163,7 +188,7 @@ class SQLiteIndex:
                                    (last, INGEST_BATCH)).fetchall()
             if not page:
                 break
-            self.upsert([Row(*candidate_of(json.loads(doc)), zlib.compress(doc.encode(), ZLIB_LEVEL))
+            self.upsert([Row(*candidate_of(json.loads(doc)), compress_doc(doc.encode()))
                          for _, doc in page])
             last = page[-1][0]
         self.db.execute("DROP TABLE items_v1")
@@ -337,7 +362,7 @@ class PostgresIndex:
                 cur.execute("SELECT doc::text FROM gridded_items_v1")
                 rows = []
                 for (doc,) in cur:
-                    rows.append(Row(*candidate_of(json.loads(doc)), zlib.compress(doc.encode(), ZLIB_LEVEL)))
+                    rows.append(Row(*candidate_of(json.loads(doc)), compress_doc(doc.encode())))
                     if len(rows) >= INGEST_BATCH:
                         self.upsert(rows)
                         rows = []

@@ -62,16 +62,24 @@ def asset_name(pipeline: Pipeline, task: Task, asset: str) -> str:
 
 
 def band_statistics(array: np.ndarray, nodata) -> dict:
-    """raster:bands statistics of the stored values: minimum, maximum, mean, stddev, valid_percent."""
-    valid = np.ones(array.shape, dtype=bool) if nodata is None else array != nodata
-    if np.issubdtype(array.dtype, np.floating):
-        valid &= np.isfinite(array)
-    n = int(valid.sum())
-    stats = {"valid_percent": round(100.0 * n / array.size, 4) if array.size else 0.0}
+    """raster:bands statistics of the stored values: minimum, maximum, mean, stddev, valid_percent
+    (of the values that are not nodata, nor NaN or infinite), in one kernel's two passes."""
+    from .compute._jit import summarise, summarise_narrow
+    from .compute.arrays import is_float_dtype, sentinel_for
+
+    values = np.ascontiguousarray(array).reshape(-1)
+    if values.dtype == np.bool_:
+        values = values.view(np.uint8)
+    sentinel, use = sentinel_for(values.dtype, nodata)
+    if np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize <= 2 and values.size < 2**31:
+        n, low, high, total, squares = summarise_narrow(values, sentinel, use)  # exact sums
+        mean = total / n if n else 0.0
+        std = math.sqrt((n * squares - total * total) / (n * n)) if n else 0.0  # Python's integers: exact
+    else:
+        n, low, high, mean, std = summarise(values, sentinel, use, is_float_dtype(values.dtype))
+    stats = {"valid_percent": round(100.0 * n / values.size, 4) if values.size else 0.0}
     if n:
-        values = array[valid] if n < array.size else array.ravel()
-        stats.update(minimum=float(values.min()), maximum=float(values.max()),
-                     mean=float(values.mean(dtype=np.float64)), stddev=float(values.std(dtype=np.float64)))
+        stats.update(minimum=float(low), maximum=float(high), mean=float(mean), stddev=float(std))
     return stats
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .cluster import local_client, tune_allocator, worker_resources
+from .cluster import freeze_heap, local_client, tune_allocator, worker_resources
 from .compute.statistics import warm_kernels
 from .errors import GriddedError
 from .io.access import SourceAccess
@@ -179,6 +179,7 @@ def process_batch(batch: Batch, pipeline: Pipeline, output: str, *, overwrite: b
     for statistic in pipeline.statistics:
         warm_kernels(statistic, len(pipeline.bands))
     client = local_client(*worker_resources(workers_on_machine))
+    freeze_heap()
     # period by period: the cells of one period read the same scenes, which stay open between them
     tasks = sorted(batch.tasks, key=lambda t: (t.period.label, t.key[1], t.key[0]))
     results = []

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .compute.indices import bands_of, evaluate, parse_expression
+from .compute.indices import index_stack, parse_expression
 from .compute.masking import clear_count
 from .compute.mosaic import LAYER, values_at_layer
 from .compute.percentile import reduce_percentiles
@@ -152,9 +152,10 @@ def _index_stacks(stacks: Stacks, pipeline: Pipeline) -> dict[str, np.ndarray]:
         return cache[band]
 
     result = {}
+    encodings = {band: pipeline.encoding(band) for band in pipeline.bands}
     for name, expression in pipeline.indices:
         tree = parse_expression(expression, where=f"--band-index {name}")
-        result[name] = evaluate(tree, {band: band_values(band) for band in bands_of(tree)})
+        result[name] = index_stack(tree, stacks.bands, stacks.sentinel, encodings, band_values)
     return result
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -173,11 +172,11 @@ def iter_rows(source: str, query: ItemQuery | None = None, **kwargs) -> Iterator
 
 def _stored_doc(doc: dict, raw: bytes | None, candidate: Candidate) -> bytes:
     """The compressed document the index keeps: as read when its hrefs are absolute."""
-    from .index import ZLIB_LEVEL
+    from .index import compress_doc
 
     if raw is None or not _hrefs_absolute(doc):
         raw = json.dumps(_with_absolute_hrefs(doc, candidate), separators=(",", ":")).encode()
-    return zlib.compress(raw, ZLIB_LEVEL)
+    return compress_doc(raw)
 
 
 PARALLEL_PARSE_BYTES = 16 << 20  # below this an ndjson file is parsed in the process reading it

@@ -715,3 +715,128 @@ def take_rows(stack, layer, r0, r1, out, fill, rounded, low, high):
             if rounded:
                 v = min(max(np.rint(v), low), high)
             target[x] = v if j >= 0 else fill
+
+
+# Opcodes of a band index compiled for index_rows (compute/indices.py compiles the expression):
+# each instruction is (opcode, its register, operand registers or the band or constant it takes)
+OP_BAND, OP_NUM, OP_NEG, OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_SQRT, OP_ABS, OP_MIN, OP_MAX, OP_CLIP = range(12)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _least(p, q):
+    # numpy.minimum in float32: NaN if either is
+    return p if (p != p or p < q) else q
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _greatest(p, q):
+    return p if (p != p or p > q) else q
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def index_rows(bands, sentinels, use_sentinel, is_float, scales, offsets, code, consts, r0, r1, regs, out):
+    # an index per observation, a row at a time: every instruction over the row in float32 (the
+    # registers stay in cache), the band loads as physical values (stored x scale + offset, in
+    # float32 as numpy computes them) with NaN where the observation is not clear
+    nan = np.float32(np.nan)
+    nx = out.shape[2]
+    result = code[code.shape[0] - 1, 1]
+    for t in range(out.shape[0]):
+        for y in range(r0, r1):
+            for i in range(code.shape[0]):
+                op, d, a, b, c = code[i, 0], code[i, 1], code[i, 2], code[i, 3], code[i, 4]
+                if op == OP_BAND:
+                    band = bands[a]
+                    s, use, sc, of = sentinels[a], use_sentinel[a], scales[a], offsets[a]
+                    for x in range(nx):
+                        v = band[t, y, x]
+                        if (use and v == s) or (is_float and v != v):
+                            regs[d, x] = nan
+                        else:
+                            regs[d, x] = np.float32(v) * sc + of
+                elif op == OP_NUM:
+                    k = consts[a]
+                    for x in range(nx):
+                        regs[d, x] = k
+                elif op == OP_NEG:
+                    for x in range(nx):
+                        regs[d, x] = -regs[a, x]
+                elif op == OP_ADD:
+                    for x in range(nx):
+                        regs[d, x] = regs[a, x] + regs[b, x]
+                elif op == OP_SUB:
+                    for x in range(nx):
+                        regs[d, x] = regs[a, x] - regs[b, x]
+                elif op == OP_MUL:
+                    for x in range(nx):
+                        regs[d, x] = regs[a, x] * regs[b, x]
+                elif op == OP_DIV:
+                    for x in range(nx):
+                        q = regs[b, x]
+                        regs[d, x] = nan if q == 0 else regs[a, x] / q
+                elif op == OP_SQRT:
+                    for x in range(nx):
+                        regs[d, x] = np.sqrt(regs[a, x])
+                elif op == OP_ABS:
+                    for x in range(nx):
+                        regs[d, x] = np.abs(regs[a, x])
+                elif op == OP_MIN:
+                    for x in range(nx):
+                        regs[d, x] = _least(regs[a, x], regs[b, x])
+                elif op == OP_MAX:
+                    for x in range(nx):
+                        regs[d, x] = _greatest(regs[a, x], regs[b, x])
+                else:  # OP_CLIP: numpy.clip, as maximum then minimum
+                    for x in range(nx):
+                        regs[d, x] = _least(_greatest(regs[a, x], regs[b, x]), regs[c, x])
+            for x in range(nx):
+                out[t, y, x] = regs[result, x]
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def summarise_narrow(values, sentinel, use_sentinel):
+    # (count, minimum, maximum, sum, sum of squares) of the values of an integer array of at most
+    # 16 bits that are not the sentinel, exactly, in int64 (squares of 16 bits summed over 2^31
+    # values fit); one pass of selects that LLVM vectorises
+    n = 0
+    total = 0
+    squares = 0
+    low = np.int64(2**62)
+    high = -np.int64(2**62)
+    for v in values:
+        w = np.int64(v)
+        keep = not (use_sentinel and v == sentinel)
+        n += 1 if keep else 0
+        total += w if keep else 0
+        squares += w * w if keep else 0
+        low = min(low, w) if keep else low
+        high = max(high, w) if keep else high
+    return n, low, high, total, squares
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def summarise(values, sentinel, use_sentinel, is_float):
+    # (count, minimum, maximum, mean, standard deviation) of the values that are neither the
+    # sentinel nor, in a float array, NaN or infinite: two passes of selects (the deviations from
+    # the mean in the second), which LLVM vectorises
+    n = 0
+    total = 0.0
+    low = np.inf
+    high = -np.inf
+    for v in values:
+        f = np.float64(v)
+        keep = not (use_sentinel and v == sentinel) and (not is_float or abs(f) < np.inf)
+        n += 1 if keep else 0
+        total += f if keep else 0.0
+        low = min(low, f) if keep else low
+        high = max(high, f) if keep else high
+    if n == 0:
+        return 0, 0.0, 0.0, 0.0, 0.0
+    mean = total / n
+    squares = 0.0
+    for v in values:
+        f = np.float64(v)
+        keep = not (use_sentinel and v == sentinel) and (not is_float or abs(f) < np.inf)
+        d = f - mean
+        squares += d * d if keep else 0.0
+    return n, low, high, mean, np.sqrt(squares / n)

@@ -161,6 +161,83 @@ def evaluate(node: Node, values: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(result, dtype=np.float32)
 
 
+# what the fused kernel computes exactly as numpy does; exp and log are left to evaluate(): numpy's
+# float32 exp and log and the C library's can differ in the last bit
+FUSED_CALLS = ("sqrt", "abs", "min", "max", "clip")
+
+
+def program_of(node: Node) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None:
+    """An expression as instructions for the fused kernel (compute/_jit.py index_rows): the code
+    ((n, 5) int64: opcode, register, operands), the constants (float32) and the bands it loads in
+    the order the code numbers them; None for an expression the kernel does not compute (a call to
+    exp or log, or numbers only)."""
+    from . import _jit as j
+
+    ops = {"+": j.OP_ADD, "-": j.OP_SUB, "*": j.OP_MUL, "/": j.OP_DIV}
+    calls = {"sqrt": j.OP_SQRT, "abs": j.OP_ABS, "min": j.OP_MIN, "max": j.OP_MAX, "clip": j.OP_CLIP}
+    code: list[tuple[int, ...]] = []
+    consts: list[np.float32] = []
+    loaded: dict[str, int] = {}
+
+    def emit(op: int, *operands: int) -> int:
+        code.append((op, len(code), *operands, *(0,) * (3 - len(operands))))
+        return len(code) - 1
+
+    def walk(n: Node) -> int | None:
+        if n.kind == "num":
+            consts.append(np.float32(n.args[0]))
+            return emit(j.OP_NUM, len(consts) - 1)
+        if n.kind == "band":
+            if n.args[0] not in loaded:  # each band loaded once a row
+                loaded[n.args[0]] = emit(j.OP_BAND, len(loaded))
+            return loaded[n.args[0]]
+        if n.kind == "call" and n.args[0] not in FUSED_CALLS:
+            return None
+        children = n.args[1:] if n.kind == "call" else n.args
+        registers = [walk(child) for child in children]
+        if any(r is None for r in registers):
+            return None
+        op = j.OP_NEG if n.kind == "neg" else calls[n.args[0]] if n.kind == "call" else ops[n.kind]
+        return emit(op, *registers)  # type: ignore[arg-type]
+
+    if walk(node) is None or not loaded:
+        return None
+    return np.array(code, dtype=np.int64), np.array(consts or [0], dtype=np.float32), tuple(loaded)
+
+
+def index_stack(node: Node, stacks: dict[str, np.ndarray], sentinels: dict, encodings: dict[str, tuple[float, float]],
+                physical, *, threads: int | None = None) -> np.ndarray:
+    """An index per observation, (time, y, x) float32 with NaN where any band it reads is unclear:
+    evaluate() over the bands' physical values, as one pass of the fused kernel where it can (the
+    bands stored in one dtype) and through numpy otherwise, with the same float32 results.
+    `physical(band)`: a band's float32 physical values, for the numpy path."""
+    program = program_of(node)
+    if not bands_of(node):  # numbers only: the one value everywhere
+        return np.full(next(iter(stacks.values())).shape, evaluate(node, {"": np.zeros(1, np.float32)})[0])
+    if program is None or len({stacks[b].dtype for b in program[2]}) != 1:
+        return evaluate(node, {band: physical(band) for band in bands_of(node)})
+    from ._jit import index_rows
+    from .arrays import is_float_dtype, sentinel_for
+    from .blocks import run_in_row_blocks
+
+    code, consts, names = program
+    bands = tuple(np.ascontiguousarray(stacks[b]) for b in names)
+    dtype = bands[0].dtype
+    pairs = [sentinel_for(dtype, sentinels[b]) for b in names]
+    typed = np.array([v for v, _ in pairs], dtype=dtype)
+    use = np.array([u for _, u in pairs], dtype=np.bool_)
+    scales = np.array([encodings[b][0] for b in names], dtype=np.float32)
+    offsets = np.array([encodings[b][1] for b in names], dtype=np.float32)
+    out = np.empty(bands[0].shape, dtype=np.float32)
+
+    def rows(r0: int, r1: int) -> None:
+        regs = np.empty((len(code), out.shape[2]), dtype=np.float32)
+        index_rows(bands, typed, use, is_float_dtype(dtype), scales, offsets, code, consts, r0, r1, regs, out)
+
+    run_in_row_blocks(rows, out.shape[1], threads)
+    return out
+
+
 def _eval(node: Node, values: dict[str, np.ndarray]):
     if node.kind == "num":
         return np.float32(node.args[0])
