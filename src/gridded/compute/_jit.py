@@ -799,8 +799,8 @@ def summarise_narrow(values, sentinel, use_sentinel):
     # 16 bits that are not the sentinel, exactly, in int64 (squares of 16 bits summed over 2^31
     # values fit); one pass of selects that LLVM vectorises
     n = 0
-    total = 0
-    squares = 0
+    total = np.int64(0)
+    squares = np.int64(0)
     low = np.int64(2**62)
     high = -np.int64(2**62)
     for v in values:

@@ -176,7 +176,7 @@ def program_of(node: Node) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | N
     ops = {"+": j.OP_ADD, "-": j.OP_SUB, "*": j.OP_MUL, "/": j.OP_DIV}
     calls = {"sqrt": j.OP_SQRT, "abs": j.OP_ABS, "min": j.OP_MIN, "max": j.OP_MAX, "clip": j.OP_CLIP}
     code: list[tuple[int, ...]] = []
-    consts: list[np.float32] = []
+    consts: list[float] = []
     loaded: dict[str, int] = {}
 
     def emit(op: int, *operands: int) -> int:
@@ -185,7 +185,7 @@ def program_of(node: Node) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | N
 
     def walk(n: Node) -> int | None:
         if n.kind == "num":
-            consts.append(np.float32(n.args[0]))
+            consts.append(float(np.float32(n.args[0])))
             return emit(j.OP_NUM, len(consts) - 1)
         if n.kind == "band":
             if n.args[0] not in loaded:  # each band loaded once a row
@@ -228,13 +228,13 @@ def index_stack(node: Node, stacks: dict[str, np.ndarray], sentinels: dict, enco
     use = np.array([u for _, u in pairs], dtype=np.bool_)
     scales = np.array([encodings[b][0] for b in names], dtype=np.float32)
     offsets = np.array([encodings[b][1] for b in names], dtype=np.float32)
-    out = np.empty(bands[0].shape, dtype=np.float32)
+    out: np.ndarray = np.empty(bands[0].shape, dtype=np.float32)
 
     def rows(r0: int, r1: int) -> None:
-        regs = np.empty((len(code), out.shape[2]), dtype=np.float32)
+        regs = np.empty((len(code), out.shape[-1]), dtype=np.float32)
         index_rows(bands, typed, use, is_float_dtype(dtype), scales, offsets, code, consts, r0, r1, regs, out)
 
-    run_in_row_blocks(rows, out.shape[1], threads)
+    run_in_row_blocks(rows, out.shape[-2], threads)
     return out
 
 
