@@ -71,7 +71,7 @@ def band_statistics(array: np.ndarray, nodata) -> dict:
     if values.dtype == np.bool_:
         values = values.view(np.uint8)
     sentinel, use = sentinel_for(values.dtype, nodata)
-    if np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize <= 2 and values.size < 2**31:
+    if np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize <= 2 and values.size < 2**30:
         n, low, high, total, squares = summarise_narrow(values, sentinel, use)  # exact sums
         mean = total / n if n else 0.0
         std = math.sqrt((n * squares - total * total) / (n * n)) if n else 0.0  # Python's integers: exact

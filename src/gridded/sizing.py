@@ -67,16 +67,22 @@ def memory_bytes(shape_yx: tuple[int, int], layers: int, pipeline: Pipeline,
 
 def _float_stacks(pipeline: Pipeline) -> float:
     """How many float32 stacks of a task's layers the indices (and a ranking band) add: per index
-    its values and two intermediates of its expression; per band they read its physical values and
-    two boolean layers (where it is missing)."""
-    bands = set()
+    its values, and for one numpy evaluates (not the fused kernel) two intermediates of its
+    expression and per band it reads its physical values and two boolean layers (where it is
+    missing); a ranking band's physical values likewise."""
+    from .compute.indices import program_of
+
+    stacks, bands = 0.0, set()
     for name, expression in pipeline.indices:
-        bands |= set(bands_of(parse_expression(expression, where=f"--band-index {name}")))
+        tree = parse_expression(expression, where=f"--band-index {name}")
+        stacks += 1 if program_of(tree) is not None else 3
+        if program_of(tree) is None:
+            bands |= set(bands_of(tree))
     ranked = any(statistic_for(s).ranked for s in pipeline.statistics)
     rank = (pipeline.rank or "").lstrip("-")
     if ranked and rank in pipeline.bands:
         bands.add(rank)
-    return 3 * len(pipeline.indices) + 1.5 * len(bands)
+    return stacks + 1.5 * len(bands)
 
 
 def largest_task(plan: Plan | PlanStream) -> tuple[TaskShape | None, int]:

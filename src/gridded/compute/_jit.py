@@ -796,7 +796,7 @@ def index_rows(bands, sentinels, use_sentinel, is_float, scales, offsets, code, 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def summarise_narrow(values, sentinel, use_sentinel):
     # (count, minimum, maximum, sum, sum of squares) of the values of an integer array of at most
-    # 16 bits that are not the sentinel, exactly, in int64 (squares of 16 bits summed over 2^31
+    # 16 bits that are not the sentinel, exactly, in int64 (squares of 16 bits summed over 2^30
     # values fit); one pass of selects that LLVM vectorises
     n = 0
     total = np.int64(0)
