@@ -112,23 +112,25 @@ def _replaces(row: Row, updated: str, doc: bytes | None) -> bool:
     return (bool(new) and new > updated) or (not new and not updated and doc is not None and doc != row.doc)
 
 
-def compress_doc(raw: bytes) -> bytes:
-    """An item's JSON as the index stores it."""
-    if not hasattr(_codecs, "compressor"):  # one per thread: zstandard's are not shared between threads
+def _zstd():
+    """This thread's (compressor, decompressor): zstandard's are not shared between threads."""
+    if not hasattr(_codecs, "pair"):
         import zstandard
 
-        _codecs.compressor = zstandard.ZstdCompressor(level=DOC_ZSTD_LEVEL)
-        _codecs.decompressor = zstandard.ZstdDecompressor()
-    return _codecs.compressor.compress(raw)
+        _codecs.pair = (zstandard.ZstdCompressor(level=DOC_ZSTD_LEVEL), zstandard.ZstdDecompressor())
+    return _codecs.pair
+
+
+def compress_doc(raw: bytes) -> bytes:
+    """An item's JSON as the index stores it."""
+    return _zstd()[0].compress(raw)
 
 
 def decompress_doc(doc: bytes) -> bytes:
     """A stored document's JSON: zstd, or zlib as indexes before it stored them."""
     if not doc.startswith(_ZSTD_MAGIC):
         return zlib.decompress(doc)
-    if not hasattr(_codecs, "decompressor"):
-        compress_doc(b"")
-    return _codecs.decompressor.decompress(doc)
+    return _zstd()[1].decompress(doc)
 
 
 def _item_of(doc: bytes) -> pystac.Item:

@@ -75,8 +75,10 @@ def _float_stacks(pipeline: Pipeline) -> float:
     stacks, bands = 0.0, set()
     for name, expression in pipeline.indices:
         tree = parse_expression(expression, where=f"--band-index {name}")
-        stacks += 1 if program_of(tree) is not None else 3
-        if program_of(tree) is None:
+        if program_of(tree) is not None:
+            stacks += 1
+        else:
+            stacks += 3
             bands |= set(bands_of(tree))
     ranked = any(statistic_for(s).ranked for s in pipeline.statistics)
     rank = (pipeline.rank or "").lstrip("-")

@@ -217,15 +217,13 @@ def index_stack(node: Node, stacks: dict[str, np.ndarray], sentinels: dict, enco
     if program is None or len({stacks[b].dtype for b in program[2]}) != 1:
         return evaluate(node, {band: physical(band) for band in bands_of(node)})
     from ._jit import index_rows
-    from .arrays import is_float_dtype, sentinel_for
+    from .arrays import is_float_dtype, sentinels_for
     from .blocks import run_in_row_blocks
 
     code, consts, names = program
     bands = tuple(np.ascontiguousarray(stacks[b]) for b in names)
     dtype = bands[0].dtype
-    pairs = [sentinel_for(dtype, sentinels[b]) for b in names]
-    typed = np.array([v for v, _ in pairs], dtype=dtype)
-    use = np.array([u for _, u in pairs], dtype=np.bool_)
+    typed, use = sentinels_for({b: stacks[b] for b in names}, sentinels, dtype)
     scales = np.array([encodings[b][0] for b in names], dtype=np.float32)
     offsets = np.array([encodings[b][1] for b in names], dtype=np.float32)
     out: np.ndarray = np.empty(bands[0].shape, dtype=np.float32)
