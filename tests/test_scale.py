@@ -234,6 +234,38 @@ def test_an_index_of_the_first_layout_is_migrated_when_opened(dsn, demo_catalog)
     again.close()
 
 
+def test_an_index_whose_rtree_has_no_time_is_migrated_when_opened(tmp_path, demo_catalog):
+    """Schema 2 (an R-tree over space alone) -> 3: the R-tree rebuilt with each item's time, once."""
+    from datetime import UTC, datetime
+
+    path = tmp_path / "v2.db"
+    CliRunner().invoke(cli, ["stac", "ingest", str(demo_catalog), "--index", f"sqlite:///{path}"])
+    db = sqlite3.connect(path)  # as schema 2 left it
+    db.executescript("""
+        BEGIN;
+        CREATE VIRTUAL TABLE old_bbox USING rtree(rowid, minx, maxx, miny, maxy);
+        INSERT INTO old_bbox SELECT rowid, minx, maxx, miny, maxy FROM items_bbox;
+        DROP TABLE items_bbox;
+        ALTER TABLE old_bbox RENAME TO items_bbox;
+        UPDATE meta SET value = '2' WHERE key = 'schema';
+        COMMIT;""")
+    db.close()
+    index = open_index(f"sqlite:///{path}")
+    assert index.count() == 21
+    assert index.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+    for start, mint, maxt in index.db.execute("SELECT i.start, b.mint, b.maxt FROM items i "
+                                              "JOIN items_bbox b ON b.rowid = i.rowid").fetchall():
+        days = (datetime.fromisoformat(start) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() / 86400
+        assert mint <= days <= maxt and maxt - mint < 0.01  # float32, rounded outwards
+    later = dict(bbox=(-180, -90, 180, 90), start=datetime(2030, 1, 1, tzinfo=UTC),
+                 end=datetime(2030, 12, 31, tzinfo=UTC))
+    assert index.candidates(**later) == [] and index.layouts(**later) == []
+    index.close()
+    where = dict(extent=DEMO_EXTENT, time=DEMO_TIME, grid=str(DEMO_GRID), bands="red,nir", tiles_per_worker=2)
+    assert plan_key(plan_for(select(index=f"sqlite:///{path}", **where)).batches) == \
+        plan_key(plan_for(select(source=str(demo_catalog), **where)).batches)
+
+
 def test_plan_lists_a_continent_without_making_observations(synthetic, monkeypatch):
     from gridded.finder import ObservationFinder
 
