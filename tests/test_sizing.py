@@ -102,3 +102,18 @@ def test_the_largest_task_of_a_stream_is_the_plans(demo_catalog):
     with plan_stream(selection) as stream:
         assert list(stream) and largest_task(stream) == whole
     assert whole[0] is not None and whole[1] > 0
+
+
+def test_planning_an_index_does_not_import_numba(demo_catalog):
+    """The plan's memory estimate asks whether an index is fused without the kernels: importing
+    numba costs the planning process ~0.4 s before any worker starts."""
+    import subprocess
+    import sys
+
+    args = ["plan", "--source", str(demo_catalog), "--extent", DEMO_EXTENT, "--time", DEMO_TIME,
+            "--grid", str(DEMO_GRID), "--bands", "red,nir", "--band-index", "ndvi", "--statistic", "median,p90"]
+    code = ("import sys\nfrom gridded.cli import cli\ntry:\n    cli(sys.argv[1:], standalone_mode=False)\n"
+            "finally:\n    print('numba', 'imported' if 'numba' in sys.modules else 'not imported', file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "largest task needs" in done.stderr and done.stderr.strip().endswith("numba not imported"), done.stderr

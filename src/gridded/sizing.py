@@ -70,12 +70,12 @@ def _float_stacks(pipeline: Pipeline) -> float:
     its values, and for one numpy evaluates (not the fused kernel) two intermediates of its
     expression and per band it reads its physical values and two boolean layers (where it is
     missing); a ranking band's physical values likewise."""
-    from .compute.indices import program_of
+    from .compute.indices import fused
 
     stacks, bands = 0.0, set()
     for name, expression in pipeline.indices:
         tree = parse_expression(expression, where=f"--band-index {name}")
-        if program_of(tree) is not None:
+        if fused(tree):
             stacks += 1
         else:
             stacks += 3

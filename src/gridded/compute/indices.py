@@ -166,11 +166,26 @@ def evaluate(node: Node, values: dict[str, np.ndarray]) -> np.ndarray:
 FUSED_CALLS = ("sqrt", "abs", "min", "max", "clip")
 
 
+def fused(node: Node) -> bool:
+    """Whether the fused kernel computes the expression (program_of is not None), without
+    importing numba: it reads a band and calls nothing but FUSED_CALLS."""
+    def calls_fused(n: Node) -> bool:
+        if n.kind in ("num", "band"):
+            return True
+        if n.kind == "call" and n.args[0] not in FUSED_CALLS:
+            return False
+        return all(calls_fused(child) for child in (n.args[1:] if n.kind == "call" else n.args))
+
+    return bool(bands_of(node)) and calls_fused(node)
+
+
 def program_of(node: Node) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None:
     """An expression as instructions for the fused kernel (compute/_jit.py index_rows): the code
     ((n, 5) int64: opcode, register, operands), the constants (float32) and the bands it loads in
     the order the code numbers them; None for an expression the kernel does not compute (a call to
     exp or log, or numbers only)."""
+    if not fused(node):
+        return None
     from . import _jit as j
 
     ops = {"+": j.OP_ADD, "-": j.OP_SUB, "*": j.OP_MUL, "/": j.OP_DIV}
@@ -183,7 +198,7 @@ def program_of(node: Node) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | N
         code.append((op, len(code), *operands, *(0,) * (3 - len(operands))))
         return len(code) - 1
 
-    def walk(n: Node) -> int | None:
+    def walk(n: Node) -> int:
         if n.kind == "num":
             consts.append(float(np.float32(n.args[0])))
             return emit(j.OP_NUM, len(consts) - 1)
@@ -191,17 +206,11 @@ def program_of(node: Node) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | N
             if n.args[0] not in loaded:  # each band loaded once a row
                 loaded[n.args[0]] = emit(j.OP_BAND, len(loaded))
             return loaded[n.args[0]]
-        if n.kind == "call" and n.args[0] not in FUSED_CALLS:
-            return None
-        children = n.args[1:] if n.kind == "call" else n.args
-        registers = [walk(child) for child in children]
-        if any(r is None for r in registers):
-            return None
+        registers = [walk(child) for child in (n.args[1:] if n.kind == "call" else n.args)]
         op = j.OP_NEG if n.kind == "neg" else calls[n.args[0]] if n.kind == "call" else ops[n.kind]
-        return emit(op, *registers)  # type: ignore[arg-type]
+        return emit(op, *registers)
 
-    if walk(node) is None or not loaded:
-        return None
+    walk(node)
     return np.array(code, dtype=np.int64), np.array(consts or [0], dtype=np.float32), tuple(loaded)
 
 
