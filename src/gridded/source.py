@@ -181,6 +181,9 @@ def _stored_doc(doc: dict, raw: bytes | None, candidate: Candidate) -> bytes:
 
 PARALLEL_PARSE_BYTES = 16 << 20  # below this an ndjson file is parsed in the process reading it
 PARSE_CHUNK_BYTES = 4 << 20  # a worker's share of a large ndjson file at a time (~800 Earth Search items)
+# ranges parsed ahead of the reader: more than an index transaction's worth (INGEST_BATCH), so the
+# workers go on parsing while the index writes one (~4 MB of rows each, pickled then unpickled)
+PARSE_AHEAD = 32
 
 
 def _parallel_rows(path: str, source: str, query: ItemQuery, *, flag: str = "--source",
@@ -200,7 +203,7 @@ def _parallel_rows(path: str, source: str, query: ItemQuery, *, flag: str = "--s
         spans = _line_spans(path)
         first = 1  # the number of the first line of the next result
         while True:
-            while len(pending) < 2 * workers:
+            while len(pending) < max(PARSE_AHEAD, 2 * workers):
                 span = next(spans, None)
                 if span is None:
                     break
