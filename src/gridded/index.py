@@ -41,6 +41,7 @@ SCHEMA_VERSION = 3
 # keeps 32-bit floats rounded outwards, ~3 minutes at today's dates: the exact test on the text
 # columns follows)
 _DAYS = "(julianday({}) - 2440587.5)"
+_RTREE = "rtree(rowid, minx, maxx, miny, maxy, mint, maxt)"  # the items' bboxes and times (schema 3)
 CACHE_KIB = 65536  # SQLite page cache per connection (its default is 2 MiB)
 # the documents are read rarely (stac search, migration): speed over size. zstd level 3 makes
 # them as small as zlib's fastest level (1.3 KB for a 5 KB Sentinel-2 item) in a third of its time
@@ -153,7 +154,7 @@ class SQLiteIndex:
     """A single SQLite file (WAL): items with their planning columns (small rows, many to a page),
     an R-tree over their bboxes and times, their documents in a table of their own, and the layouts."""
 
-    SCHEMA = """
+    SCHEMA = f"""
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE IF NOT EXISTS items (
             rowid INTEGER PRIMARY KEY, collection TEXT NOT NULL, id TEXT NOT NULL,
@@ -161,7 +162,7 @@ class SQLiteIndex:
             tile TEXT NOT NULL, baseline REAL NOT NULL, geometry BLOB NOT NULL, self_href TEXT,
             hrefs TEXT NOT NULL, layout TEXT NOT NULL, UNIQUE (collection, id));
         CREATE TABLE IF NOT EXISTS docs (rowid INTEGER PRIMARY KEY, doc BLOB NOT NULL);
-        CREATE VIRTUAL TABLE IF NOT EXISTS items_bbox USING rtree(rowid, minx, maxx, miny, maxy, mint, maxt);
+        CREATE VIRTUAL TABLE IF NOT EXISTS items_bbox USING {_RTREE};
         CREATE TABLE IF NOT EXISTS layouts (layout TEXT PRIMARY KEY, doc TEXT NOT NULL);
     """
     COLUMNS = ("collection", "id", "start", '"end"', "updated", "platform", "tile", "baseline", "geometry",
@@ -218,7 +219,7 @@ class SQLiteIndex:
         one leaves schema 2 as it was, and the next opening starts again)."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.execute("CREATE VIRTUAL TABLE items_bbox_v3 USING rtree(rowid, minx, maxx, miny, maxy, mint, maxt)")
+            self.db.execute(f"CREATE VIRTUAL TABLE items_bbox_v3 USING {_RTREE}")
             times = f"{_DAYS.format('i.start')}, " + _DAYS.format('i."end"')
             self.db.execute(f"INSERT INTO items_bbox_v3 SELECT b.rowid, b.minx, b.maxx, b.miny, b.maxy, {times} "
                             "FROM items_bbox b JOIN items i ON i.rowid = b.rowid ORDER BY b.rowid")
