@@ -468,3 +468,38 @@ def test_workers_are_spawned_when_this_process_has_other_threads(synthetic, tmp_
     # a spawned worker is a new interpreter (a forked one would show this process's command line)
     assert seen[0].count("--multiprocessing-fork") == 2, seen
     assert plan_key(read_batch(path, i)[3] for i in range(n)) == plan_key(plan_for(selection).batches)
+
+
+@pytest.mark.parametrize("dsn", ["sqlite", "postgresql"], indirect=True)
+def test_workers_resolve_the_recipe_while_they_plan_and_report_a_band_no_layout_has(dsn, synthetic, tmp_path):
+    """With planning workers the layouts of the extent's items are asked of a worker (not of this
+    process, before any block) while the others plan: the same artifact, the same resolved recipe,
+    the same totals; and a band no item has is the same one-line error as without workers."""
+    from gridded.artifact import read_batch, write_artifact
+    from gridded.errors import ConfigError
+    from gridded.plan import plan_stream
+
+    indexed(dsn, synthetic)
+    selection = kenya(index=dsn)
+    whole = plan_for(selection)
+    path = str(tmp_path / "cells.pickle")
+    with plan_stream(selection, workers=2) as stream:
+        def not_here(**_):
+            raise AssertionError("the layouts were asked of the planning process")
+
+        assert stream._resolution is None  # not resolved yet: the first blocks are planned meanwhile
+        stream.source.layouts = not_here  # the workers have their own connections, this one is unused
+        n = write_artifact(stream, path)
+        assert (stream.n_items, stream.n_tasks, stream.bands_read) == (whole.n_items, len(whole.tasks),
+                                                                        whole.bands_read)
+    assert whole.n_items > 0 and whole.pipeline.mask is not None and whole.pipeline.encodings
+    assert read_batch(path, 0)[1] == whole.pipeline
+    assert plan_key(read_batch(path, i)[3] for i in range(n)) == plan_key(whole.batches)
+    messages = []
+    for workers in (1, 2):
+        bad = select(extent=KENYA, time="2024-01", grid="africa-10m", bands="red,swir99", index=dsn)
+        with pytest.raises(ConfigError) as err, plan_stream(bad, workers=workers) as stream:
+            write_artifact(stream, str(tmp_path / f"bad-{workers}.pickle"))
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "no asset for band 'swir99'" in messages[0], messages
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("bad")) == []

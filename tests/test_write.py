@@ -237,3 +237,33 @@ def test_a_stopping_run_commits_no_more_items(tmp_path):
         COMMITS_STOPPED.clear()
     assert not (tmp_path / "out" / ITEM).exists()
     assert {name for _, name in storage.calls} == {*ASSET_FILES.values(), THUMBNAIL}
+
+
+def test_thumbnails_written_on_many_threads_warn_of_nothing(tmp_path, monkeypatch):
+    """A worker writes thumbnails on several threads at once: none of them lets rasterio's
+    'no georeference' warning for the in-memory picture through (each thread's
+    `catch_warnings` once restored the filters another was relying on: a few in a thousand)."""
+    import sys
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    import rasterio
+
+    from gridded.thumbnail import write_png
+
+    rgba = np.random.default_rng(1).integers(0, 255, (4, 32, 32), dtype=np.uint8)
+    shown: list[str] = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *_, **__: shown.append(str(message)))
+    warnings.simplefilter("always")  # (pytest restores the filters after the test)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads interleave every few bytecodes, as a busy worker's may
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: write_png(tmp_path / f"{i % 50}-{i}.png", rgba), range(2500)))
+    finally:
+        sys.setswitchinterval(switch)
+    assert [m for m in shown if "georeference" in m or "geotransform" in m] == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(tmp_path / "49-2499.png") as src:
+            assert (src.read() == rgba).all()

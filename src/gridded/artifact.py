@@ -109,8 +109,8 @@ TableRef = tuple[int, int, bytes]  # where a table of observations is in the fil
 
 def _write_file(path: Path, batches: Iterable[tuple], plan) -> int:
     entries = []
-    # what every batch's payload carries besides its batch, pickled once
-    common = pickle.dumps({"pipeline": plan.pipeline, "grid": plan.grid, "access": plan.access}, protocol=5)
+    common = None  # what every payload carries besides its batch, pickled once: when the first batch
+    # is made (a stream resolves its recipe while its first blocks are planned)
     with open(path, "wb") as f:
         f.write(MAGIC + PREAMBLE.pack(0, 0, 0, 0))
         offset = len(MAGIC) + PREAMBLE.size
@@ -120,6 +120,9 @@ def _write_file(path: Path, batches: Iterable[tuple], plan) -> int:
         for expected, (batch_id, cells) in enumerate(batches):  # each (id, (table, blob) per cell)
             if batch_id != expected:
                 raise ArtifactError(f"batch ids must be 0..N-1 in order: got {batch_id} after {expected - 1}")
+            if common is None:
+                common = pickle.dumps({"pipeline": plan.pipeline, "grid": plan.grid, "access": plan.access},
+                                      protocol=5)
             stored = []
             for table, blob in cells:
                 if id(table) not in tables:  # a table before the first payload that needs it

@@ -93,6 +93,7 @@ class Index(Protocol):
     def upsert(self, rows: list[Row]) -> IngestCounts: ...
     def layouts(self, *, bbox, start: datetime, end: datetime,
                 collections: tuple[str, ...] = ()) -> list[LayoutCount]: ...
+    def layout_docs(self) -> dict[str, dict]: ...  # every layout the index holds, by digest
     def candidates(self, *, bbox, start: datetime, end: datetime, collections: tuple[str, ...] = (),
                    hrefs: bool = True) -> list[tuple]: ...  # rows in Candidate's order
     def search(self, *, bbox, start: datetime, end: datetime,
@@ -317,6 +318,9 @@ class SQLiteIndex:
             if found else {}
         return [LayoutCount(d, json.loads(docs[d]), n, example, latest) for d, n, example, latest in found]
 
+    def layout_docs(self) -> dict[str, dict]:
+        return {d: json.loads(doc) for d, doc in self.db.execute("SELECT layout, doc FROM layouts")}
+
     def candidates(self, *, bbox, start, end, collections=(), hrefs: bool = True) -> list[tuple]:
         """The planning columns of the items a query selects, as rows in Candidate's order, in time
         then id order; without `hrefs`, none (for counting)."""
@@ -457,6 +461,11 @@ class PostgresIndex:
             "SELECT layout, doc::text FROM gridded_layouts WHERE layout = ANY(%s)", [[f[0] for f in found]]).fetchall())
         self.db.commit()
         return [LayoutCount(d, json.loads(docs[d]), n, example, utc_text(latest)) for d, n, example, latest in found]
+
+    def layout_docs(self) -> dict[str, dict]:
+        found = self.db.execute("SELECT layout, doc::text FROM gridded_layouts").fetchall()
+        self.db.commit()
+        return {d: json.loads(doc) for d, doc in found}
 
     def candidates(self, *, bbox, start, end, collections=(), hrefs: bool = True) -> list[tuple]:
         where, params = self._where(bbox, start, end, collections)

@@ -430,6 +430,10 @@ def _plan_block(block: list, bbox, want_footprints: bool) -> tuple[list, list]:
     return plan_block(_WORKER["source"], _WORKER["spec"], block, bbox, want_footprints)
 
 
+def _find_layouts(bbox, start, end, collections) -> list:
+    return _WORKER["source"].layouts(bbox=bbox, start=start, end=end, collections=collections)
+
+
 class PlanStream:
     """The plan of a selection made block by block: iterate for the batches as they are made; the
     totals (`n_items`, `empty_cells`, `n_tasks`, ...) are complete once iterated; `to_plan()` keeps
@@ -440,8 +444,6 @@ class PlanStream:
                  candidates, local_roots: tuple[Path, ...] | None = None, collections: tuple[str, ...] = (),
                  access: SourceAccess | None = None, block_side: int | None = None, cells: CellBlocks | None = None,
                  workers: int | None = 1):
-        from .finder import resolve_layouts
-
         if tiles_per_worker < 1:
             raise ConfigError(f"--tiles-per-worker {tiles_per_worker}: must be at least 1")
         self.grid, self.extent, self.time, self.tiles_per_worker = grid, extent, time, tiles_per_worker
@@ -450,15 +452,65 @@ class PlanStream:
         wanted = block_side or block_side_for(grid)
         self.layout = cells if cells is not None and cells.side == wanted else CellBlocks(grid, extent, wanted)
         self.cells, self.blocks = self.layout.cells, self.layout.blocks
-        layouts = candidates.layouts(bbox=self.layout.bbox, start=time.start, end=time.end, collections=collections)
-        self.pipeline, self.resolved, self.bands_read = resolve_layouts(pipeline, layouts)
-        self.n_items = sum(lc.count for lc in layouts)
-        self.periods = periods_for(time, self.pipeline.period)
+        self.asked = pipeline  # the recipe as given; `pipeline` is it resolved from the items' layouts
+        self.periods = periods_for(time, pipeline.period)
         self.empty_cells: list[tuple[int, int]] = []
         self.n_batches = self.n_tasks = self.n_observations = 0
         self.footprints: dict[bytes, None] = {}
         self.largest: TaskShape | None = None  # of the tasks so far, for the summary's memory estimate
         self.workers = workers  # processes planning an index's blocks; None: one per CPU for many blocks
+        self._resolution: tuple | None = None  # (pipeline, resolved, bands_read, n_items)
+        if self._planning_workers() <= 1:  # else a worker asks the index while the others plan blocks
+            self._resolve(candidates.layouts(bbox=self.layout.bbox, start=time.start, end=time.end,
+                                             collections=collections))
+
+    def _resolve(self, layouts) -> None:
+        from .finder import resolve_layouts
+
+        pipeline, resolved, bands_read = resolve_layouts(self.asked, layouts)
+        self._resolution = pipeline, resolved, bands_read, sum(lc.count for lc in layouts)
+
+    def _resolved(self) -> tuple:
+        if self._resolution is None:  # asked before the blocks were planned: the index answers here
+            self._resolve(self.source.layouts(bbox=self.layout.bbox, start=self.time.start, end=self.time.end,
+                                              collections=self.collections))
+        assert self._resolution is not None
+        return self._resolution
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._resolved()[0]
+
+    @property
+    def resolved(self) -> dict:
+        return self._resolved()[1]
+
+    @property
+    def bands_read(self) -> tuple:
+        return self._resolved()[2]
+
+    @property
+    def n_items(self) -> int:
+        return self._resolved()[3]
+
+    def _each_layout(self) -> dict:
+        """Every layout of the index resolved against the recipe (those that cannot be are left out:
+        the layouts of the extent's items decide whether that is an error)."""
+        from .finder import resolve_layout
+
+        resolved = {}
+        for digest, layout in self.source.layout_docs().items():
+            try:
+                resolved[digest] = resolve_layout(layout, self.asked, "")
+            except ConfigError:
+                continue
+        return resolved
+
+    def _planning_workers(self) -> int:
+        if getattr(self.source, "dsn", None) is None:
+            return 1
+        n = len(self.blocks)
+        return plan_workers(n) if self.workers is None else min(self.workers, n)
 
     def close(self) -> None:
         self.source.close()
@@ -491,11 +543,10 @@ class PlanStream:
         blocks, by worker processes of their own (each with its own connection): a few blocks in
         flight at once, so the memory is that of a few blocks whatever the plan's size."""
         jobs = list(zip(self.blocks, self.layout.bboxes))
-        spec = BlockSpec(self.time, self.collections, self.resolved, self.local_roots, self.periods, counts_only,
-                         as_rows)
-        dsn = getattr(self.source, "dsn", None)
-        workers = plan_workers(len(jobs)) if self.workers is None else min(self.workers, len(jobs))
-        if workers <= 1 or dsn is None:
+        workers = self._planning_workers()
+        if workers <= 1:
+            spec = BlockSpec(self.time, self.collections, self.resolved, self.local_roots, self.periods, counts_only,
+                             as_rows)
             for block, bbox in jobs:
                 yield plan_block(self.source, spec, block, bbox, len(self.footprints) <= MAX_MAP_FOOTPRINTS)
             return
@@ -509,17 +560,29 @@ class PlanStream:
         # worker starts at once, the modules shared; spawned otherwise (a notebook's Dask threads, say;
         # macOS, where forking is unsafe, and Windows, which cannot)
         method = "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
+        # the recipe is resolved from the layouts of the items in the extent (a query over all of
+        # them: seconds for a continent), asked of a worker while the others plan the first blocks,
+        # which need only their own items' layouts: every layout the index holds, resolved up front
+        spec = BlockSpec(self.time, self.collections, self._each_layout() if self._resolution is None else
+                         self.resolved, self.local_roots, self.periods, counts_only, as_rows)
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                                   initializer=_start_block_worker, initargs=(dsn, spec, os.getpid()))
+                                   initializer=_start_block_worker, initargs=(self.source.dsn, spec, os.getpid()))
         restore_sigterm = _stop_on_sigterm()
         try:
             pending: deque = deque()
             gc.freeze()  # forked at the first submit: the collector leaves the pages they share unwritten
+            layouts = None if self._resolution is not None else pool.submit(
+                _find_layouts, self.layout.bbox, self.time.start, self.time.end, self.collections)
             for block, bbox in jobs:
                 if len(pending) == 2 * workers:
+                    if layouts is not None:  # before any block's result: a layout that fails is reported
+                        self._resolve(layouts.result())
+                        layouts = None
                     yield pending.popleft().result()
                 pending.append(pool.submit(_plan_block, block, bbox, len(self.footprints) <= MAX_MAP_FOOTPRINTS))
                 gc.unfreeze()
+            if layouts is not None:
+                self._resolve(layouts.result())
             while pending:
                 yield pending.popleft().result()
         except BrokenProcessPool as err:

@@ -59,18 +59,28 @@ def thumbnail_rgba(arrays: dict[str, np.ndarray], nodata: dict[str, float | None
 
 def write_png(path, rgba: np.ndarray) -> None:
     """An RGBA array as a PNG file, through GDAL's PNG driver."""
-    import warnings
-
-    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.io import MemoryFile
     from rasterio.shutil import copy
 
     from .io.rasters import gdal_env
 
+    _quiet_no_georeference()
     count, ny, nx = rgba.shape
-    with warnings.catch_warnings():  # a picture, not a map: it has no georeference to lose
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with gdal_env(), MemoryFile() as memfile, memfile.open(driver="MEM", width=nx, height=ny, count=count,
-                                                               dtype="uint8") as mem:
-            mem.write(rgba)
-            copy(mem, str(path), driver="PNG", ZLEVEL=PNG_ZLEVEL)
+    with gdal_env(), MemoryFile() as memfile, memfile.open(driver="MEM", width=nx, height=ny, count=count,
+                                                           dtype="uint8") as mem:
+        mem.write(rgba)
+        copy(mem, str(path), driver="PNG", ZLEVEL=PNG_ZLEVEL)
+
+
+def _quiet_no_georeference() -> None:
+    """A picture, not a map, has no georeference to lose: rasterio's warning that the thumbnail's
+    in-memory image has none is filtered for the process (added again should a `catch_warnings`
+    block elsewhere have dropped it, never removed and re-added, which would open a moment without
+    it). `catch_warnings` around each write would not do: it is not thread-safe, and a worker
+    writes thumbnails on several threads, one restoring the filters while another writes."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    if not any(f[0] == "ignore" and f[2] is NotGeoreferencedWarning for f in warnings.filters):
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=NotGeoreferencedWarning)
