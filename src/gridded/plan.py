@@ -434,6 +434,15 @@ def _find_layouts(bbox, start, end, collections) -> list:
     return _WORKER["source"].layouts(bbox=bbox, start=start, end=end, collections=collections)
 
 
+class _Resolution(NamedTuple):
+    """The recipe made concrete from the layouts of the extent's items (see resolve_layouts)."""
+
+    pipeline: Pipeline
+    resolved: dict
+    bands_read: tuple
+    n_items: int
+
+
 class PlanStream:
     """The plan of a selection made block by block: iterate for the batches as they are made; the
     totals (`n_items`, `empty_cells`, `n_tasks`, ...) are complete once iterated; `to_plan()` keeps
@@ -459,39 +468,37 @@ class PlanStream:
         self.footprints: dict[bytes, None] = {}
         self.largest: TaskShape | None = None  # of the tasks so far, for the summary's memory estimate
         self.workers = workers  # processes planning an index's blocks; None: one per CPU for many blocks
-        self._resolution: tuple | None = None  # (pipeline, resolved, bands_read, n_items)
+        self._resolution: _Resolution | None = None
         if self._planning_workers() <= 1:  # else a worker asks the index while the others plan blocks
-            self._resolve(candidates.layouts(bbox=self.layout.bbox, start=time.start, end=time.end,
-                                             collections=collections))
+            self._resolved()
 
-    def _resolve(self, layouts) -> None:
+    def _resolve(self, layouts) -> _Resolution:
         from .finder import resolve_layouts
 
-        pipeline, resolved, bands_read = resolve_layouts(self.asked, layouts)
-        self._resolution = pipeline, resolved, bands_read, sum(lc.count for lc in layouts)
+        self._resolution = _Resolution(*resolve_layouts(self.asked, layouts), sum(lc.count for lc in layouts))
+        return self._resolution
 
-    def _resolved(self) -> tuple:
-        if self._resolution is None:  # asked before the blocks were planned: the index answers here
-            self._resolve(self.source.layouts(bbox=self.layout.bbox, start=self.time.start, end=self.time.end,
-                                              collections=self.collections))
-        assert self._resolution is not None
+    def _resolved(self) -> _Resolution:
+        if self._resolution is None:  # not asked of a planning worker (yet): the index answers here
+            return self._resolve(self.source.layouts(bbox=self.layout.bbox, start=self.time.start,
+                                                     end=self.time.end, collections=self.collections))
         return self._resolution
 
     @property
     def pipeline(self) -> Pipeline:
-        return self._resolved()[0]
+        return self._resolved().pipeline
 
     @property
     def resolved(self) -> dict:
-        return self._resolved()[1]
+        return self._resolved().resolved
 
     @property
     def bands_read(self) -> tuple:
-        return self._resolved()[2]
+        return self._resolved().bands_read
 
     @property
     def n_items(self) -> int:
-        return self._resolved()[3]
+        return self._resolved().n_items
 
     def _each_layout(self) -> dict:
         """Every layout of the index resolved against the recipe (those that cannot be are left out:
