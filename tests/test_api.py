@@ -75,21 +75,24 @@ def run_demo(out: Path, demo_catalog: Path, *extra: str) -> None:
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("statistic, period, bands", [
-    ("median", "P1M", ["blue", "red", "nir"]),
-    ("geomedian", "P3M", ["red", "nir"]),
+@pytest.mark.parametrize("statistic, period, bands, indices", [
+    ("median", "P1M", ["blue", "red", "nir"], []),
+    ("geomedian", "P3M", ["red", "nir"], []),
+    ("median", "P1M", [], ["ndvi"]),  # an index alone: red and nir read, only the NDVI made
 ])
 def test_composite_equals_the_cogs_gridded_run_writes_pixel_for_pixel(tmp_path, demo_catalog, statistic, period,
-                                                                       bands):
-    run_demo(tmp_path / "run", demo_catalog, "--statistic", statistic, "--period", period, "--bands", ",".join(bands))
+                                                                       bands, indices):
+    flags = [*(["--bands", ",".join(bands)] if bands else []), *(f for i in indices for f in ("--band-index", i))]
+    run_demo(tmp_path / "run", demo_catalog, "--statistic", statistic, "--period", period, *flags)
     seen = []
-    ds = gridded.composite(str(demo_catalog), extent=DEMO_EXTENT, grid=str(DEMO_GRID), time=DEMO_TIME, bands=bands,
-                           statistic=statistic, period=period, progress=lambda done, total: seen.append((done, total)))
-    assert list(ds.data_vars) == [*bands, "count", "observed"]
+    ds = gridded.composite(str(demo_catalog), extent=DEMO_EXTENT, grid=str(DEMO_GRID), time=DEMO_TIME,
+                           bands=bands or None, indices=indices or None, statistic=statistic, period=period,
+                           progress=lambda done, total: seen.append((done, total)))
+    assert list(ds.data_vars) == [*bands, *indices, "count", "observed"]
     assert ds.odc.geobox.crs.epsg == 32755 and ds.attrs["gridded:statistic"] == statistic
     computed = ds.compute()
     cogs = cogs_of(tmp_path / "run")
-    assert len(cogs) == (18 if period == "P1M" else 6) * (len(bands) + 2)  # bands, count, observed
+    assert len(cogs) == (18 if period == "P1M" else 6) * (len(bands) + len(indices) + 2)  # and count, observed
     for (start, asset, _), (array, bounds) in cogs.items():
         part = computed[asset].sel(time=np.datetime64(start), x=slice(bounds.left, bounds.right),
                                    y=slice(bounds.top, bounds.bottom))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from pathlib import Path
 
@@ -90,6 +91,28 @@ def test_hostile_ids_are_stored_and_found_exactly(dsn, tmp_path):
     exact = cli_ok("stac", "search", "--index", dsn, "--collection", "c_%'", "--bbox", "12.5,9,13.5,11", "--json")
     assert [json.loads(x)["id"] for x in exact.splitlines()] == ["under_score"]
     assert cli_ok("stac", "search", "--index", dsn, "--collection", "c__'").splitlines()[0] == "0 items"
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_json_that_orjson_refuses_is_read_as_the_standard_library_reads_it(dsn, tmp_path, monkeypatch, parallel):
+    # NaN, an integer past 64 bits and a lone surrogate: valid for Python's json, refused by orjson
+    import gridded.source
+
+    monkeypatch.setattr(gridded.source, "PARALLEL_PARSE_BYTES", 0 if parallel else 1 << 40)
+    odd = ['"eo:cloud_cover": NaN', '"big": 1180591620717411303424', '"title": "\\ud800"']
+    lines = [f'{{"type": "Feature", "stac_version": "1.0.0", "id": "odd-{i}", "collection": "c", '
+             f'"geometry": null, "bbox": [10, 10, 11, 11], "properties": {{"datetime": "2024-01-01T00:00:00Z", '
+             f'{value}}}, "assets": {{}}, "links": []}}' for i, value in enumerate(odd)]
+    source = tmp_path / "items.ndjson"
+    source.write_text("\n".join([*lines, "{not json"]) + "\n")
+    result = CliRunner().invoke(cli, ["stac", "ingest", str(source), "--index", dsn])
+    assert result.exit_code == 0, result.output
+    assert "line 4: not a STAC item (Expecting property name enclosed in double quotes" in result.stderr
+    found = {(doc := json.loads(x))["id"]: doc["properties"]
+             for x in cli_ok("stac", "search", "--index", dsn, "--json").splitlines()}
+    assert sorted(found) == ["odd-0", "odd-1", "odd-2"]
+    assert math.isnan(found["odd-0"]["eo:cloud_cover"])
+    assert found["odd-1"]["big"] == 2**70 and found["odd-2"]["title"] == "\ud800"
 
 
 def test_bad_dsn_is_one_line_exit_2():

@@ -160,6 +160,27 @@ def test_recipe_indices_are_resolved(tmp_path):
     assert pipeline.layers == ("red", "nir", "ndvi", "d")
 
 
+def test_indices_without_bands_read_the_bands_they_name_and_reduce_only_themselves(tmp_path):
+    from gridded.selection import recipe_for
+
+    pipeline = load_pipeline(str(recipe(tmp_path, "indices: {ndvi: null, d: swir16 - nir}\n")))
+    assert (pipeline.bands, pipeline.index_only) == (("nir", "red", "swir16"), True)
+    assert (pipeline.reduced_bands, pipeline.layers) == ((), ("ndvi", "d"))
+    assert pipeline.parameters()["index_only"] is True
+    flags = recipe_for(None, indices=["nbr"])
+    assert (flags.bands, flags.layers) == (("nir", "swir22"), ("nbr",))
+    # bands given over an index-only recipe: they are read and written again, and checked against the indices
+    assert recipe_for(pipeline, bands="red,nir,swir16").layers == ("red", "nir", "swir16", "ndvi", "d")
+    assert "names band(s) swir16, which are not read" in one_line_error(lambda: recipe_for(pipeline, bands="red,nir"))
+    # indices given over it: the bands follow the new indices
+    assert recipe_for(pipeline, indices=["ndwi"]).bands == ("green", "nir")
+    # a recipe with bands keeps them: an index is checked against them
+    banded = load_pipeline(str(recipe(tmp_path, "bands: [red, nir]\n")))
+    assert "names band(s) swir22" in one_line_error(lambda: recipe_for(banded, indices=["nbr"]))
+    assert "index_only without indices" in one_line_error(lambda: Pipeline(name="x", bands=("red",), index_only=True))
+    assert "index_only" not in Pipeline(name="x", bands=("red",)).parameters()  # fingerprints as before
+
+
 PLAIN = {"name": "x", "bands": ["red"], "statistic": "median", "period": "P1M", "mask": "infer", "dtype": None,
          "nodata": None}
 

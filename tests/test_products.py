@@ -112,6 +112,27 @@ def test_an_index_is_reduced_like_a_band_in_float32_with_nan_nodata(several, dem
         np.testing.assert_allclose(got, median, rtol=1e-6, equal_nan=True, err_msg=name)
 
 
+def test_an_index_without_bands_reads_what_it_names_and_writes_the_index_alone(several, demo_catalog, tmp_path):
+    out = tmp_path / "ndvi"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # an index's NaN in the thumbnail warns of nothing
+        result = run(out, demo_catalog, "--band-index", "ndvi", "--statistic", "median,best", "--rank", "ndvi")
+
+    assert "median,best of ndvi" in result.stderr
+    together = assets_of(several)
+    alone = assets_of(out)
+    assert {key for _, key in alone} == {"ndvi", "ndvi_best", "date_best", "count", "observed"}
+    assert len({name for name, _ in alone}) == 6
+    for (name, key), values in alone.items():  # the same pixels as beside the bands
+        np.testing.assert_array_equal(values, together[(name, key)], err_msg=f"{name} {key}")
+    item = next(iter(output_items(out).values()))
+    params = item["properties"]["gridded:pipeline"]
+    assert (params["bands"], params["index_only"]) == (["nir", "red"], True)
+    assert "eo:bands" not in item["assets"]["ndvi"]
+    with rasterio.open(item["assets"]["thumbnail"]["href"]) as src:
+        assert src.count == 4 and src.read(4).any()  # the index, in grey
+
+
 def test_best_takes_every_band_of_the_greenest_observation_and_says_when(several, demo_catalog):
     for name, item, layers in layers_of(demo_catalog, several, ["red", "nir"]):
         ndvi = np.where(np.isnan(layers["red"]) | np.isnan(layers["nir"]), np.nan, ndvi_layers(layers))

@@ -31,7 +31,7 @@ DEFAULT_CHUNK_PX = 2048  # a chunk's side when the output grid is a GeoBox (a gr
 
 
 def composite(source_or_items: str | Iterable[pystac.Item | dict], *, extent=None, geobox: GeoBox | None = None,
-              time: str, bands: str | Sequence[str], statistic: str = "median", period: str = "P1M",
+              time: str, bands: str | Sequence[str] | None = None, statistic: str = "median", period: str = "P1M",
               mask: str | MaskRule | None = None, grid: str | Grid | None = None,
               chunks: int | dict[str, int] | None = None, progress: Callable[[int, int], None] | None = None,
               pipeline: str | Pipeline | None = None, collection: str | Sequence[str] | None = None,

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 import pystac
 
+from ._json import loads as loads_json
 from .candidates import Candidate, utc_text
 from .errors import ConfigError
 
@@ -148,7 +149,7 @@ def _rtree_test(table: str = "") -> str:
 
 
 def _item_of(doc: bytes) -> pystac.Item:
-    return pystac.Item.from_dict(json.loads(decompress_doc(doc)), preserve_dict=False)
+    return pystac.Item.from_dict(loads_json(decompress_doc(doc)), preserve_dict=False)
 
 
 class SQLiteIndex:
@@ -210,7 +211,7 @@ class SQLiteIndex:
                                    (last, INGEST_BATCH)).fetchall()
             if not page:
                 break
-            self.upsert([Row(*candidate_of(json.loads(doc)), compress_doc(doc.encode()))
+            self.upsert([Row(*candidate_of(loads_json(doc)), compress_doc(doc.encode()))
                          for _, doc in page])
             last = page[-1][0]
         self.db.execute("DROP TABLE items_v1")
@@ -405,7 +406,7 @@ class PostgresIndex:
                 cur.execute("SELECT doc::text FROM gridded_items_v1")
                 rows = []
                 for (doc,) in cur:
-                    rows.append(Row(*candidate_of(json.loads(doc)), compress_doc(doc.encode())))
+                    rows.append(Row(*candidate_of(loads_json(doc)), compress_doc(doc.encode())))
                     if len(rows) >= INGEST_BATCH:
                         self.upsert(rows)
                         rows = []

@@ -194,7 +194,7 @@ def data_asset(pipeline: Pipeline, key: str, dtype, nodata, href: str, resolutio
     if statistics:
         band["statistics"] = statistics
     extra = {"raster:bands": [band]}
-    if layer in pipeline.bands:
+    if layer in pipeline.reduced_bands:
         extra["eo:bands"] = [eo_band(pipeline.description(layer), layer)]
     return pystac.Asset(href=href, media_type=pystac.MediaType.COG, roles=["data"], title=asset_title(pipeline, key),
                         extra_fields=extra)
@@ -219,7 +219,7 @@ def asset_encoding(pipeline: Pipeline, key: str) -> tuple[float, float]:
     """(scale, offset) of an asset's stored values: its band's, for every statistic but std (a
     spread takes the scale, not the offset); indices, counts and dates are stored as they are."""
     layer, statistic = asset_layer(pipeline, key)
-    if layer not in pipeline.bands:
+    if layer not in pipeline.reduced_bands:
         return 1.0, 0.0
     scale, offset = pipeline.encoding(layer)
     return (scale, 0.0) if statistic == "std" else (scale, offset)

@@ -37,6 +37,9 @@ class Pipeline:
     # 04.00 (reflectance = DN / 10000), so a period straddling 2022-01-25 reduces like with like
     harmonize: bool = False
     indices: tuple[tuple[str, str], ...] = ()  # (name, expression): computed per observation, reduced like a band
+    # the bands are read for the indices only: reduced and written are the indices (and the counts);
+    # what --band-index without --bands asks for (an NDVI product reads red and nir, writes NDVI)
+    index_only: bool = False
     rank: str | None = None  # what `best` ranks by: a band or index, "-" in front to take the least
     percentile_method: str = "linear"  # numpy's: linear or nearest
     license: str = "other"  # the products' licence (SPDX id), for the output collection
@@ -49,10 +52,16 @@ class Pipeline:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise ConfigError(f"pipeline name {self.name!r}: use letters, digits, '-', '_' and '.'")
         if not self.bands:
-            raise ConfigError(f"pipeline {self.name}: no bands; pass --bands red,nir or set bands: in the recipe")
+            raise ConfigError(f"pipeline {self.name}: no bands; pass --bands red,nir (or --band-index ndvi) or set "
+                              f"bands: in the recipe")
         for band in self.bands:
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", band) or band in (".", ".."):
                 raise ConfigError(f"band name {band!r}: use letters, digits, '-', '_' and '.'")
+        if self.index_only and not self.indices:
+            raise ConfigError(f"pipeline {self.name}: index_only without indices; pass --band-index ndvi or --bands")
+        if not isinstance(self.index_only, bool):
+            raise ConfigError(f"pipeline {self.name}: index_only must be true or false, got {self.index_only!r}")
+        self._check_indices_read()
         if "count" in self.bands:
             raise ConfigError("band name 'count' is reserved for the clear-observation count asset; "
                               "use --bands without it (every output has a count)")
@@ -83,9 +92,23 @@ class Pipeline:
         return tuple(s.strip() for s in self.statistic.split(","))
 
     @property
+    def reduced_bands(self) -> tuple[str, ...]:
+        """The bands reduced and written: every band read, none for an index-only product."""
+        return () if self.index_only else self.bands
+
+    @property
     def layers(self) -> tuple[str, ...]:
-        """What is reduced: the bands, then the indices."""
-        return self.bands + tuple(name for name, _ in self.indices)
+        """What is reduced: the bands (unless index-only), then the indices."""
+        return self.reduced_bands + tuple(name for name, _ in self.indices)
+
+    def _check_indices_read(self) -> None:
+        from .compute.indices import bands_of, parse_expression
+
+        for name, expression in self.indices:
+            missing = sorted(bands_of(parse_expression(expression, where=f"--band-index {name}")) - set(self.bands))
+            if missing:
+                raise ConfigError(f"--band-index {name}={expression}: names band(s) {', '.join(missing)}, which are "
+                                  f"not read; add them to --bands (reading {', '.join(self.bands)})")
 
     def _check_statistics(self) -> None:
         if not isinstance(self.statistic, str) or not self.statistic.strip():
@@ -133,6 +156,8 @@ class Pipeline:
             params["harmonize"] = True
         if self.indices:
             params["indices"] = dict(self.indices)
+        if self.index_only:
+            params["index_only"] = True
         if "best" in self.statistics:
             params["rank"] = self.rank
         if self.percentile_method != "linear" and any(statistic_for(s).q is not None for s in self.statistics):
@@ -176,6 +201,8 @@ def load_pipeline(name_or_path: str) -> Pipeline:
             doc["mask"] = INFER if doc["mask"] == INFER else parse_mask(str(doc["mask"]))
         if "indices" in doc:
             doc["indices"] = indices_of(doc["indices"], doc["bands"], where="indices")
+            if not doc["bands"]:  # the bands the indices name, read for them only
+                doc["bands"], doc["index_only"] = bands_of_indices(doc["indices"]), True
         return Pipeline(**doc)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
@@ -191,9 +218,18 @@ def with_overrides(base: Pipeline | None, **flags) -> Pipeline:
     return replace(base, **given)
 
 
+def bands_of_indices(indices: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """The bands the expressions name, in order of first appearance."""
+    from .compute.indices import bands_in_order, parse_expression
+
+    return tuple(dict.fromkeys(band for name, expression in indices
+                               for band in bands_in_order(parse_expression(expression, where=f"--band-index {name}"))))
+
+
 def indices_of(spec, bands: tuple[str, ...], *, where: str = "--band-index") -> tuple[tuple[str, str], ...]:
     """Recipe or flag indices -> ((name, expression), ...): a mapping {ndvi: expression or null}, a
-    list of built-in names, or --index values "ndvi" / "ndvi=(nir - red) / (nir + red)"."""
+    list of built-in names, or --index values "ndvi" / "ndvi=(nir - red) / (nir + red)". With no
+    bands, an expression may name any band (an index-only product reads what its indices name)."""
     from .compute.indices import resolve_index
 
     if isinstance(spec, dict):

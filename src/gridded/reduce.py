@@ -51,7 +51,7 @@ def output_kinds(pipeline: Pipeline, band_dtype: dict[str, np.dtype],
     ordered = percentiles + [s for s in pipeline.statistics if s not in percentiles]
     for name in ordered:
         statistic = statistic_for(name)
-        for band in pipeline.bands:
+        for band in pipeline.reduced_bands:
             kinds[asset_key(pipeline, name, band)] = (band_dtype[band], band_nodata[band])
         if statistic.q is None and LAYER not in statistic.extra_assets:
             for extra in statistic.extra_assets:
@@ -71,6 +71,7 @@ def reduce_task(stacks: Stacks, pipeline: Pipeline, period_start: datetime) -> R
     band_out = {b: np.dtype(pipeline.dtype) if pipeline.dtype else stacks.source_dtype[b] for b in pipeline.bands}
     band_nodata = {b: output_nodata(pipeline.nodata, stacks.source_nodata[b], band_out[b]) for b in pipeline.bands}
     index_stacks = _index_stacks(stacks, pipeline)
+    reduced_bands = {b: stacks.bands[b] for b in pipeline.reduced_bands}  # none for an index-only product
     index_sentinels: dict[str, float | None] = {name: INDEX_NODATA for name in index_stacks}
     arrays: dict[str, np.ndarray] = {}
     nodata: dict[str, float | int | None] = {}
@@ -87,7 +88,7 @@ def reduce_task(stacks: Stacks, pipeline: Pipeline, period_start: datetime) -> R
     percentiles = [statistic_for(s) for s in pipeline.statistics if statistic_for(s).q is not None]
     if percentiles:  # every percentile from one sort of each pixel's series
         qs = tuple(p.q for p in percentiles if p.q is not None)  # (all of them)
-        for stacks_, sentinels, dtypes, nodatas in ((stacks.bands, stacks.sentinel, band_out, band_nodata),
+        for stacks_, sentinels, dtypes, nodatas in ((reduced_bands, stacks.sentinel, band_out, band_nodata),
                                                     (index_stacks, index_sentinels, index_dtype, index_nodata)):
             if not stacks_:
                 continue
@@ -98,12 +99,18 @@ def reduce_task(stacks: Stacks, pipeline: Pipeline, period_start: datetime) -> R
         statistic = statistic_for(name)
         if statistic.q is not None:
             continue
-        out, out_nodata = outputs(name, pipeline.bands, band_out, band_nodata)
+        out, out_nodata = outputs(name, pipeline.reduced_bands, band_out, band_nodata)
         options: dict[str, Any] = {"max_iterations": pipeline.max_iterations, "tolerance": pipeline.tolerance}
         if statistic.ranked:  # Pipeline refuses a ranked statistic without a --rank
             rank = pipeline.rank or ""
             options.update(rank=_rank(stacks, pipeline, index_stacks), maximize=not rank.startswith("-"))
-        reduced = statistic.reduce(stacks.bands, stacks.sentinel, out=out, out_nodata=out_nodata, **options)
+        if LAYER in statistic.extra_assets:  # a mosaic chooses among the observations clear in every band read
+            reduced = statistic.reduce(stacks.bands, stacks.sentinel, out=out or None, out_nodata=out_nodata or None,
+                                       **options)
+        elif reduced_bands:
+            reduced = statistic.reduce(reduced_bands, stacks.sentinel, out=out, out_nodata=out_nodata, **options)
+        else:  # an index-only product: the indices alone
+            reduced = {}
         if LAYER in statistic.extra_assets:  # a mosaic: every index from the chosen observation, and its date
             layer = reduced[LAYER]
             if index_stacks:

@@ -17,7 +17,7 @@ from .io.access import SourceAccess
 from .io.s3 import requester_pays, unsigned_requested
 from .masks import MaskRule, parse_mask
 from .period import TimeRange, parse_as_of, parse_time
-from .pipeline import Pipeline, indices_of, load_pipeline, with_overrides
+from .pipeline import Pipeline, bands_of_indices, indices_of, load_pipeline, with_overrides
 from .source import ItemQuery, names_of
 
 
@@ -79,7 +79,8 @@ def select(source: str | None = None, *, extent, time: str | TimeRange, index: s
     if grid is None:
         raise ConfigError("no grid: pass --grid NAME|FILE (e.g. --grid utm55s-10m) or use a --pipeline that names one")
     if recipe.bands == ():
-        raise ConfigError("no bands: pass --bands blue,green,red,nir or a --pipeline that lists them")
+        raise ConfigError("no bands: pass --bands blue,green,red,nir, a --band-index ndvi (which reads the bands it "
+                          "names) or a --pipeline that lists them")
     region = extent_geometry(extent)
     if not isinstance(as_of, datetime):
         as_of = parse_as_of(as_of)
@@ -110,15 +111,22 @@ def recipe_for(pipeline: str | Pipeline | None, *, statistic: str | Sequence[str
     if statistic is not None and not isinstance(statistic, str):
         statistic = ",".join(statistic)
     base = pipeline if isinstance(pipeline, Pipeline) else (load_pipeline(pipeline) if pipeline else None)
-    read = tuple(bands) if bands is not None else (base.bands if base else ())
+    # the bands read: those given, else the recipe's (not an index-only recipe's: its bands follow
+    # its indices); none and indices given: an index-only product, reading what the indices name
+    read = tuple(bands) if bands is not None else (base.bands if base and not base.index_only else ())
+    resolved = indices_of([indices] if isinstance(indices, str) else indices, read) if indices else None
+    index_only = None if bands is None else False
+    if resolved and not read:
+        bands, index_only = bands_of_indices(resolved), True
     return with_overrides(
         base,
         statistic=statistic,
         period=period,
         bands=tuple(bands) if bands is not None else None,
         mask=parse_mask(mask) if isinstance(mask, str) else mask,
-        indices=indices_of([indices] if isinstance(indices, str) else indices, read) if indices else None,
+        indices=resolved,
         rank=rank,
+        index_only=index_only,
     )
 
 

@@ -21,6 +21,7 @@ import pystac.stac_io
 import pystac.utils
 from shapely.geometry import box, shape
 
+from ._json import loads as loads_json
 from .candidates import Candidate, candidate_of
 from .errors import ConfigError, GriddedError, SourceError
 from .io.s3 import is_remote, with_retries
@@ -245,7 +246,7 @@ def _rows_of_span(span: tuple[int, int], path: str, query: ItemQuery):
         if not line.strip():
             continue
         try:
-            doc = json.loads(line)
+            doc = loads_json(line)
             if not isinstance(doc, dict):
                 raise SourceError("not a JSON object")
             candidate, layout = candidate_of(doc, base=path)
@@ -332,7 +333,7 @@ def _local_lines(path: str) -> Iterator[bytes]:
 
 def _parse_source(text: str, href: str, source: str, *, flag: str, on_bad) -> Iterator[Doc]:
     try:
-        doc = json.loads(text)
+        doc = loads_json(text)
     except (json.JSONDecodeError, UnicodeDecodeError):
         doc = None
     if doc is None:
@@ -379,7 +380,7 @@ def _ndjson_docs(lines: Iterator[bytes], source: str, *, flag: str, on_bad, base
         if not line.strip():
             continue
         try:
-            doc = json.loads(line)
+            doc = loads_json(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             _bad(on_bad, f"{flag} {source} line {n}", f"not a STAC item ({err})")
             continue

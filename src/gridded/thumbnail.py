@@ -50,6 +50,7 @@ def thumbnail_rgba(arrays: dict[str, np.ndarray], nodata: dict[str, float | None
         else:
             low, high = 0.0, 1.0
         span = high - low if high > low else 1.0
+        values = np.where(valid, values, low)  # an index's NaN: no value, as nodata is
         channels.append(np.clip((values - low) / span * 255.0, 0, 255).astype(np.uint8))
     if len(channels) == 1:
         channels *= 3

@@ -35,7 +35,7 @@ def commit_outputs(storage: Storage, *, pipeline: Pipeline, task: Task, arrays: 
             description=asset_title(pipeline, key)))
         hrefs[key] = storage.url(name)
     name = asset_name(pipeline, task, THUMBNAIL_ASSET)
-    uploads.put_built(name, lambda path: write_png(path, thumbnail_rgba(arrays, nodata, pipeline.bands)))
+    uploads.put_built(name, lambda path: write_png(path, thumbnail_rgba(arrays, nodata, pipeline.layers)))
     hrefs[THUMBNAIL_ASSET] = storage.url(name)
     uploads.wait()  # every file committed before the item that points at them
     crash_point("cogs-committed")

@@ -60,7 +60,8 @@ def make_selection_options(*, time_required: bool):
         click.option("--band-index", "band_index", multiple=True, metavar="NAME[=EXPR]",
                      help="An index computed per observation and reduced like a band: built-in "
                           "(ndvi, ndwi, nbr, ndmi, evi, savi) or NAME=EXPRESSION over band names (repeatable, "
-                          "or several separated by ';')."),
+                          "or several separated by ';'). Without --bands: reads the bands it names and writes "
+                          "the index alone."),
         click.option("--rank", default=None,
                      help="What --statistic best ranks by: a band or index (ndvi); -NAME for the least."),
         click.option("--period", default=None, help="ISO 8601 period: P1M (default), P3M, P1Y, P10D."),

@@ -25,7 +25,7 @@ def plan_summary(plan) -> str:
     if mask_text == "infer":
         mask_text = "per item, from its assets"
     return (
-        f"pipeline {plan.pipeline.name}: {plan.pipeline.statistic} of {','.join(plan.pipeline.bands)} "
+        f"pipeline {plan.pipeline.name}: {plan.pipeline.statistic} of {','.join(plan.pipeline.layers)} "
         f"per {plan.pipeline.period}, mask {mask_text}\n"
         f"grid {plan.grid.name} ({plan.grid.crs}, {plan.grid.resolution:g} m, tiles "
         f"{plan.grid.tile_shape_px[1]}x{plan.grid.tile_shape_px[0]} px)\n"

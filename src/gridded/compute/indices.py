@@ -143,12 +143,17 @@ def parse_expression(text: str, *, where: str = "--band-index") -> Node:
 
 def bands_of(node: Node) -> set[str]:
     """The band names an expression reads."""
+    return set(bands_in_order(node))
+
+
+def bands_in_order(node: Node) -> tuple[str, ...]:
+    """The band names an expression reads, each once, as they appear in it."""
     if node.kind == "band":
-        return {node.args[0]}
+        return (node.args[0],)
     if node.kind == "num":
-        return set()
+        return ()
     children = node.args[1:] if node.kind == "call" else node.args
-    return set().union(*(bands_of(child) for child in children))
+    return tuple(dict.fromkeys(band for child in children for band in bands_in_order(child)))
 
 
 def evaluate(node: Node, values: dict[str, np.ndarray]) -> np.ndarray:
@@ -272,7 +277,8 @@ def _eval(node: Node, values: dict[str, np.ndarray]):
 
 def resolve_index(name: str, expression: str | None, bands: tuple[str, ...], *, where: str = "--band-index") -> str:
     """The expression of an index: the one given, or a built-in's with its band names as the bands
-    read call them (nir is nir08 for Landsat); a one-line ConfigError for a band not read."""
+    read call them (nir is nir08 for Landsat); a one-line ConfigError for a band not read. No bands:
+    any band may be named (an index-only product reads the bands its indices name)."""
     if not NAME.match(name):
         raise ConfigError(f"{where} {name}: an index name is lower-case letters, digits and '_', e.g. ndvi")
     if name in bands:
@@ -290,7 +296,7 @@ def resolve_index(name: str, expression: str | None, bands: tuple[str, ...], *, 
                     expression = re.sub(rf"\b{band}\b", alias, expression)
     tree = parse_expression(expression, where=f"{where}={expression}")
     missing = sorted(bands_of(tree) - set(bands))
-    if missing:
+    if missing and bands:
         raise ConfigError(f"{where}={expression}: names band(s) {', '.join(missing)}, which are not read; add them "
                           f"to --bands (reading {', '.join(bands)})")
     return expression
