@@ -179,6 +179,11 @@ def test_indices_without_bands_read_the_bands_they_name_and_reduce_only_themselv
     assert "names band(s) swir22" in one_line_error(lambda: recipe_for(banded, indices=["nbr"]))
     assert "index_only without indices" in one_line_error(lambda: Pipeline(name="x", bands=("red",), index_only=True))
     assert "index_only" not in Pipeline(name="x", bands=("red",)).parameters()  # fingerprints as before
+    # a recipe may list the bands and still write only its indices
+    listed = load_pipeline(str(recipe(tmp_path, "bands: [blue, red, nir]\nindices: {evi: null}\nindex_only: true\n")))
+    assert (listed.bands, listed.layers) == (("blue", "red", "nir"), ("evi",))
+    assert "must be true or false" in one_line_error(
+        lambda: load_pipeline(str(recipe(tmp_path, "bands: [red, nir]\nindices: {ndvi: null}\nindex_only: sure\n"))))
 
 
 PLAIN = {"name": "x", "bands": ["red"], "statistic": "median", "period": "P1M", "mask": "infer", "dtype": None,

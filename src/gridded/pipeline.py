@@ -57,10 +57,10 @@ class Pipeline:
         for band in self.bands:
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", band) or band in (".", ".."):
                 raise ConfigError(f"band name {band!r}: use letters, digits, '-', '_' and '.'")
-        if self.index_only and not self.indices:
-            raise ConfigError(f"pipeline {self.name}: index_only without indices; pass --band-index ndvi or --bands")
         if not isinstance(self.index_only, bool):
             raise ConfigError(f"pipeline {self.name}: index_only must be true or false, got {self.index_only!r}")
+        if self.index_only and not self.indices:
+            raise ConfigError(f"pipeline {self.name}: index_only without indices; pass --band-index ndvi or --bands")
         self._check_indices_read()
         if "count" in self.bands:
             raise ConfigError("band name 'count' is reserved for the clear-observation count asset; "
