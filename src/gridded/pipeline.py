@@ -102,13 +102,10 @@ class Pipeline:
         return self.reduced_bands + tuple(name for name, _ in self.indices)
 
     def _check_indices_read(self) -> None:
-        from .compute.indices import bands_of, parse_expression
+        from .compute.indices import check_bands_read
 
         for name, expression in self.indices:
-            missing = sorted(bands_of(parse_expression(expression, where=f"--band-index {name}")) - set(self.bands))
-            if missing:
-                raise ConfigError(f"--band-index {name}={expression}: names band(s) {', '.join(missing)}, which are "
-                                  f"not read; add them to --bands (reading {', '.join(self.bands)})")
+            check_bands_read(f"--band-index {name}", expression, self.bands)
 
     def _check_statistics(self) -> None:
         if not isinstance(self.statistic, str) or not self.statistic.strip():

@@ -294,9 +294,16 @@ def resolve_index(name: str, expression: str | None, bands: tuple[str, ...], *, 
                 alias = next((a for a in ALIASES.get(band, ()) if a in bands), None)
                 if alias:
                     expression = re.sub(rf"\b{band}\b", alias, expression)
-    tree = parse_expression(expression, where=f"{where}={expression}")
-    missing = sorted(bands_of(tree) - set(bands))
-    if missing and bands:
+    if bands:
+        check_bands_read(where, expression, bands)
+    else:
+        parse_expression(expression, where=f"{where}={expression}")
+    return expression
+
+
+def check_bands_read(where: str, expression: str, bands: tuple[str, ...]) -> None:
+    """A one-line ConfigError if the expression names a band not among those read."""
+    missing = sorted(bands_of(parse_expression(expression, where=f"{where}={expression}")) - set(bands))
+    if missing:
         raise ConfigError(f"{where}={expression}: names band(s) {', '.join(missing)}, which are not read; add them "
                           f"to --bands (reading {', '.join(bands)})")
-    return expression
