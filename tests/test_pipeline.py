@@ -179,6 +179,9 @@ def test_indices_without_bands_read_the_bands_they_name_and_reduce_only_themselv
     assert "names band(s) swir22" in one_line_error(lambda: recipe_for(banded, indices=["nbr"]))
     assert "index_only without indices" in one_line_error(lambda: Pipeline(name="x", bands=("red",), index_only=True))
     assert "index_only" not in Pipeline(name="x", bands=("red",)).parameters()  # fingerprints as before
+    # a band read only for the indices may still rank the observations of a mosaic
+    assert Pipeline(name="x", bands=("nir", "red"), indices=(("ndvi", NDVI),), index_only=True, statistic="best",
+                    rank="-red").layers == ("ndvi",)
     # a recipe may list the bands and still write only its indices
     listed = load_pipeline(str(recipe(tmp_path, "bands: [blue, red, nir]\nindices: {evi: null}\nindex_only: true\n")))
     assert (listed.bands, listed.layers) == (("blue", "red", "nir"), ("evi",))
@@ -245,7 +248,7 @@ def test_encoding_and_description_defaults():
     (dict(statistic="best"), "--statistic best needs what to rank by"),
     (dict(statistic="best", rank="ndvi"), "--rank ndvi: not a band or index read"),
     (dict(statistic="geomedian", bands=("red", "nir"), indices=(("ndvi", NDVI),)),
-     "--statistic geomedian with --index"),
+     "--statistic geomedian with --band-index"),
     (dict(period="1M"), "--period 1M: not an ISO 8601 period"),
     (dict(period="P0M"), "--period P0M"),
     (dict(period="monthly"), "--period monthly"),

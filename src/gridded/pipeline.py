@@ -121,16 +121,16 @@ class Pipeline:
                                   f"pass --bands without it or use another --statistic")
         joint = [n for n in canonical if statistic_for(n).iterative]
         if joint and self.indices:
-            raise ConfigError(f"--statistic {joint[0]} with --index: the geometric median is of the bands only; "
-                              f"compute indices with median, mean or percentiles, or drop --index")
+            raise ConfigError(f"--statistic {joint[0]} with --band-index: the geometric median is of the bands only; "
+                              f"compute indices with median, mean or percentiles, or drop --band-index")
         if "best" in canonical:
             rank = (self.rank or "").lstrip("-")
             if not rank:
                 raise ConfigError("--statistic best needs what to rank by: pass --rank ndvi (or --rank -blue for the "
                                   "least), a band or index read")
-            if rank not in self.layers:
+            if rank not in self.layers and rank not in self.bands:  # (a band read for the indices ranks too)
                 raise ConfigError(f"--rank {self.rank}: not a band or index read ({', '.join(self.layers)}); "
-                                  f"add it to --bands or --index")
+                                  f"add it to --bands or --band-index")
         if self.percentile_method not in ("linear", "nearest"):
             raise ConfigError(f"pipeline {self.name}: percentile_method {self.percentile_method!r}; "
                               f"use linear or nearest")
@@ -225,7 +225,7 @@ def bands_of_indices(indices: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
 
 def indices_of(spec, bands: tuple[str, ...], *, where: str = "--band-index") -> tuple[tuple[str, str], ...]:
     """Recipe or flag indices -> ((name, expression), ...): a mapping {ndvi: expression or null}, a
-    list of built-in names, or --index values "ndvi" / "ndvi=(nir - red) / (nir + red)". With no
+    list of built-in names, or --band-index values "ndvi" / "ndvi=(nir - red) / (nir + red)". With no
     bands, an expression may name any band (an index-only product reads what its indices name)."""
     from .compute.indices import resolve_index
 
