@@ -252,7 +252,8 @@ def child_floor(layout: dict, out: Path) -> dict:
 def child_io_floor(layout: dict, out: Path) -> dict:
     """Decode + encode floor: every input file read whole once, as the decode floor does, and as many
     COGs as the run writes, of the same sizes, with gridded's COG settings (per cell and month: the
-    month's first date's 4 band windows and its clear flags as `count`), on as many threads as CPUs.
+    month's first date's 4 band windows, its clear flags as `count` and the month's observations with
+    a value as `observed`), on as many threads as CPUs.
     No masking, no statistic, no items: what a run must at least spend on its inputs and outputs."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -268,12 +269,14 @@ def child_io_floor(layout: dict, out: Path) -> dict:
 
     def month_job(month: str, scenes: list[dict]) -> None:
         first = None
+        observed = np.zeros((ny, nx), dtype=np.uint16)
         for scene in scenes:
             arrays = {}
             for key in BANDS + ["scl"]:
                 with rasterio.open(scene["assets"][key]) as src:
                     arrays[key] = src.read(1)
             first = first or arrays
+            observed += arrays[BANDS[0]] != 0
         clear = ~np.isin(first["scl"], synthetic.SCL_EXCLUDED)
         count = clear.repeat(2, axis=0).repeat(2, axis=1).astype(np.uint16)
         for r in range(0, ny, TILE_PX):
@@ -284,6 +287,7 @@ def child_io_floor(layout: dict, out: Path) -> dict:
                 for key in BANDS:
                     write_cog(out / f"{month}_{r}_{c}_{key}.tif", np.ascontiguousarray(first[key][window]), geobox, 0)
                 write_cog(out / f"{month}_{r}_{c}_count.tif", np.ascontiguousarray(count[window]), geobox, 0)
+                write_cog(out / f"{month}_{r}_{c}_observed.tif", np.ascontiguousarray(observed[window]), geobox, 0)
 
     with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
         list(pool.map(lambda kv: month_job(*kv), scenes_by_month(layout).items()))
