@@ -99,7 +99,9 @@ def test_json_that_orjson_refuses_is_read_as_the_standard_library_reads_it(dsn, 
     import gridded.source
 
     monkeypatch.setattr(gridded.source, "PARALLEL_PARSE_BYTES", 0 if parallel else 1 << 40)
-    odd = ['"eo:cloud_cover": NaN', '"big": 1180591620717411303424', '"title": "\\ud800"']
+    # (2**70 + 1 and -2**63 - 1: orjson would make floats of them, without an error)
+    odd = ['"eo:cloud_cover": NaN', '"big": 1180591620717411303425, "low": -9223372036854775809',
+           '"title": "\\ud800"']
     lines = [f'{{"type": "Feature", "stac_version": "1.0.0", "id": "odd-{i}", "collection": "c", '
              f'"geometry": null, "bbox": [10, 10, 11, 11], "properties": {{"datetime": "2024-01-01T00:00:00Z", '
              f'{value}}}, "assets": {{}}, "links": []}}' for i, value in enumerate(odd)]
@@ -112,7 +114,8 @@ def test_json_that_orjson_refuses_is_read_as_the_standard_library_reads_it(dsn, 
              for x in cli_ok("stac", "search", "--index", dsn, "--json").splitlines()}
     assert sorted(found) == ["odd-0", "odd-1", "odd-2"]
     assert math.isnan(found["odd-0"]["eo:cloud_cover"])
-    assert found["odd-1"]["big"] == 2**70 and found["odd-2"]["title"] == "\ud800"
+    assert found["odd-1"]["big"] == 2**70 + 1 and found["odd-1"]["low"] == -(2**63) - 1
+    assert found["odd-2"]["title"] == "\ud800"
 
 
 def test_bad_dsn_is_one_line_exit_2():

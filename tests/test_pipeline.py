@@ -179,6 +179,14 @@ def test_indices_without_bands_read_the_bands_they_name_and_reduce_only_themselv
     assert "names band(s) swir22" in one_line_error(lambda: recipe_for(banded, indices=["nbr"]))
     assert "index_only without indices" in one_line_error(lambda: Pipeline(name="x", bands=("red",), index_only=True))
     assert "index_only" not in Pipeline(name="x", bands=("red",)).parameters()  # fingerprints as before
+    # an index is over bands, not over another index; nor named like a band it reads
+    assert "names the index ndvi; an expression is over bands only" in one_line_error(
+        lambda: recipe_for(None, indices=["ndvi", "x=ndvi * 2"]))
+    assert "red is also a band name (read for the indices)" in one_line_error(
+        lambda: recipe_for(None, indices=["red=nir - red"]))
+    # a recipe saying index_only: false with no bands writes the bands its indices read
+    both = load_pipeline(str(recipe(tmp_path, "indices: {ndvi: null}\nindex_only: false\n")))
+    assert both.layers == ("nir", "red", "ndvi")
     # a band read only for the indices may still rank the observations of a mosaic
     assert Pipeline(name="x", bands=("nir", "red"), indices=(("ndvi", NDVI),), index_only=True, statistic="best",
                     rank="-red").layers == ("ndvi",)

@@ -105,6 +105,9 @@ class Pipeline:
         from .compute.indices import check_bands_read
 
         for name, expression in self.indices:
+            if name in self.bands:
+                raise ConfigError(f"--band-index {name}: {name} is also a band name (read for the indices); "
+                                  f"call the index something else")
             check_bands_read(f"--band-index {name}", expression, self.bands)
 
     def _check_statistics(self) -> None:
@@ -198,8 +201,9 @@ def load_pipeline(name_or_path: str) -> Pipeline:
             doc["mask"] = INFER if doc["mask"] == INFER else parse_mask(str(doc["mask"]))
         if "indices" in doc:
             doc["indices"] = indices_of(doc["indices"], doc["bands"], where="indices")
-            if not doc["bands"]:  # the bands the indices name, read for them only
-                doc["bands"], doc["index_only"] = bands_of_indices(doc["indices"]), True
+            if not doc["bands"]:  # the bands the indices name, read for them only (unless it says otherwise)
+                doc["bands"] = bands_of_indices(doc["indices"])
+                doc.setdefault("index_only", True)
         return Pipeline(**doc)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
@@ -241,4 +245,10 @@ def indices_of(spec, bands: tuple[str, ...], *, where: str = "--band-index") -> 
     names = [n for n, _ in pairs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: an index named twice ({', '.join(names)}); name each once")
-    return tuple((name, resolve_index(name, expression, bands, where=where)) for name, expression in pairs)
+    resolved = tuple((name, resolve_index(name, expression, bands, where=where)) for name, expression in pairs)
+    for name, expression in resolved:  # over bands only: an index is not an input of another
+        named = set(bands_of_indices(((name, expression),))) & (set(names) - {name})
+        if named:
+            raise ConfigError(f"{where} {name}={expression}: names the index {sorted(named)[0]}; an expression is "
+                              f"over bands only, so write it out with the bands (e.g. (nir - red) / (nir + red))")
+    return resolved

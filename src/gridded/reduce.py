@@ -105,8 +105,8 @@ def reduce_task(stacks: Stacks, pipeline: Pipeline, period_start: datetime) -> R
             rank = pipeline.rank or ""
             options.update(rank=_rank(stacks, pipeline, index_stacks), maximize=not rank.startswith("-"))
         if LAYER in statistic.extra_assets:  # a mosaic chooses among the observations clear in every band read
-            reduced = statistic.reduce(stacks.bands, stacks.sentinel, out=out or None, out_nodata=out_nodata or None,
-                                       **options)
+            # (and takes the values of the bands it writes: none for an index-only product)
+            reduced = statistic.reduce(stacks.bands, stacks.sentinel, out=out, out_nodata=out_nodata, **options)
         elif reduced_bands:
             reduced = statistic.reduce(reduced_bands, stacks.sentinel, out=out, out_nodata=out_nodata, **options)
         else:  # an index-only product: the indices alone

@@ -68,12 +68,12 @@ def values_at_layer(stacks: dict[str, np.ndarray], layer: np.ndarray, *, threads
                     out: dict[str, np.ndarray] | None = None,
                     out_nodata: dict[str, float | None] | None = None) -> dict[str, np.ndarray]:
     """Per band, its value at each pixel's `layer`: float64 with NaN where the layer is -1, or, given
-    `out`, written into it as to_output would convert them."""
+    `out`, written into it as to_output would convert them (for the bands `out` has only)."""
     if out is None:
         return {band: _value_at_layer(stack, layer, np.empty(layer.shape), np.nan, threads)
                 for band, stack in stacks.items()}
-    return {band: _value_at_layer(stack, layer, out[band], (out_nodata or {}).get(band), threads)
-            for band, stack in stacks.items()}
+    return {band: _value_at_layer(stacks[band], layer, out[band], (out_nodata or {}).get(band), threads)
+            for band in out}
 
 
 def _value_at_layer(stack: np.ndarray, layer: np.ndarray, out: np.ndarray, out_nodata: float | None,
