@@ -47,9 +47,9 @@ from .pipeline import Pipeline
 from .plan import Batch, Observation, Plan, Task, encode_cells, observation_of_row, tasks_of_cell
 
 MAGIC = b"GRIDDED-CELLS\n"
-FORMAT_VERSION = 5  # 3: batches as plain tuples beside one pickle of what they share; 4: cells compressed;
-# 5: the recipe (pickled by position) gained index_only
-# apart, their observations in tables that neighbouring cells share
+FORMAT_VERSION = 5  # 3: batches as plain tuples beside one pickle of what they share; 4: cells compressed
+# apart, their observations in tables that neighbouring cells share; 5: the recipe (pickled by
+# position) gained index_only
 PREAMBLE = struct.Struct("<4Q")
 ENTRY = struct.Struct("<QQ32s")
 MAX_HEADER_BYTES = 1 << 20
