@@ -117,7 +117,6 @@ def test_an_index_without_bands_reads_what_it_names_and_writes_the_index_alone(s
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # an index's NaN in the thumbnail warns of nothing
         result = run(out, demo_catalog, "--band-index", "ndvi", "--statistic", "median,best", "--rank", "ndvi")
-
     assert "median,best of ndvi" in result.stderr
     together = assets_of(several)
     alone = assets_of(out)

@@ -231,7 +231,7 @@ def indices_of(spec, bands: tuple[str, ...], *, where: str = "--band-index") -> 
     """Recipe or flag indices -> ((name, expression), ...): a mapping {ndvi: expression or null}, a
     list of built-in names, or --band-index values "ndvi" / "ndvi=(nir - red) / (nir + red)". With no
     bands, an expression may name any band (an index-only product reads what its indices name)."""
-    from .compute.indices import resolve_index
+    from .compute.indices import bands_of, parse_expression, resolve_index
 
     if isinstance(spec, dict):
         pairs = [(str(k), None if v is None else str(v)) for k, v in spec.items()]
@@ -247,7 +247,7 @@ def indices_of(spec, bands: tuple[str, ...], *, where: str = "--band-index") -> 
         raise ConfigError(f"{where}: an index named twice ({', '.join(names)}); name each once")
     resolved = tuple((name, resolve_index(name, expression, bands, where=where)) for name, expression in pairs)
     for name, expression in resolved:  # over bands only: an index is not an input of another
-        named = set(bands_of_indices(((name, expression),))) & (set(names) - {name})
+        named = bands_of(parse_expression(expression, where=f"{where} {name}")) & (set(names) - {name})
         if named:
             raise ConfigError(f"{where} {name}={expression}: names the index {sorted(named)[0]}; an expression is "
                               f"over bands only, so write it out with the bands (e.g. (nir - red) / (nir + red))")
