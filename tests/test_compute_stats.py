@@ -217,6 +217,35 @@ def test_percentiles_write_into_out_as_to_output_converts_numpys(data, qs, metho
             np.testing.assert_array_equal(single[band], want, err_msg=f"{name} {band} {dtype} alone")
 
 
+@SETTINGS
+@given(masked_stacks(bands=("red", "nir"), dtypes=("uint8", "uint16", "int16", "uint32", "int32")),
+       st.sampled_from(OUTPUTS))
+def test_an_integer_bands_p50_from_the_percentiles_sort_is_its_median_to_the_bit(data, output):
+    # what reduce_task relies on to take a run's medians from its percentiles' sort
+    from gridded.compute.median import reduce_median
+
+    stacks, nodata = data
+    dtype, out_nodata = output
+    out_nodata_ = {b: out_nodata for b in stacks}
+    sorted_ = reduce_percentiles(stacks, nodata, qs=(10.0, 50.0), names=("p10", "median"),
+                                 out={n: {b: np.empty(s.shape[1:], dtype=dtype) for b, s in stacks.items()}
+                                      for n in ("p10", "median")}, out_nodata=out_nodata_)
+    median = reduce_median(stacks, nodata, out={b: np.empty(s.shape[1:], dtype=dtype) for b, s in stacks.items()},
+                           out_nodata=out_nodata_)
+    for band in stacks:
+        np.testing.assert_array_equal(sorted_["median"][band], median[band], err_msg=f"{band} {dtype}")
+    as_floats = reduce_percentiles(stacks, nodata, qs=(50.0,))["p50"]
+    for band in stacks:
+        np.testing.assert_array_equal(as_floats[band], reduce_median(stacks, nodata)[band], err_msg=band)
+
+
+def test_percentiles_named_otherwise_need_one_name_each():
+    stack = {"red": np.ones((3, 1, 2), dtype=np.uint16)}
+    assert set(reduce_percentiles(stack, {"red": 0}, qs=(10.0, 50.0), names=("p10", "median"))) == {"p10", "median"}
+    with pytest.raises(ValueError, match="one name per percentile"):
+        reduce_percentiles(stack, {"red": 0}, qs=(10.0, 50.0), names=("p10",))
+
+
 def test_percentiles_by_hand():
     # pixels: [1, 2, 3, 4], [1, 2, 3], none clear, [7]; 0 is nodata
     stack = np.array([[4, 3, 0, 0], [1, 1, 0, 7], [3, 2, 0, 0], [2, 0, 0, 0]], dtype=np.uint16)[:, None, :]

@@ -86,6 +86,7 @@ def reduce_task(stacks: Stacks, pipeline: Pipeline, period_start: datetime) -> R
     index_dtype = dict.fromkeys(index_stacks, np.dtype(np.float32))
     index_nodata: dict[str, float | None] = dict.fromkeys(index_stacks, INDEX_NODATA)
     percentiles = [statistic_for(s) for s in pipeline.statistics if statistic_for(s).q is not None]
+    medians_sorted = False  # the bands' medians taken from the percentiles' sort
     if percentiles:  # every percentile from one sort of each pixel's series
         qs = tuple(p.q for p in percentiles if p.q is not None)  # (all of them)
         for stacks_, sentinels, dtypes, nodatas in ((reduced_bands, stacks.sentinel, band_out, band_nodata),
@@ -93,11 +94,20 @@ def reduce_task(stacks: Stacks, pipeline: Pipeline, period_start: datetime) -> R
             if not stacks_:
                 continue
             out = {p.name: outputs(p.name, list(stacks_), dtypes, nodatas)[0] for p in percentiles}
-            reduce_percentiles(stacks_, sentinels, qs=qs, method=pipeline.percentile_method, out=out,
-                               out_nodata=nodatas)
+            median = stacks_ is reduced_bands and _median_from_sort(pipeline, stacks_)
+            if median:  # p50 from the same sort is the median to the bit: one sort, not two
+                out[MEDIAN_Q] = outputs("median", list(stacks_), dtypes, nodatas)[0]
+            reduce_percentiles(stacks_, sentinels, qs=qs + ((50.0,) if median else ()), names=tuple(out),
+                               method=pipeline.percentile_method, out=out, out_nodata=nodatas)
+            medians_sorted |= median
     for name in pipeline.statistics:
         statistic = statistic_for(name)
         if statistic.q is not None:
+            continue
+        if name == "median" and medians_sorted:
+            if index_stacks:
+                out, out_nodata = outputs(name, list(index_stacks), index_dtype, index_nodata)
+                statistic.reduce(index_stacks, index_sentinels, out=out, out_nodata=out_nodata)
             continue
         out, out_nodata = outputs(name, pipeline.reduced_bands, band_out, band_nodata)
         options: dict[str, Any] = {"max_iterations": pipeline.max_iterations, "tolerance": pipeline.tolerance}
@@ -128,10 +138,23 @@ def reduce_task(stacks: Stacks, pipeline: Pipeline, period_start: datetime) -> R
     arrays[COUNT_ASSET], nodata[COUNT_ASSET] = clear_count(stacks.bands, stacks.sentinel), COUNT_NODATA
     assert stacks.observed is not None  # read_stacks counts them
     arrays[OBSERVED_ASSET], nodata[OBSERVED_ASSET] = stacks.observed, COUNT_NODATA
+    place = {k: i for i, k in enumerate(output_kinds(pipeline, band_out, band_nodata))}
+    arrays = {k: arrays[k] for k in sorted(arrays, key=lambda k: place.get(k, len(place)))}  # as composite declares
     properties = {}
     if any(statistic_for(s).iterative for s in pipeline.statistics):
         properties["gridded:geomedian"] = {"tolerance": pipeline.tolerance, "max_iterations": pipeline.max_iterations}
     return Reduced(arrays=arrays, nodata=nodata, properties=properties)
+
+
+MEDIAN_Q = "median"  # reduce_percentiles' key of the medians it sorts for
+
+
+def _median_from_sort(pipeline: Pipeline, stacks: dict[str, np.ndarray]) -> bool:
+    """Whether the bands' medians are taken from the percentiles' sort: a run asking for the median
+    and "linear" percentiles, of integer bands, whose middle two values numpy's interpolation at
+    q = 50 averages exactly as the median does (floats could differ in the last bit)."""
+    return ("median" in pipeline.statistics and pipeline.percentile_method == "linear"
+            and all(np.issubdtype(s.dtype, np.integer) for s in stacks.values()))
 
 
 def physical(stack: np.ndarray, sentinel, encoding: tuple[float, float]) -> np.ndarray:

@@ -556,33 +556,63 @@ def percentile_indexes(fractions, t, nearest):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def percentile_rows(stack, sentinel, use_sentinel, last, pairs, fractions, nearest, r0, r1, out, fill, rounded,
-                    low, high):
+def percentile_rows(stack, sentinel, use_sentinel, unsigned, last, pairs, fractions, nearest, r0, r1, out, fill,
+                    rounded, low, high):
     # every percentile of `fractions` from one sort of each pixel's series, into out[i] (float64
     # with NaN, or the output dtype as to_output converts): "nearest" takes the value, "linear"
     # interpolates as numpy's _lerp, by its two-sided formula, which gives NaN next to an infinity
-    # at gamma 0 and from an infinite last value taken twice, as numpy does
+    # at gamma 0 and from an infinite last value taken twice, as numpy does. As in median_rows,
+    # each step is a straight loop over the SPAN pixels (the ranks and weights looked up per
+    # pixel first, then the keys), which vectorises better than one loop doing it all
     t, _, nx = stack.shape
     keys = np.empty((max(t, 1), SPAN), dtype=stack.dtype)
     count = np.empty(SPAN, dtype=np.uint16)  # observations per period: at most 65,535
     lower, upper, gamma = percentile_indexes(fractions, t, nearest)
+    rank_lo = np.empty(SPAN, dtype=np.uint16)
+    rank_hi = np.empty(SPAN, dtype=np.uint16)
+    weight = np.empty(SPAN)
+    below = np.empty(SPAN, dtype=stack.dtype)
+    above = np.empty(SPAN, dtype=stack.dtype)
     for y in range(r0, r1):
         for x0 in range(0, nx, SPAN):
             width = min(SPAN, nx - x0)
             sort_span(stack, y, x0, sentinel, use_sentinel, last, pairs, keys, count)
             for i in range(fractions.shape[0]):
-                target = out[i, y, x0:x0 + width]
-                for c in range(width):
+                for c in range(SPAN):
                     k = count[c]
-                    a = np.float64(keys[lower[i, k], c])
-                    if nearest:
-                        m = a
-                    else:
-                        b = np.float64(keys[upper[i, k], c])
-                        g = gamma[i, k]
+                    rank_lo[c] = lower[i, k]
+                    rank_hi[c] = upper[i, k]
+                    weight[c] = gamma[i, k]
+                if unsigned and t <= 8:
+                    # in a sorted column of unsigned keys the key of rank r is the largest of those
+                    # of rank <= r: a running max over the keys zeroed above the rank (faster than
+                    # the gather below for a few observations, slower for many)
+                    for c in range(SPAN):
+                        below[c] = keys[0, c]
+                        above[c] = keys[0, c]
+                    for j in range(1, t):
+                        row = keys[j]
+                        rank = np.uint16(j)
+                        for c in range(SPAN):
+                            v = row[c]
+                            below[c] = max(below[c], v * below.dtype.type(rank <= rank_lo[c]))
+                            above[c] = max(above[c], v * above.dtype.type(rank <= rank_hi[c]))
+                else:
+                    for c in range(SPAN):
+                        below[c] = keys[rank_lo[c], c]
+                        above[c] = keys[rank_hi[c], c]
+                target = out[i, y, x0:x0 + width]
+                if nearest:
+                    for c in range(width):
+                        store(target, c, np.float64(below[c]), count[c], fill, rounded, low, high)
+                else:
+                    for c in range(width):
+                        a = np.float64(below[c])
+                        b = np.float64(above[c])
+                        g = weight[c]
                         diff = b - a
                         m = b - diff * (1.0 - g) if g >= 0.5 else a + diff * g
-                    store(target, c, m, k, fill, rounded, low, high)
+                        store(target, c, m, count[c], fill, rounded, low, high)
 
 
 # --- one observation per pixel: first, last, best, medoid --------------------------------------

@@ -61,18 +61,23 @@ def percentiles_of_stack(stack: np.ndarray, nodata, qs: tuple[float, ...], *, me
     nearest = method == "nearest"
     from ._jit import percentile_rows as kernel
 
-    run_in_row_blocks(lambda r0, r1: kernel(stack, sentinel, use, last, pairs, fractions, nearest, r0, r1, out,
-                                            fill, rounded, lo, hi), ny, threads)
+    unsigned = np.issubdtype(stack.dtype, np.unsignedinteger)
+    run_in_row_blocks(lambda r0, r1: kernel(stack, sentinel, use, unsigned, last, pairs, fractions, nearest, r0, r1,
+                                            out, fill, rounded, lo, hi), ny, threads)
     return out
 
 
 def reduce_percentiles(stacks: dict[str, np.ndarray], nodata: dict[str, float | None], *, qs: tuple[float, ...],
                        method: str = "linear", threads: int | None = None,
                        out: dict[str, dict[str, np.ndarray]] | None = None,
-                       out_nodata: dict[str, float | None] | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """{percentile_name(q): {band: result}} for every q of `qs`, each band sorted once for all of
-    them; `out` (optional) as {percentile_name(q): {band: array of the output dtype}}."""
-    names = [percentile_name(q) for q in qs]
+                       out_nodata: dict[str, float | None] | None = None,
+                       names: tuple[str, ...] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """{name: {band: result}} for every q of `qs`, each band sorted once for all of them, a q's
+    name percentile_name(q) or its entry of `names`; `out` (optional) as {name: {band: array of
+    the output dtype}}."""
+    names = tuple(percentile_name(q) for q in qs) if names is None else names
+    if len(names) != len(qs):
+        raise ValueError(f"percentiles {qs} named {names}: one name per percentile")
     results: dict[str, dict[str, np.ndarray]] = {name: {} for name in names}
     for band, stack in stacks.items():
         if out is None:
