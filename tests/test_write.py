@@ -267,3 +267,24 @@ def test_thumbnails_written_on_many_threads_warn_of_nothing(tmp_path, monkeypatc
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(tmp_path / "49-2499.png") as src:
             assert (src.read() == rgba).all()
+
+
+@pytest.mark.parametrize("dtype, nodata", [("uint16", 0), ("float32", float("nan"))])
+def test_a_cog_made_in_memory_is_the_file_gdal_writes_itself(tmp_path, monkeypatch, dtype, nodata):
+    from odc.geo.geobox import GeoBox
+
+    import gridded.io.cog as cog
+
+    rng = np.random.default_rng(7)
+    array = rng.integers(1, 3000, (600, 700)).astype(dtype)
+    array[:100] = nodata
+    geobox = GeoBox((600, 700), TASK.geobox.affine, CRS)
+    cog.write_cog(tmp_path / "memory.tif", array, geobox, nodata, encoding=RED_ENCODING, description="Red")
+    monkeypatch.setattr(cog, "IN_MEMORY_BYTES", 0)  # written by GDAL to its file
+    cog.write_cog(tmp_path / "file.tif", array, geobox, nodata, encoding=RED_ENCODING, description="Red")
+    assert (tmp_path / "memory.tif").read_bytes() == (tmp_path / "file.tif").read_bytes()
+    cog.check_cog(tmp_path / "memory.tif")
+    with rasterio.open(tmp_path / "memory.tif") as src:
+        np.testing.assert_array_equal(src.read(1), array)
+        assert (src.scales, src.offsets, src.descriptions) == ((RED_ENCODING[0],), (RED_ENCODING[1],), ("Red",))
+        assert src.overviews(1) == [2, 4]
