@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
-from scenes import S2, observation, scene, task_for
+from scenes import S2, X0, observation, scene, task_for
 
 from gridded.load import load_task
 from gridded.masks import MaskRule
@@ -88,3 +88,63 @@ def test_load_without_mask_keeps_every_value_but_nodata(tmp_path):
     stacks = load_task(task, ("red",), None, None)
     np.testing.assert_array_equal(stacks.bands["red"][0], on_grid(task.observations[0].href("red"), 2, 2,
                                                                   task.shape_yx, 0))
+
+
+NDVI_EXPR = "(nir - red) / (nir + red)"
+
+
+@pytest.mark.parametrize("statistic, rank", [("median,p10,mean", None), ("best", "ndvi"), ("geomedian", None),
+                                             ("first", None)])
+def test_a_cell_partly_past_its_scenes_is_computed_over_their_part_alone_and_equals_the_whole(
+        tmp_path, monkeypatch, statistic, rank):
+    # two scenes side by side (the second 30 px right of the first), cells at odd offsets across
+    # and past their edges: the cell is reduced over the window the scenes cover and the rest of
+    # it is what a pixel with no observation gets, to the bit as when the whole cell is reduced
+    from gridded import load
+    from gridded.io.rasters import pooled_sources
+    from gridded.masks import MASK_RULES
+    from gridded.pipeline import Pipeline
+    from gridded.process import compute_task
+
+    rng = np.random.default_rng(11)
+    observations = [observation("a", scene(tmp_path, "a", rng), 3), observation("b", scene(tmp_path, "b", rng), 5),
+                    observation("c", scene(tmp_path, "c", rng, x0=X0 + 300), 7)]
+    pipeline = Pipeline(name="p", bands=("red", "nir"), statistic=statistic,
+                        mask=MASK_RULES["s2"], indices=() if statistic == "geomedian" else (("ndvi", NDVI_EXPR),),
+                        rank=rank)
+    windows = []
+    found = load.data_window
+    monkeypatch.setattr(load, "data_window", lambda *a: windows.append(found(*a)) or windows[-1])
+    for col, row in [(-7, -5), (25, 21), (61, 3), (-3, 17), (0, 0)]:
+        task = task_for(observations, col=col, row=row)
+        with pooled_sources():
+            confined = compute_task(task, pipeline)
+        with monkeypatch.context() as whole:
+            whole.setattr(load, "data_window", lambda *a: None)
+            with pooled_sources():
+                everything = compute_task(task, pipeline)
+        assert list(confined.arrays) == list(everything.arrays)
+        for key, values in everything.arrays.items():
+            assert confined.arrays[key].dtype == values.dtype and confined.arrays[key].shape == task.shape_yx
+            np.testing.assert_array_equal(confined.arrays[key], values, err_msg=f"{col},{row} {key}")
+        assert confined.nodata == everything.nodata and confined.properties == everything.properties
+    rows, cols = windows[0]  # (-7, -5): the scenes cover the cell from its 8th column and 6th row
+    assert (rows.start, cols.start, rows.stop, cols.stop) == (4, 6, 30, 34)
+    assert windows[4] is None  # (0, 0): the first scene covers all of it
+    assert sum(w is not None for w in windows) == 4
+
+
+def test_no_window_without_a_batch_or_for_a_band_without_nodata(tmp_path):
+    from gridded import load
+    from gridded.io.rasters import pooled_sources
+
+    rng = np.random.default_rng(3)
+    hrefs = scene(tmp_path, "a", rng)
+    task = task_for([observation("a", hrefs, 3)], col=-7, row=-5)
+    assert load.data_window(task, ("red", "nir"), S2) is None  # outside a batch: no pool to keep headers in
+    with pooled_sources():
+        assert load.data_window(task, ("red", "nir"), S2) is not None
+    with rasterio.open(hrefs[0][1], "r+") as dst:
+        dst.nodata = None
+    with pooled_sources():
+        assert load.data_window(task, ("red", "nir"), S2) is None

@@ -9,12 +9,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
+from affine import Affine
 from odc.geo.geobox import GeoBox
 
 from .compute.arrays import as_dtype, reencode
 from .compute.masking import mask_into
 from .errors import SourceError
-from .io.rasters import Coarse, open_ahead, read_mask_window, read_window, remote_reads
+from .io.rasters import Coarse, open_ahead, read_mask_window, read_window, remote_reads, source_grid
 from .io.s3 import is_remote
 from .masks import MaskRule
 from .plan import Task
@@ -50,7 +51,8 @@ def _clear_rule(coarse: Coarse | None, mask: MaskRule | None, geobox: GeoBox):
 
 
 def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nodata: float | None, *,
-              encodings: dict[str, tuple[float, float]] | None = None, skip_bad_sources: bool = False) -> Stacks:
+              encodings: dict[str, tuple[float, float]] | None = None, skip_bad_sources: bool = False,
+              window: tuple[slice, slice] | None = None) -> Stacks:
     """Read every observation of a task, mask unclear pixels to the sentinel, mosaic same-day groups.
 
     Each band window is read straight into its layer of the stack and masked there in one pass
@@ -62,11 +64,12 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
     without, it fails the task.
 
     From object stores every file of the task is read at once (the worker's remote read threads):
-    the first observation's bands, while every other file's header arrives, then all the windows."""
-    geobox = task.geobox
+    the first observation's bands, while every other file's header arrives, then all the windows.
+    `window`: (rows, columns) of the cell to load, as data_window finds them (else the whole cell)."""
+    geobox = task.geobox if window is None else task.geobox[window]
     skipped: dict[str, SourceError] = {}
     remote = any(is_remote(href) for obs in task.observations for _, href in obs.hrefs)
-    reader = _Reader(task, bands, mask, encodings or {}, remote)
+    reader = _Reader(task, geobox, bands, mask, encodings or {}, remote)
 
     # the first readable observation fixes each band's dtype and sentinel
     first_index, first, first_mask = None, None, None
@@ -141,12 +144,49 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
                   layer_times=tuple(task.observations[members[0]].time for members in groups.values()))
 
 
+def data_window(task: Task, bands: tuple[str, ...], mask: MaskRule | None) -> tuple[slice, slice] | None:
+    """The rows and columns of a task's cell that any of its source files covers (a pixel past
+    every one of them has no observation), when that is less than the cell and known without a
+    request: every file on local disk or read earlier in the batch (source_grid), each with a
+    nodata value (a file without one would be read as values where it has no pixel). None
+    otherwise: the whole cell is loaded."""
+    from odc.geo.overlap import compute_reproject_roi
+
+    grids = set()
+    for obs in task.observations:
+        rule = obs.mask or mask
+        for key, href in obs.hrefs:
+            if key not in bands and (rule is None or key != rule.asset):
+                continue
+            try:
+                grid = source_grid(href, what=f"item {obs.item_id} asset {key}")
+            except SourceError:  # load_task fails the task for it, or leaves it out
+                return None
+            if grid is None or (key in bands and grid.nodata is None) or grid.crs is None:
+                return None
+            grids.add((grid.shape, tuple(grid.transform)[:6], grid.crs.to_wkt()))
+    cell = task.geobox
+    ny, nx = cell.shape
+    y0, y1, x0, x1 = ny, 0, nx, 0
+    for shape, transform, crs in grids:
+        rows, cols = compute_reproject_roi(GeoBox(shape, Affine(*transform), crs), cell).roi_dst
+        if rows.stop > rows.start and cols.stop > cols.start:
+            # a pixel more each side: the footprint's edge rounded either way is still inside
+            y0, y1 = min(y0, rows.start - 1), max(y1, rows.stop + 1)
+            x0, x1 = min(x0, cols.start - 1), max(x1, cols.stop + 1)
+    y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, ny), min(x1, nx)
+    if y0 >= y1 or x0 >= x1 or (y0, y1, x0, x1) == (0, ny, 0, nx):
+        return None  # nothing covered (nothing to save), or all of it
+    return slice(y0, y1), slice(x0, x1)
+
+
 class _Reader:
     """A task's reads as futures: started at once on the worker's remote read threads, or for local
     files run on the task's own thread when their result is asked for, in the order asked."""
 
-    def __init__(self, task: Task, bands, mask: MaskRule | None, encodings, remote: bool):
+    def __init__(self, task: Task, geobox: GeoBox, bands, mask: MaskRule | None, encodings, remote: bool):
         self.task, self.keys, self.default_mask, self.encodings, self.remote = task, bands, mask, encodings, remote
+        self.geobox = geobox
         self.headers: dict[str, Future] = {}
         self.started = next(_TASKS_STARTED)  # the reads' priority: earlier tasks first
         self.stage = _FIRST
@@ -177,7 +217,7 @@ class _Reader:
         target encodings."""
         def one(b, out):
             values, nodata = self._after_header(obs.href(b), lambda: read_window(
-                obs.href(b), self.task.geobox, fill=fill(b), what=f"item {obs.item_id} asset {b}", out=out))
+                obs.href(b), self.geobox, fill=fill(b), what=f"item {obs.item_id} asset {b}", out=out))
             target = self.encodings.get(b)
             if target is not None and obs.encoding(b) != target:
                 reencode(values, nodata, obs.encoding(b), target)
@@ -193,7 +233,7 @@ class _Reader:
             return _done(None)
         href = obs.href(rule.asset)
         return self._run(lambda: self._after_header(href, lambda: read_mask_window(
-            href, self.task.geobox, fill=rule.fill_value, what=f"item {obs.item_id} mask asset {rule.asset}")))
+            href, self.geobox, fill=rule.fill_value, what=f"item {obs.item_id} mask asset {rule.asset}")))
 
 
 # a task's reads in this order: its first observation, the other files' headers, their windows

@@ -7,22 +7,24 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
 
 from .cluster import freeze_heap, local_client, tune_allocator, worker_resources
+from .compute.arrays import as_dtype
 from .compute.statistics import warm_kernels
 from .errors import GriddedError
 from .io.access import SourceAccess
 from .io.storage import Storage, open_storage
 from .items import item_name
+from .load import Stacks
 from .masks import MaskRule
 from .pipeline import Pipeline
 from .plan import Batch, Task
-from .reduce import reduce_task
+from .reduce import Reduced, reduce_task
 from .write import commit_outputs
 
 log = logging.getLogger(__name__)
@@ -86,16 +88,39 @@ def compute_task(task: Task, pipeline: Pipeline, *, on_bad_source: BadSource = "
     `gridded.composite`). Raises GriddedError for a source that cannot be read, unless
     `on_bad_source` is "skip": then the task is made of the others, and its properties name the
     inputs left out and why."""
-    from .load import load_task
+    from .load import data_window, load_task
 
-    stacks = load_task(task, pipeline.bands, pipeline.mask if isinstance(pipeline.mask, MaskRule) else None,
-                       pipeline.nodata, encodings={b: pipeline.encoding(b) for b in pipeline.bands},
-                       skip_bad_sources=on_bad_source == "skip")
+    mask = pipeline.mask if isinstance(pipeline.mask, MaskRule) else None
+    window = data_window(task, pipeline.bands, mask)
+    stacks = load_task(task, pipeline.bands, mask, pipeline.nodata,
+                       encodings={b: pipeline.encoding(b) for b in pipeline.bands},
+                       skip_bad_sources=on_bad_source == "skip", window=window)
     reduced = reduce_task(stacks, pipeline, task.period.start)
+    if window is not None:  # the rest of the cell is what a pixel with no observation gets
+        reduced = _in_cell(reduced, window, task.shape_yx, reduce_task(_unobserved(stacks), pipeline,
+                                                                           task.period.start))
     properties = dict(reduced.properties)
     if stacks.skipped:
         properties["gridded:skipped_inputs"] = [{"id": item, "reason": why} for item, why in stacks.skipped]
     return TaskArrays(arrays=reduced.arrays, nodata=reduced.nodata, properties=properties, skipped=stacks.skipped)
+
+
+def _unobserved(stacks: Stacks) -> Stacks:
+    """One pixel with the stacks' layers and nothing in them: what reduce_task makes of a pixel
+    no source covers."""
+    bands = {b: np.full((len(s), 1, 1), as_dtype(stacks.sentinel[b], s.dtype), dtype=s.dtype)
+             for b, s in stacks.bands.items()}
+    return replace(stacks, bands=bands, observed=np.zeros((1, 1), dtype=np.uint16))
+
+
+def _in_cell(reduced: Reduced, window: tuple[slice, slice], shape: tuple[int, int], outside: Reduced) -> Reduced:
+    """The arrays of a window of the cell put into the cell's, the rest as `outside`'s one pixel."""
+    arrays = {}
+    for key, values in reduced.arrays.items():
+        full = np.full(shape, outside.arrays[key][0, 0], dtype=values.dtype)
+        full[window] = values
+        arrays[key] = full
+    return replace(reduced, arrays=arrays)
 
 
 def task_states(tasks: list[Task], pipeline: Pipeline,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+from affine import Affine
 from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
@@ -204,6 +205,8 @@ def _retrying(href: str, what: str, read):
     pool = _POOL
     if pool is not None and key in pool.gave_up:  # failed every attempt for an earlier task of the batch:
         raise SourceError(f"{what}: {pool.gave_up[key]}")  # fail this one without a retry storm
+    if pool is not None and key not in pool.grids:
+        read = _noting_grid(pool, key, read)
     not_a_raster: list[bool] = []
     for attempt in range(1, attempts + 1):
         if attempt == 2 and sign:  # the token may have expired: sign again, with a new one
@@ -226,6 +229,38 @@ def _retrying(href: str, what: str, read):
             log.info("%s: read failed (%s), retry %d of %d in %.2f s", what, err, attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _noting_grid(pool: SourcePool, key: str, read):
+    def noted(src):
+        pool.grids[key] = SourceGrid(tuple(src.shape), src.transform, src.crs, src.nodata)
+        return read(src)
+    return noted
+
+
+@dataclass(frozen=True, slots=True)
+class SourceGrid:
+    """A source file's pixel grid and nodata, as its header says."""
+
+    shape: tuple[int, int]
+    transform: Affine
+    crs: rasterio.crs.CRS | None
+    nodata: float | None
+
+
+def source_grid(href: str, *, what: str) -> SourceGrid | None:
+    """The grid of a source file a batch has read already or that is on local disk (opened for its
+    header, then kept in the batch's pool for the read), else None: never a request of its own.
+    None outside a batch (no pool to keep it in)."""
+    pool = _POOL
+    if pool is None:
+        return None
+    key = gdal_path(href)
+    grid = pool.grids.get(key)
+    if grid is None and not is_remote(href):
+        _retrying(href, what, lambda src: None)
+        grid = pool.grids.get(key)
+    return grid
 
 
 # GDAL's error numbers (CPLE_*) that say a read cannot succeed however often it is tried: the
@@ -284,6 +319,7 @@ class SourcePool:
         self._count = 0
         self._lock = threading.Lock()
         self.gave_up: dict[str, str] = {}  # remote files this batch gave up on, and why
+        self.grids: dict[str, SourceGrid] = {}  # every file this batch has read, its grid
 
     def take(self, path: str):
         with self._lock:
