@@ -148,3 +148,64 @@ def test_no_window_without_a_batch_or_for_a_band_without_nodata(tmp_path):
         dst.nodata = None
     with pooled_sources():
         assert load.data_window(task, ("red", "nir"), S2) is None
+
+
+@pytest.mark.parametrize("res, shape", [(10, (40, 48)), (20, (20, 24)), (60, (7, 9))])
+@pytest.mark.parametrize("col, row", [(-7, -5), (25, 21), (61, 3), (0, 0), (-40, 2), (3, -31)])
+def test_the_cover_by_arithmetic_is_odc_geos_overlap(res, shape, col, row):
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+    from odc.geo.overlap import compute_reproject_roi
+    from rasterio.crs import CRS as RasterioCRS
+
+    from gridded.io.rasters import SourceGrid
+    from gridded.load import _covered
+
+    task = task_for([], col=col, row=row)
+    grid = SourceGrid(shape, Affine(res, 0, X0, 0, -res, 6_000_000.0), RasterioCRS.from_user_input("EPSG:32755"), 0)
+    rows, cols = _covered(grid, task)
+    want_rows, want_cols = compute_reproject_roi(GeoBox(shape, grid.transform, "EPSG:32755"), task.geobox).roi_dst
+    if want_rows.stop > want_rows.start and want_cols.stop > want_cols.start:
+        assert (rows, cols) == (want_rows, want_cols)
+    else:  # no overlap: an empty range either way
+        assert rows.stop <= rows.start or cols.stop <= cols.start
+    other = SourceGrid(shape, grid.transform, RasterioCRS.from_user_input("EPSG:32756"), 0)
+    assert _covered(other, task) is None  # another CRS: odc-geo's general overlap
+
+
+def test_a_cell_partly_past_a_scene_in_another_crs_equals_the_whole(tmp_path, monkeypatch):
+    # a scene in the next UTM zone (warped, nearest neighbour): the window odc-geo's overlap
+    # finds, with a pixel to spare, holds every pixel the warp fills
+    from rasterio.transform import from_origin
+    from rasterio.warp import transform as warp_points
+
+    from gridded import load
+    from gridded.io.rasters import pooled_sources
+    from gridded.pipeline import Pipeline
+    from gridded.process import compute_task
+
+    rng = np.random.default_rng(5)
+    (x,), (y,) = warp_points("EPSG:32755", "EPSG:32756", [X0 + 150], [6_000_000.0 - 100])
+    hrefs = []
+    for band in ("red", "nir"):
+        values = rng.integers(1, 4000, (25, 27)).astype(np.uint16)
+        path = tmp_path / f"z56_{band}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=27, height=25, count=1, dtype="uint16", crs="EPSG:32756",
+                           transform=from_origin(x, y, 9.7, 9.7), nodata=0) as dst:
+            dst.write(values, 1)
+        hrefs.append((band, str(path)))
+    task = task_for([observation("z", hrefs, 3)], col=0, row=0, shape=(40, 44))
+    pipeline = Pipeline(name="p", bands=("red", "nir"), statistic="median,p90", mask=None)
+    windows = []
+    found = load.data_window
+    monkeypatch.setattr(load, "data_window", lambda *a: windows.append(found(*a)) or windows[-1])
+    with pooled_sources():
+        confined = compute_task(task, pipeline)
+    monkeypatch.setattr(load, "data_window", lambda *a: None)
+    with pooled_sources():
+        everything = compute_task(task, pipeline)
+    rows, cols = windows[0]
+    assert rows.start > 0 and cols.start > 0  # the scene starts inside the cell
+    assert everything.arrays["count"].sum() > 100  # and puts values into it
+    for key, values in everything.arrays.items():
+        np.testing.assert_array_equal(confined.arrays[key], values, err_msg=key)
