@@ -3,22 +3,26 @@ applied there, same-day scenes mosaicked."""
 
 from __future__ import annotations
 
-import functools
 import itertools
-import math
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
-import rasterio
-from affine import Affine
 from odc.geo.geobox import GeoBox
 
 from .compute.arrays import as_dtype, reencode
 from .compute.masking import mask_into
 from .errors import SourceError
-from .io.rasters import Coarse, SourceGrid, open_ahead, read_mask_window, read_window, remote_reads, source_grid
+from .io.rasters import (
+    Coarse,
+    open_ahead,
+    read_mask_window,
+    read_window,
+    remote_reads,
+    source_grid,
+    zoom_factor,
+)
 from .io.s3 import is_remote
 from .masks import MaskRule
 from .plan import Task
@@ -150,12 +154,15 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
 def data_window(task: Task, bands: tuple[str, ...], mask: MaskRule | None) -> tuple[slice, slice] | None:
     """The rows and columns of a task's cell that any of its source files covers (a pixel past
     every one of them has no observation), when that is less than the cell and known without a
-    request: every file on local disk or read earlier in the batch (source_grid), each with a
-    nodata value (a file without one would be read as values where it has no pixel). None
-    otherwise: the whole cell is loaded."""
-    from odc.geo.overlap import compute_reproject_roi
-
-    grids = set()
+    request: every file on local disk or read earlier in the batch (source_grid), each read by
+    windows, not warped (its pixels k x k of the cell's on the same grid lines: a window of the
+    cell then reads exactly what the whole cell's read has there, where a warp's approximations
+    depend on the area warped), and each band with a nodata value (a file without one would be
+    read as values where it has no pixel). None otherwise: the whole cell is loaded."""
+    cell = task.geobox
+    ny, nx = task.shape_yx
+    y0, y1, x0, x1 = ny, 0, nx, 0
+    seen = set()
     for obs in task.observations:
         rule = obs.mask or mask
         for key, href in obs.hrefs:
@@ -165,43 +172,26 @@ def data_window(task: Task, bands: tuple[str, ...], mask: MaskRule | None) -> tu
                 grid = source_grid(href, what=f"item {obs.item_id} asset {key}")
             except SourceError:  # load_task fails the task for it, or leaves it out
                 return None
-            if grid is None or (key in bands and grid.nodata is None) or grid.crs is None:
+            if grid is None or (key in bands and grid.nodata is None):
                 return None
-            grids.add(grid)
-    ny, nx = task.shape_yx
-    y0, y1, x0, x1 = ny, 0, nx, 0
-    for grid in grids:
-        rows, cols = _covered(grid, task) or compute_reproject_roi(
-            GeoBox(grid.shape, grid.transform, str(grid.crs)), task.geobox).roi_dst
-        if (rows.start, rows.stop, cols.start, cols.stop) == (0, ny, 0, nx):
-            return None  # one file covers the whole cell
-        if rows.stop > rows.start and cols.stop > cols.start:
-            # a pixel more each side: the footprint's edge rounded either way is still inside
-            y0, y1 = min(y0, rows.start - 1), max(y1, rows.stop + 1)
-            x0, x1 = min(x0, cols.start - 1), max(x1, cols.stop + 1)
-    y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, ny), min(x1, nx)
+            if grid in seen:
+                continue
+            seen.add(grid)
+            k = zoom_factor(grid.transform, grid.crs, cell)
+            if k is None:
+                return None
+            (h, w), a, d = grid.shape, grid.transform, cell.affine
+            col0, row0 = round((a.c - d.c) / d.a), round((a.f - d.f) / d.e)  # its corner, in cell pixels
+            rows = slice(max(row0, 0), min(row0 + h * k, ny))
+            cols = slice(max(col0, 0), min(col0 + w * k, nx))
+            if (rows.start, rows.stop, cols.start, cols.stop) == (0, ny, 0, nx):
+                return None  # one file covers the whole cell
+            if rows.stop > rows.start and cols.stop > cols.start:
+                y0, y1 = min(y0, rows.start), max(y1, rows.stop)
+                x0, x1 = min(x0, cols.start), max(x1, cols.stop)
     if y0 >= y1 or x0 >= x1 or (y0, y1, x0, x1) == (0, ny, 0, nx):
         return None  # nothing covered (nothing to save), or all of it together
     return slice(y0, y1), slice(x0, x1)
-
-
-def _covered(grid: SourceGrid, task: Task) -> tuple[slice, slice] | None:
-    """The rows and columns of the task's cell a source covers, by arithmetic when both grids are
-    north-up in one CRS (1 µs where odc-geo's general overlap takes a millisecond), else None."""
-    a, d = grid.transform, Affine(*task.transform)
-    if (a.b, a.d, d.b, d.d) != (0, 0, 0, 0) or d.a <= 0 or d.e >= 0 or a.a <= 0 or a.e >= 0:
-        return None
-    if grid.crs != _rasterio_crs(task.crs):
-        return None
-    (ny, nx), (h, w) = task.shape_yx, grid.shape
-    c0, c1 = math.floor((a.c - d.c) / d.a), math.ceil((a.c + w * a.a - d.c) / d.a)
-    r0, r1 = math.floor((a.f - d.f) / d.e), math.ceil((a.f + h * a.e - d.f) / d.e)
-    return slice(max(r0, 0), min(r1, ny)), slice(max(c0, 0), min(c1, nx))
-
-
-@functools.lru_cache(maxsize=64)
-def _rasterio_crs(crs: str):
-    return rasterio.crs.CRS.from_user_input(crs)
 
 
 class _Reader:

@@ -75,8 +75,13 @@ def gdal_env(**options) -> rasterio.Env:
 
 def _zoom_factor(src, geobox: GeoBox) -> int | None:
     """k when each source pixel is exactly k x k target pixels on the same grid lines, else None."""
-    a, d = src.transform, geobox.affine
-    if src.crs is None or src.crs != rasterio.crs.CRS.from_user_input(str(geobox.crs)):
+    return zoom_factor(src.transform, src.crs, geobox)
+
+
+def zoom_factor(transform, crs, geobox: GeoBox) -> int | None:
+    """_zoom_factor of a source file's transform and CRS (as its header says) under the geobox."""
+    a, d = transform, geobox.affine
+    if crs is None or crs != rasterio.crs.CRS.from_user_input(str(geobox.crs)):
         return None
     if (a.b, a.d, d.b, d.d) != (0, 0, 0, 0) or d.a <= 0 or d.e >= 0:
         return None
