@@ -134,7 +134,7 @@ def test_a_cell_partly_past_its_scenes_is_computed_over_their_part_alone_and_equ
     assert sum(w is not None for w in windows) == 4
 
 
-def test_no_window_without_a_batch_or_for_a_band_without_nodata(tmp_path):
+def test_no_window_without_a_batch(tmp_path):
     from gridded import load
     from gridded.io.rasters import pooled_sources
 
@@ -144,10 +144,39 @@ def test_no_window_without_a_batch_or_for_a_band_without_nodata(tmp_path):
     assert load.data_window(task, ("red", "nir"), S2) is None  # outside a batch: no pool to keep headers in
     with pooled_sources():
         assert load.data_window(task, ("red", "nir"), S2) is not None
-    with rasterio.open(hrefs[0][1], "r+") as dst:
-        dst.nodata = None
-    with pooled_sources():
-        assert load.data_window(task, ("red", "nir"), S2) is None
+
+
+@pytest.mark.parametrize("out_nodata", [None, 0])
+def test_a_file_without_nodata_has_no_value_past_its_edge_in_its_first_observation_too(tmp_path, monkeypatch,
+                                                                                       out_nodata):
+    # the first observation's read used to fill past the file's edge with 0, a clear value
+    from gridded import load
+    from gridded.io.rasters import pooled_sources
+    from gridded.pipeline import Pipeline
+    from gridded.process import compute_task
+
+    rng = np.random.default_rng(1)
+    observations = []
+    for i, day in enumerate((3, 5)):
+        write_tif(tmp_path / f"s{i}_red.tif", rng.integers(100, 4000, (40, 48)).astype(np.uint16), 10, nodata=None,
+                  x0=X0 + 100 * i)  # the second scene 10 px right of the first
+        observations.append(observation(f"s{i}", [("red", str(tmp_path / f"s{i}_red.tif"))], day))
+    task = task_for(observations, col=-15, row=0)  # the first scene from column 15, the second from 25
+    pipeline = Pipeline(name="p", bands=("red",), mask=None, nodata=out_nodata)
+    for windowed in (True, False):
+        if not windowed:
+            monkeypatch.setattr(load, "data_window", lambda *a: None)
+        with pooled_sources():
+            result = compute_task(task, pipeline)
+        count, observed = result.arrays["count"], result.arrays["observed"]
+        np.testing.assert_array_equal(count[:, :15], 0)
+        np.testing.assert_array_equal(count[:, 15:25], 1)
+        np.testing.assert_array_equal(count[:, 25:], 2)
+        np.testing.assert_array_equal(observed, count)
+        with rasterio.open(tmp_path / "s0_red.tif") as src:
+            first = src.read(1)
+        np.testing.assert_array_equal(result.arrays["red"][:, 15:25], first[:30, :10])  # its own values alone
+        assert (result.arrays["red"][:, :15] == result.nodata["red"]).all()
 
 
 @pytest.mark.parametrize("res, shape", [(10, (40, 48)), (20, (20, 24)), (60, (7, 9))])

@@ -7,6 +7,7 @@ import itertools
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from odc.geo.geobox import GeoBox
@@ -80,9 +81,10 @@ def load_task(task: Task, bands: tuple[str, ...], mask: MaskRule | None, out_nod
 
     # the first readable observation fixes each band's dtype and sentinel
     first_index, first, first_mask = None, None, None
+    first_fill = partial(_sentinel, out_nodata=out_nodata)  # past a file's edge: its sentinel, as later ones'
     for i, obs in enumerate(task.observations):
         try:
-            reads, first_mask = reader.bands(obs, lambda b: None, [None] * len(bands)), reader.mask(obs)
+            reads, first_mask = reader.bands(obs, lambda b: first_fill, [None] * len(bands)), reader.mask(obs)
             if i == 0:  # the other files' headers are fetched while the first observation is read
                 reader.open_others()
             first, first_index = reads.result(), i
@@ -157,8 +159,7 @@ def data_window(task: Task, bands: tuple[str, ...], mask: MaskRule | None) -> tu
     request: every file on local disk or read earlier in the batch (source_grid), each read by
     windows, not warped (its pixels k x k of the cell's on the same grid lines: a window of the
     cell then reads exactly what the whole cell's read has there, where a warp's approximations
-    depend on the area warped), and each band with a nodata value (a file without one would be
-    read as values where it has no pixel). None otherwise: the whole cell is loaded."""
+    depend on the area warped). None otherwise: the whole cell is loaded."""
     cell = task.geobox
     ny, nx = task.shape_yx
     y0, y1, x0, x1 = ny, 0, nx, 0
@@ -172,7 +173,7 @@ def data_window(task: Task, bands: tuple[str, ...], mask: MaskRule | None) -> tu
                 grid = source_grid(href, what=f"item {obs.item_id} asset {key}")
             except SourceError:  # load_task fails the task for it, or leaves it out
                 return None
-            if grid is None or (key in bands and grid.nodata is None):
+            if grid is None:
                 return None
             if grid in seen:
                 continue

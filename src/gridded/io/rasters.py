@@ -155,7 +155,8 @@ def _read_coarse(src, geobox: GeoBox, k: int, fill) -> Coarse:
 def read_window(href: str, geobox: GeoBox, *, fill, what: str, out: np.ndarray | None = None):
     """(array on the geobox, the file's nodata): source pixels exactly when the grids align
     (same or k-times coarser pixels on the same lines), else a nearest-neighbour warp; `fill`
-    where the source has none. Read into `out` when given and of the file's dtype.
+    where the source has none (or `fill(dtype, nodata)` of the file's, given a function). Read
+    into `out` when given and of the file's dtype.
 
     A remote read is retried a few times: GDAL retries HTTP errors itself but never a body cut
     short. Refusals (403, 404) are not retried."""
@@ -175,8 +176,10 @@ def band_info(href: str, *, what: str) -> tuple[np.dtype, float | None]:
 
 def _band_from(src, geobox: GeoBox, fill, out: np.ndarray | None):
     nodata = src.nodata
-    value = fill if fill is not None else (nodata if nodata is not None else 0)
     dtype = np.dtype(src.dtypes[0])
+    if callable(fill):  # the fill as the file's dtype and nodata make it
+        fill = fill(dtype, nodata)
+    value = fill if fill is not None else (nodata if nodata is not None else 0)
     target = out if out is not None and out.dtype == dtype else np.empty(geobox.shape, dtype=dtype)
     k = _zoom_factor(src, geobox)
     if k is not None:
@@ -238,19 +241,18 @@ def _retrying(href: str, what: str, read):
 
 def _noting_grid(pool: SourcePool, key: str, read):
     def noted(src):
-        pool.grids[key] = SourceGrid(tuple(src.shape), src.transform, src.crs, src.nodata)
+        pool.grids[key] = SourceGrid(tuple(src.shape), src.transform, src.crs)
         return read(src)
     return noted
 
 
 @dataclass(frozen=True, slots=True)
 class SourceGrid:
-    """A source file's pixel grid and nodata, as its header says."""
+    """A source file's pixel grid, as its header says."""
 
     shape: tuple[int, int]
     transform: Affine
     crs: rasterio.crs.CRS | None
-    nodata: float | None
 
 
 def source_grid(href: str, *, what: str) -> SourceGrid | None:
