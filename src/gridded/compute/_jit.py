@@ -259,6 +259,29 @@ def mads_rows(bands, sentinels, use_sentinel, is_float, gm, r0, r1, out):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
+def keys_at_ranks(keys, t, running_max, rank_lo, rank_hi, lower, upper):
+    # per column c of sorted keys, the keys of ranks rank_lo[c] and rank_hi[c] into lower and
+    # upper. With `running_max` (unsigned keys only): in a sorted column of unsigned keys the key
+    # of rank r is the largest of those of rank <= r, so a running max over the keys zeroed above
+    # the rank finds it with no gather; else a gather
+    if running_max:
+        for c in range(SPAN):
+            lower[c] = keys[0, c]
+            upper[c] = keys[0, c]
+        for j in range(1, t):
+            row = keys[j]
+            rank = np.uint16(j)
+            for c in range(SPAN):
+                v = row[c]
+                lower[c] = max(lower[c], v * lower.dtype.type(rank <= rank_lo[c]))
+                upper[c] = max(upper[c], v * upper.dtype.type(rank <= rank_hi[c]))
+    else:
+        for c in range(SPAN):
+            lower[c] = keys[rank_lo[c], c]
+            upper[c] = keys[rank_hi[c], c]
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
 def median_rows(stack, sentinel, use_sentinel, unsigned, last, pairs, r0, r1, out, fill, rounded, low, high):
     # SPAN pixels at a time. Their missing values become `last` (the dtype's largest value),
     # then one sorting network sorts every pixel's series at once, each compare-exchange a
@@ -302,22 +325,7 @@ def median_rows(stack, sentinel, use_sentinel, unsigned, last, pairs, r0, r1, ou
                 k = count[c]
                 rank_lo[c] = (k - (k > 0)) >> 1
                 rank_hi[c] = k >> 1
-                lower[c] = keys[0, c]
-                upper[c] = keys[0, c]
-            if unsigned:
-                # in a sorted column of unsigned keys the key of rank r is the largest of those
-                # of rank <= r: a running max over the keys zeroed above the rank (no gather)
-                for j in range(1, t):
-                    row = keys[j]
-                    rank = np.uint16(j)
-                    for c in range(SPAN):
-                        v = row[c]
-                        lower[c] = max(lower[c], v * lower.dtype.type(rank <= rank_lo[c]))
-                        upper[c] = max(upper[c], v * upper.dtype.type(rank <= rank_hi[c]))
-            else:
-                for c in range(SPAN):
-                    lower[c] = keys[rank_lo[c], c]
-                    upper[c] = keys[rank_hi[c], c]
+            keys_at_ranks(keys, t, unsigned, rank_lo, rank_hi, lower, upper)
             target = out[y, x0:x0 + width]
             for c in range(width):
                 m = (np.float64(lower[c]) + np.float64(upper[c])) / 2.0
@@ -583,24 +591,8 @@ def percentile_rows(stack, sentinel, use_sentinel, unsigned, last, pairs, fracti
                     rank_lo[c] = lower[i, k]
                     rank_hi[c] = upper[i, k]
                     weight[c] = gamma[i, k]
-                if unsigned and t <= 8:
-                    # in a sorted column of unsigned keys the key of rank r is the largest of those
-                    # of rank <= r: a running max over the keys zeroed above the rank (faster than
-                    # the gather below for a few observations, slower for many)
-                    for c in range(SPAN):
-                        below[c] = keys[0, c]
-                        above[c] = keys[0, c]
-                    for j in range(1, t):
-                        row = keys[j]
-                        rank = np.uint16(j)
-                        for c in range(SPAN):
-                            v = row[c]
-                            below[c] = max(below[c], v * below.dtype.type(rank <= rank_lo[c]))
-                            above[c] = max(above[c], v * above.dtype.type(rank <= rank_hi[c]))
-                else:
-                    for c in range(SPAN):
-                        below[c] = keys[rank_lo[c], c]
-                        above[c] = keys[rank_hi[c], c]
+                # the running max beats the gather for a few observations, not for many
+                keys_at_ranks(keys, t, unsigned and t <= 8, rank_lo, rank_hi, below, above)
                 target = out[i, y, x0:x0 + width]
                 if nearest:
                     for c in range(width):
